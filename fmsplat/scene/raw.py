@@ -1,0 +1,23 @@
+"""What a format reader hands to SceneDataset: full-resolution cameras and optional points."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fmsplat.scene.cameras import Camera
+
+
+@dataclass
+class RawScene:
+    """Cameras at the resolution of the stored images; `distortion` set where the lens has one."""
+
+    cameras: list[Camera]
+    format: str
+    pose_file: Path
+    skipped: int = 0
+    points: np.ndarray | None = None
+    point_colors: np.ndarray | None = None
+    extra_files: list[Path] = field(default_factory=list)
