@@ -259,3 +259,28 @@ def test_label_reader_errors_name_file_and_problem(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(LabelFormatError, match=r"bad\.json: not valid JSON"):
         read_view_labels(bad)
+
+
+def test_loads_through_load_dataset(tiny):
+    """The generated dataset opens with the project's reader: same cameras, images, points."""
+    from fmsplat.scene import load_dataset
+    from fmsplat.scene.synthetic import build_scene, sample_cameras
+
+    ds = load_dataset(tiny, downscale=1.0, test_every=8)
+    cfg = preset_config("tiny")
+    truth = sample_cameras(build_scene(cfg, 0), 0)
+    assert len(ds) == len(truth)
+    assert ds.test_indices == [i for i in range(len(truth)) if i % 8 == 0]
+    labelled = sorted(p.stem for p in (tiny / "labels").glob("*.json"))
+    assert [Path(ds.cameras[i].image_path).stem for i in ds.test_indices] == labelled
+    for cam, ref in zip(ds.cameras, truth):
+        assert (cam.width, cam.height) == (cfg.width, cfg.height)
+        np.testing.assert_allclose(cam.K, ref.K, atol=1e-9)
+        np.testing.assert_allclose(cam.viewmat, ref.viewmat, atol=1e-9)
+    img = ds.image(0)
+    assert img.shape == (cfg.height, cfg.width, 3) and 0.0 <= img.min() and img.max() <= 1.0
+    from PIL import Image
+
+    np.testing.assert_allclose(img, np.asarray(Image.open(tiny / "images" / "0000.png")) / 255.0, atol=1e-6)
+    assert ds.points is not None and len(ds.points) == cfg.n_points
+    assert ds.point_colors is not None
