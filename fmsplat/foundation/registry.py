@@ -1,0 +1,46 @@
+"""One registry of extractors, addressed by name: `get_extractor("effnet")`, `get_extractor("clip:DIR")`."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+_EMBEDDED = {
+    "effnet": "EfficientNet-Lite0, 1280-d stride-32 map, text through ImageNet class rows (embedded, offline)",
+    "effnet-mid": "EfficientNet-Lite0 stride-16 (112-d) or stride-8 (40-d) block features (embedded, offline)",
+}
+_FAMILIES = {
+    "clip": "CLIP through transformers: clip:<hub id or local dir>, e.g. clip:openai/clip-vit-base-patch16",
+    "siglip": "SigLIP through transformers: siglip:<hub id or local dir>, e.g. siglip:google/siglip-base-patch16-224",
+    "dino": "DINO ViT last-layer keys: dino:<hub id or local dir>, e.g. dino:facebook/dino-vits8",
+    "dinov2": "DINOv2 patch tokens: dinov2:<hub id or local dir>, e.g. dinov2:facebook/dinov2-small",
+}
+
+
+def list_extractors() -> dict[str, str]:
+    """Names (or `family:` prefixes) accepted by get_extractor, with one line on each."""
+    return {**_EMBEDDED, **{f"{k}:<id>": v for k, v in _FAMILIES.items()}}
+
+
+def _family_factory(family: str) -> Callable:
+    from fmsplat.foundation import hf
+
+    return {"clip": hf.ClipExtractor, "siglip": hf.SiglipExtractor, "dino": hf.DinoExtractor, "dinov2": hf.Dinov2Extractor}[family]
+
+
+def get_extractor(name: str, **options):
+    """Create an extractor by name; options go to its constructor (e.g. input_scale=2, stride=8)."""
+    if name == "effnet":
+        from fmsplat.foundation.effnet import EffNetExtractor
+
+        return EffNetExtractor(**options)
+    if name == "effnet-mid":
+        from fmsplat.foundation.effnet import EffNetMidExtractor
+
+        return EffNetMidExtractor(**options)
+    family, sep, ident = name.partition(":")
+    if sep and family in _FAMILIES:
+        if not ident:
+            raise ValueError(f"extractor name '{name}' lacks a model: use {family}:<hub id or local dir>")
+        return _family_factory(family)(ident, **options)
+    known = ", ".join(list_extractors())
+    raise ValueError(f"unknown extractor '{name}'; known: {known}")
