@@ -16,6 +16,9 @@ from fmsplat.scene import Camera, DatasetError, SceneDataset, load_dataset
 from fmsplat.scene import colmap
 from fmsplat.scene.images import distort_image, undistort_image
 
+# Several tests use one view (or views at one spot); the extent warning is checked once, below.
+pytestmark = pytest.mark.filterwarnings("ignore:.*all camera centres coincide:UserWarning")
+
 FOX = Path(__file__).resolve().parents[2] / "shared" / "data" / "fox"
 if not FOX.is_dir():
     FOX = Path("/work/shared/data/fox")
@@ -139,7 +142,9 @@ def test_opengl_pose_flip_projects_known_point(tmp_path):
         tmp_path,
         {"fl_x": 100, "fl_y": 100, "cx": 50, "cy": 40, "w": 100, "h": 80, "frames": [{"file_path": "a.png", "transform_matrix": c2w.tolist()}]},
     )
-    ds = load_dataset(tmp_path, test_every=0)
+    with pytest.warns(UserWarning, match="all camera centres coincide"):
+        ds = load_dataset(tmp_path, test_every=0)
+    assert ds.extent == pytest.approx(1.1)  # a single view has no camera spread: unit size
     uv, depth = project(ds.cameras[0], np.array([[1.0, 0.5, 0.0]]))
     assert np.allclose(uv, [[70.0, 30.0]]) and depth[0] == pytest.approx(5.0)
     assert np.allclose(ds.cameras[0].center, [0, 0, 5])
@@ -351,6 +356,23 @@ def test_colmap_model_round_trip(tmp_path, binary):
         assert np.array_equal(b.xys, img.xys) and np.array_equal(b.point3d_ids, img.point3d_ids)
     for name in ("ids", "xyz", "rgb", "errors", "track_lengths", "tracks"):
         assert np.array_equal(getattr(back.points, name), getattr(model.points, name)), name
+
+
+def test_colmap_points_text_tolerates_hand_edited_whitespace(tmp_path):
+    text = "# comment\r\n1  0.5\t-1 2 255 0 7 0.25 3 4 5 6\r\n\n# another comment\n  2 1e-3 0 0 1 2 3 0.5  \n"
+    (tmp_path / "points3D.txt").write_text(text)
+    points = colmap.read_points3d_text(tmp_path / "points3D.txt")
+    assert np.array_equal(points.ids, [1, 2]) and np.allclose(points.xyz, [[0.5, -1, 2], [1e-3, 0, 0]])
+    assert np.array_equal(points.rgb, [[255, 0, 7], [1, 2, 3]]) and np.allclose(points.errors, [0.25, 0.5])
+    assert np.array_equal(points.track_lengths, [2, 0]) and np.array_equal(points.tracks, [[3, 4], [5, 6]])
+    (tmp_path / "points3D.txt").write_text("# only comments\n")
+    assert len(colmap.read_points3d_text(tmp_path / "points3D.txt").ids) == 0
+    (tmp_path / "points3D.txt").write_text("1 0 0 0 1 2 3 0.5 7\n")
+    with pytest.raises(DatasetError, match=r"points3D\.txt: expected .*'1 0 0 0 1 2 3 0.5 7'"):
+        colmap.read_points3d_text(tmp_path / "points3D.txt")
+    (tmp_path / "points3D.txt").write_text("1 0 0 zero 1 2 3 0.5\n")
+    with pytest.raises(DatasetError, match=r"points3D\.txt"):
+        colmap.read_points3d_text(tmp_path / "points3D.txt")
 
 
 def test_colmap_binary_truncation_and_unknown_model_are_errors(tmp_path):

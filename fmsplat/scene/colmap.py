@@ -10,6 +10,7 @@ origin at the top-left image corner, as ours do.
 
 from __future__ import annotations
 
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -236,7 +237,7 @@ def _gather(buf: np.ndarray, offsets: np.ndarray, dtype: np.dtype) -> np.ndarray
 
 
 def _scatter(buf: np.ndarray, offsets: np.ndarray, records: np.ndarray) -> None:
-    raw = np.ascontiguousarray(records).view(np.uint8).reshape(len(offsets), -1)
+    raw = np.ascontiguousarray(records).view(np.uint8).reshape(len(offsets), records.dtype.itemsize)
     for k in range(raw.shape[1]):
         buf[offsets + k] = raw[:, k]
 
@@ -254,9 +255,9 @@ def read_points3d_binary(path: Path) -> ColmapPoints:
     header = _gather(buf, offsets, _POINT_HEADER)
     lengths = header["track_length"].astype(np.int64)
     # Track element j of point i sits at offsets[i] + 51 + 8 j.
+    track_offsets = _segments(lengths, np.zeros_like(lengths))
     starts = np.repeat(offsets + _POINT_HEADER.itemsize, lengths)
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    track = _gather(buf, starts + _TRACK_ELEMENT.itemsize * within, _TRACK_ELEMENT)
+    track = _gather(buf, starts + _TRACK_ELEMENT.itemsize * track_offsets, _TRACK_ELEMENT)
     return ColmapPoints(
         ids=header["id"].astype(np.int64),
         xyz=header["xyz"].astype(np.float64),
@@ -307,8 +308,7 @@ def write_points3d_binary(points: ColmapPoints, path: Path) -> None:
         track["image_id"] = points.tracks[:, 0]
         track["point2d_idx"] = points.tracks[:, 1]
         starts = np.repeat(offsets + _POINT_HEADER.itemsize, lengths)
-        within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        _scatter(buf, starts + _TRACK_ELEMENT.itemsize * within, track)
+        _scatter(buf, starts + _TRACK_ELEMENT.itemsize * _segments(lengths, np.zeros_like(lengths)), track)
     write_bytes(path, buf.tobytes())
 
 
@@ -370,20 +370,46 @@ def read_images_text(path: Path) -> dict[int, ColmapImage]:
     return images
 
 
+def _segments(lengths: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Flat positions of variable-length runs: run i covers starts[i] .. starts[i] + lengths[i] - 1."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(np.asarray(starts, dtype=np.int64), lengths) + within
+
+
 def read_points3d_text(path: Path) -> ColmapPoints:
-    rows = [line.split() for line in _data_lines(path) if line.strip() and not line.lstrip().startswith("#")]
-    lengths = np.array([len(r) - 8 for r in rows], dtype=np.int64)
-    if len(rows) and (lengths.min() < 0 or np.any(lengths % 2)):
-        raise DatasetError(f"{path}: expected 'POINT3D_ID X Y Z R G B ERROR (IMAGE_ID POINT2D_IDX)...' on every line")
     try:
-        tokens = np.array([tok for r in rows for tok in r], dtype=np.float64)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc})") from exc
+    # Normalise whitespace with C-speed string methods: single spaces between tokens, none at
+    # line ends. Then each data line has (spaces + 1) tokens, countable with array ops.
+    text = text.replace("\r", " ").replace("\t", " ")
+    while "  " in text:
+        text = text.replace("  ", " ")
+    text = text.replace(" \n", "\n").replace("\n ", "\n").strip(" ") + "\n"
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    ends = np.flatnonzero(data == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1])[: len(ends)]
+    keep_line = (ends > starts) & (data[starts] != ord("#"))  # drop empty and comment lines
+    data = data[np.repeat(keep_line, ends - starts + 1)]
+
+    ends = np.flatnonzero(data == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1])[: len(ends)]
+    spaces = np.flatnonzero(data == ord(" "))
+    counts = (np.searchsorted(spaces, ends) - np.searchsorted(spaces, starts)).astype(np.int64) + 1
+    lengths = counts - 8
+    if len(counts) and (lengths.min() < 0 or np.any(lengths % 2)):
+        bad = int(np.flatnonzero((lengths < 0) | (lengths % 2 == 1))[0])
+        line = data[starts[bad] : ends[bad]].tobytes().decode("utf-8")
+        raise DatasetError(f"{path}: expected 'POINT3D_ID X Y Z R G B ERROR (IMAGE_ID POINT2D_IDX)...', got {line[:80]!r}")
+    try:
+        tokens = np.array(data.tobytes().split(), dtype=np.float64) if len(counts) else np.zeros(0)
     except ValueError as exc:
         raise DatasetError(f"{path}: non-numeric value ({exc})") from None
-    # Split the flat token array into the 8 header values and the track of each point.
-    line_starts = np.concatenate([[0], np.cumsum(lengths + 8)[:-1]]).astype(np.int64) if rows else np.zeros(0, np.int64)
-    header = tokens[line_starts[:, None] + np.arange(8)] if rows else np.zeros((0, 8))
-    track_pos = np.repeat(line_starts + 8, lengths) + (np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths))
-    tracks = tokens[track_pos].reshape(-1, 2).astype(np.int32)
+    line_starts = np.cumsum(counts) - counts
+    header = tokens[line_starts[:, None] + np.arange(8)].reshape(-1, 8)
+    tracks = tokens[_segments(lengths, line_starts + 8)].reshape(-1, 2).astype(np.int32)
     return ColmapPoints(
         ids=header[:, 0].astype(np.int64),
         xyz=header[:, 1:4],
@@ -411,10 +437,29 @@ def write_images_text(images: dict[int, ColmapImage], path: Path) -> None:
         f"# Number of images: {len(images)}",
     ]
     for img in images.values():
-        pose = " ".join(repr(float(v)) for v in (*img.qvec, *img.tvec))
+        pose = " ".join(np.char.mod("%.17g", np.concatenate([img.qvec, img.tvec])).tolist())
         lines.append(f"{img.id} {pose} {img.camera_id} {img.name}")
-        lines.append(" ".join(f"{float(x)!r} {float(y)!r} {int(pid)}" for (x, y), pid in zip(img.xys, img.point3d_ids)))
+        xys = np.char.mod("%.17g", np.asarray(img.xys, np.float64).reshape(-1, 2))
+        ids = np.asarray(img.point3d_ids, np.int64).astype(str)[:, None]
+        lines.append(" ".join(np.concatenate([xys, ids], axis=1).ravel().tolist()))
     write_text(path, "\n".join(lines) + "\n")
+
+
+def _join_lines(fields: list[np.ndarray], run_lengths: np.ndarray | None = None, run_tokens: np.ndarray | None = None) -> str:
+    """Text lines from per-line fixed fields (each (L,) or (L, k) strings, at least one) followed
+    by a variable-length run of tokens per line, assembled with array ops (no per-line loop)."""
+    fixed = np.concatenate([f.reshape(len(f), int(np.prod(f.shape[1:]))) for f in fields], axis=1)
+    n_lines, n_fixed = fixed.shape
+    run_lengths = np.zeros(n_lines, np.int64) if run_lengths is None else np.asarray(run_lengths, np.int64)
+    run_tokens = np.zeros(0, str) if run_tokens is None else run_tokens
+    counts = n_fixed + run_lengths
+    line_starts = np.cumsum(counts) - counts
+    tokens = np.empty(int(counts.sum()), dtype=object)
+    tokens[(line_starts[:, None] + np.arange(n_fixed)).ravel()] = fixed.ravel()
+    tokens[_segments(run_lengths, line_starts + n_fixed)] = run_tokens
+    separators = np.full(len(tokens), " ", dtype=object)
+    separators[line_starts + counts - 1] = "\n"
+    return "".join((tokens + separators).tolist())
 
 
 def write_points3d_text(points: ColmapPoints, path: Path) -> None:
@@ -423,18 +468,13 @@ def write_points3d_text(points: ColmapPoints, path: Path) -> None:
         "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
         f"# Number of points: {len(points.ids)}",
     ]
-    # Format each column vectorised, then join per line; %.17g floats round-trip exactly.
-    ids = points.ids.astype(str)
-    xyz = np.char.mod("%.17g", points.xyz)
-    rgb = points.rgb.astype(str)
-    err = np.char.mod("%.17g", points.errors)
-    bounds = np.concatenate([[0], np.cumsum(points.track_lengths)]).astype(np.int64)
-    track_text = np.char.add(np.char.add(points.tracks[:, 0].astype(str), " "), points.tracks[:, 1].astype(str))
-    body = [
-        " ".join([ids[i], *xyz[i], *rgb[i], err[i], *track_text[bounds[i] : bounds[i + 1]]])
-        for i in range(len(ids))  # string assembly per output line
-    ]
-    write_text(path, "\n".join(header + body) + "\n")
+    # %.17g floats round-trip float64 exactly.
+    body = _join_lines(
+        [points.ids.astype(str), np.char.mod("%.17g", points.xyz), points.rgb.astype(str), np.char.mod("%.17g", points.errors)],
+        run_lengths=2 * np.asarray(points.track_lengths, np.int64),
+        run_tokens=np.asarray(points.tracks, np.int64).astype(str).ravel(),
+    )
+    write_text(path, "\n".join(header) + "\n" + body)
 
 
 def _model_id(cam: ColmapCamera) -> tuple[int, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -71,7 +72,15 @@ class SceneDataset:
         centers = np.stack([cam.center for cam in self.cameras])
         self.scene_center = centers.mean(axis=0)
         # 3DGS's cameras_extent (getNerfppNorm): 1.1 x the largest camera distance from the mean.
-        self.extent = float(1.1 * np.linalg.norm(centers - self.scene_center, axis=1).max())
+        radius = float(np.linalg.norm(centers - self.scene_center, axis=1).max())
+        if radius < 1e-9:
+            # One view (or all views at one spot): no camera spread to measure. Use the point
+            # cloud's size, else unit size, and say so; a zero extent would zero the learning rates.
+            lo, hi = self.bounds(padding=0.0)
+            size = 0.5 * float(np.linalg.norm(hi - lo)) if self.points is not None and len(self.points) else 0.0
+            radius = size if size > 1e-9 else 1.0
+            warnings.warn(f"{self.source}: all camera centres coincide; scene extent set from {'the points' if size > 1e-9 else 'unit size'} ({1.1 * radius:.3g})", stacklevel=3)
+        self.extent = float(1.1 * radius)
 
     def __len__(self) -> int:
         return len(self.cameras)
