@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numba
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
@@ -295,17 +296,93 @@ def build_scene(config: SceneConfig, seed: int) -> Scene:
 # ray casting
 
 
-def _safe_inv(d: np.ndarray) -> np.ndarray:
-    tiny = 1e-12
-    d = np.where(np.abs(d) < tiny, np.where(d < 0, -tiny, tiny), d)
-    return 1.0 / d
+@numba.njit(cache=True)
+def _cast_kernel(origins, dirs, lo, hi, ids, room_lo, room_hi, t_out, id_out, axis_out):  # pragma: no cover - jit
+    """Per ray: exit point of the room box, replaced by the entry point of the nearest object box
+    in front of the origin (slab test; rays that start inside a box do not hit it)."""
+    for r in range(origins.shape[0]):
+        t_best = np.inf
+        axis_best = 0
+        for a in range(3):
+            d = dirs[r, a]
+            if d > 0.0:
+                t = (room_hi[a] - origins[r, a]) / d
+            elif d < 0.0:
+                t = (room_lo[a] - origins[r, a]) / d
+            else:
+                continue
+            if t < t_best:
+                t_best = t
+                axis_best = a
+        inst = 0
+        for m in range(lo.shape[0]):
+            t_near = -np.inf
+            t_far = np.inf
+            axis_near = 0
+            miss = False
+            for a in range(3):
+                d = dirs[r, a]
+                o = origins[r, a]
+                if d == 0.0:
+                    if o < lo[m, a] or o > hi[m, a]:
+                        miss = True
+                        break
+                    continue
+                t0 = (lo[m, a] - o) / d
+                t1 = (hi[m, a] - o) / d
+                if t0 > t1:
+                    t0, t1 = t1, t0
+                if t0 > t_near:
+                    t_near = t0
+                    axis_near = a
+                if t1 < t_far:
+                    t_far = t1
+            if not miss and t_near <= t_far and t_near > 1e-9 and t_near < t_best:
+                t_best = t_near
+                axis_best = axis_near
+                inst = ids[m]
+        t_out[r] = t_best
+        id_out[r] = inst
+        axis_out[r] = axis_best
 
 
-def _slabs(origins: np.ndarray, inv_dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray):
-    """Slab test of N rays against M boxes: (t_near per axis, t_far per axis), each (N, M, 3)."""
-    t0 = (lo[None] - origins[:, None]) * inv_dirs[:, None]
-    t1 = (hi[None] - origins[:, None]) * inv_dirs[:, None]
-    return np.minimum(t0, t1), np.maximum(t0, t1)
+@numba.njit(cache=True)
+def _blocked_kernel(origins, direction, lo, hi, out):  # pragma: no cover - jit
+    """Per ray: does any box intersect the ray at positive distance (shadow test)?"""
+    for r in range(origins.shape[0]):
+        hit = False
+        for m in range(lo.shape[0]):
+            t_near = -np.inf
+            t_far = np.inf
+            miss = False
+            for a in range(3):
+                d = direction[a]
+                o = origins[r, a]
+                if d == 0.0:
+                    if o < lo[m, a] or o > hi[m, a]:
+                        miss = True
+                        break
+                    continue
+                t0 = (lo[m, a] - o) / d
+                t1 = (hi[m, a] - o) / d
+                if t0 > t1:
+                    t0, t1 = t1, t0
+                t_near = max(t_near, t0)
+                t_far = min(t_far, t1)
+            if not miss and t_near <= t_far and t_far > 1e-6:
+                hit = True
+                break
+        out[r] = hit
+
+
+def _box_arrays(boxes: list[Box]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not boxes:
+        return np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0, dtype=np.int32)
+    return (
+        np.ascontiguousarray(np.stack([b.lo for b in boxes]), dtype=np.float64),
+        np.ascontiguousarray(np.stack([b.hi for b in boxes]), dtype=np.float64),
+        np.array([b.instance_id for b in boxes], dtype=np.int32),
+    )
 
 
 def intersect(scene: Scene, origins: np.ndarray, dirs: np.ndarray, boxes: list[Box] | None = None):
@@ -315,30 +392,17 @@ def intersect(scene: Scene, origins: np.ndarray, dirs: np.ndarray, boxes: list[B
     hit axis (N,) and outward surface normal (N, 3).
     """
     boxes = scene.boxes if boxes is None else boxes
-    inv = _safe_inv(dirs)
-    room_near, room_far = _slabs(origins, inv, scene.room.lo[None], scene.room.hi[None])
-    t = room_far[:, 0].min(axis=1)
-    axis = room_far[:, 0].argmin(axis=1)
-    instance = np.zeros(len(origins), dtype=np.int32)
-    if boxes:
-        lo = np.stack([b.lo for b in boxes])
-        hi = np.stack([b.hi for b in boxes])
-        near, far = _slabs(origins, inv, lo, hi)
-        t_enter = near.max(axis=2)
-        t_exit = far.min(axis=2)
-        hit = (t_enter <= t_exit) & (t_enter > 1e-9)
-        t_obj = np.where(hit, t_enter, np.inf)
-        j = t_obj.argmin(axis=1)
-        rows = np.arange(len(origins))
-        best = t_obj[rows, j]
-        closer = best < t
-        t = np.where(closer, best, t)
-        axis = np.where(closer, near[rows, j].argmax(axis=1), axis)
-        ids = np.array([b.instance_id for b in boxes], dtype=np.int32)
-        instance = np.where(closer, ids[j], 0)
+    lo, hi, ids = _box_arrays(boxes)
+    origins = np.ascontiguousarray(origins, dtype=np.float64)
+    dirs = np.ascontiguousarray(dirs, dtype=np.float64)
+    n = len(origins)
+    t = np.empty(n)
+    instance = np.empty(n, dtype=np.int32)
+    axis = np.empty(n, dtype=np.int64)
+    _cast_kernel(origins, dirs, lo, hi, ids, scene.room.lo, scene.room.hi, t, instance, axis)
     # Both an entered object face and an exited room wall face the ray: normal = -sign(d) on the axis.
     normal = np.zeros_like(dirs)
-    rows = np.arange(len(origins))
+    rows = np.arange(n)
     normal[rows, axis] = -np.sign(dirs[rows, axis])
     return t, instance, axis, normal
 
@@ -417,13 +481,10 @@ def shade(scene: Scene, points: np.ndarray, normal: np.ndarray, base: np.ndarray
     if lit.any() and scene.boxes:
         # Shadow rays from just off the surface towards the key light (it sits outside the room,
         # so only the objects can block it).
-        origins = points[lit] + 1e-4 * normal[lit]
-        dirs = np.broadcast_to(scene.light_dir, origins.shape)
-        inv = _safe_inv(dirs)
-        lo = np.stack([b.lo for b in scene.boxes])
-        hi = np.stack([b.hi for b in scene.boxes])
-        near, far = _slabs(origins, inv, lo, hi)
-        blocked = ((near.max(axis=2) <= far.min(axis=2)) & (far.min(axis=2) > 1e-6)).any(axis=1)
+        origins = np.ascontiguousarray(points[lit] + 1e-4 * normal[lit])
+        lo, hi, _ = _box_arrays(scene.boxes)
+        blocked = np.empty(len(origins), dtype=np.bool_)
+        _blocked_kernel(origins, np.ascontiguousarray(scene.light_dir, dtype=np.float64), lo, hi, blocked)
         n_dot_l[np.flatnonzero(lit)[blocked]] = 0.0
     fill = np.clip(normal @ scene.fill_dir, 0.0, None)
     light = 0.6 + 0.4 * n_dot_l + 0.15 * fill
