@@ -177,6 +177,7 @@ class EffNetExtractor(_EffNetBase):
     dim = 1280
     stride = 32
     language_aligned = True
+    input_size = 224  # the ImageNet training resolution; the FMGS pyramid resizes tiles to it
 
     def __init__(self, temperature: float = CLASS_TEMPERATURE, **kw) -> None:
         super().__init__(**kw)

@@ -27,8 +27,15 @@ def _family_factory(family: str) -> Callable:
     return {"clip": hf.ClipExtractor, "siglip": hf.SiglipExtractor, "dino": hf.DinoExtractor, "dinov2": hf.Dinov2Extractor}[family]
 
 
-def get_extractor(name: str, **options):
-    """Create an extractor by name; options go to its constructor (e.g. input_scale=2, stride=8)."""
+def get_extractor(name: str, pyramid: bool = False, **options):
+    """Create an extractor by name; options go to its constructor (e.g. input_scale=2, stride=8).
+
+    pyramid=True wraps a language-aligned extractor in the FMGS hybrid multi-scale map.
+    """
+    if pyramid:
+        from fmsplat.foundation.pyramid import PyramidExtractor
+
+        return PyramidExtractor(get_extractor(name, **options))
     if name == "effnet":
         from fmsplat.foundation.effnet import EffNetExtractor
 
