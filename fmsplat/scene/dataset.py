@@ -8,13 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fmsplat.scene.cameras import Camera
 from fmsplat.scene.errors import DatasetError
 from fmsplat.scene.images import load_rgb, undistort_image
 from fmsplat.scene.raw import RawScene
-
-COLMAP_FILES = ("cameras.bin", "cameras.txt")
 
 
 class SceneDataset:
@@ -100,7 +99,10 @@ class SceneDataset:
         return [self.cameras[i] for i in self.test_indices]
 
     def image(self, i: int) -> np.ndarray:
-        """View i as float32 (H, W, 3) in [0, 1] at the camera's size; cached, read-only."""
+        """View i as float32 (H, W, 3) in [0, 1] at the camera's size.
+
+        Cached in memory; the array is the cache entry itself and read-only (copy it, or use
+        image_tensor, to get a writable one)."""
         if i in self._cache:
             return self._cache[i]
         cam = self.cameras[i]
@@ -115,6 +117,10 @@ class SceneDataset:
             coverage.setflags(write=False)
             self._coverage[i] = coverage
         return rgb
+
+    def image_tensor(self, i: int, device: str | torch.device = "cpu") -> torch.Tensor:
+        """View i as a fresh float32 torch tensor (H, W, 3) on `device`."""
+        return torch.tensor(self.image(i), device=device)
 
     def valid_mask(self, i: int) -> np.ndarray:
         """(H, W) bool: pixels of view i that come from the photo (False where undistortion
