@@ -222,6 +222,7 @@ def test_tensors_round_trip_through_safetensors(tmp_path):
     back = GaussianModel.from_tensors(load_file(str(tmp_path / "g.safetensors")), sh_degree=3)
     for name, tensor in model.tensors().items():
         assert torch.equal(back.tensors()[name], tensor), name
+    assert GaussianModel.from_tensors(model.tensors()).sh_degree == 3  # inferred from sh
     with pytest.raises(KeyError, match="means"):
         GaussianModel.from_tensors({"quats": model.quats}, sh_degree=3)
 
@@ -316,6 +317,19 @@ def test_ply_without_normals_loads_and_missing_property_is_named(tmp_path):
     (tmp_path / "junk.ply").write_bytes(b"not a ply at all")
     with pytest.raises(PlyFormatError, match=r"junk\.ply"):
         GaussianModel.load_ply(tmp_path / "junk.ply")
+
+
+def test_ply_integer_and_bool_extras_round_trip(tmp_path):
+    model = random_model(4, degree=0, extras=False)
+    model.extras["instance"] = torch.tensor([0, 7, 2**24, -3], dtype=torch.int64)
+    model.extras["selected"] = torch.tensor([[True, False], [False, False], [True, True], [False, True]])
+    model.save_ply(tmp_path / "g.ply")
+    back = GaussianModel.load_ply(tmp_path / "g.ply")
+    assert back.extras["instance"].dtype == torch.int64 and torch.equal(back.extras["instance"], model.extras["instance"])
+    assert back.extras["selected"].dtype == torch.bool and torch.equal(back.extras["selected"], model.extras["selected"])
+    model.extras["instance"][0] = 2**24 + 1  # not representable in float32
+    with pytest.raises(ValueError, match="instance.*2\\^24"):
+        model.save_ply(tmp_path / "h.ply")
 
 
 def test_ply_rejects_unstorable_extra_names(tmp_path):

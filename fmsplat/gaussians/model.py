@@ -15,7 +15,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from fmsplat.gaussians.ply import read_gaussian_ply, write_gaussian_ply
-from fmsplat.gaussians.sh import MAX_SH_DEGREE, eval_sh, num_sh_coeffs, rgb_to_sh
+from fmsplat.gaussians.sh import MAX_SH_DEGREE, eval_sh, num_sh_coeffs, rgb_to_sh, sh_degree_from_coeffs
 
 CORE_KEYS = ("means", "quats", "scales", "opacities", "sh")
 EXTRA_PREFIX = "extra."
@@ -167,13 +167,16 @@ class GaussianModel:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], sh_degree: int) -> "GaussianModel":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], sh_degree: int | None = None) -> "GaussianModel":
+        """Inverse of tensors(); sh_degree defaults to the one implied by sh's coefficient count."""
         missing = [name for name in CORE_KEYS if name not in tensors]
         if missing:
             raise KeyError(f"Gaussian tensors are missing {missing} (have {sorted(tensors)})")
         unknown = [k for k in tensors if k not in CORE_KEYS and not k.startswith(EXTRA_PREFIX)]
         if unknown:
             raise KeyError(f"unknown Gaussian tensor names {unknown}; extras must be prefixed {EXTRA_PREFIX!r}")
+        if sh_degree is None:
+            sh_degree = sh_degree_from_coeffs(tensors["sh"].shape[1])
         return cls(
             **{name: tensors[name] for name in CORE_KEYS},
             sh_degree=sh_degree,

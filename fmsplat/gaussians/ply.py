@@ -8,7 +8,9 @@ Values are stored raw (log-scales, logit-opacities, unnormalised wxyz quaternion
 3DGS writes them, so files open in standard viewers. f_rest is channel-major (all higher-order
 coefficients of R, then G, then B), which is what 3DGS's `features_rest.transpose(1, 2)` yields.
 Named extra tensors are flattened per Gaussian; their name, dtype and per-Gaussian shape sit
-in a header comment (`fmsplat-extra <name> <dtype> <d0>x<d1>...`) so they round-trip.
+in a header comment (`fmsplat-extra <name> <dtype> <d0>x<d1>...`) so they round-trip. Their
+values travel as float32 (exact for float32/float16/bfloat16 and integers up to 2^24; float64
+is rounded); safetensors checkpoints are the lossless route.
 """
 
 from __future__ import annotations
@@ -86,6 +88,9 @@ def write_gaussian_ply(
         if tensor.shape[0] != n:
             raise ValueError(f"extra tensor {name!r} has {tensor.shape[0]} rows for {n} Gaussians")
         shape = tuple(tensor.shape[1:])
+        if not tensor.dtype.is_floating_point and tensor.dtype != torch.bool and tensor.numel() and tensor.abs().max() > 2**24:
+            # Integers travel as float32 properties: beyond 2^24 they would silently change.
+            raise ValueError(f"extra tensor {name!r} holds integers beyond 2^24, which float32 PLY properties cannot store exactly")
         flat = as_np(tensor)
         comments.append(f"{EXTRA_COMMENT} {name} {_dtype_name(tensor.dtype)} {'x'.join(map(str, shape)) or 'scalar'}")
         columns.append(([f"extra_{name}_{i}" for i in range(flat.shape[1])], flat))

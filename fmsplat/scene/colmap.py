@@ -602,7 +602,7 @@ def read_colmap_scene(root: Path, model_dir: Path) -> RawScene:
     for img in sorted(model.images.values(), key=lambda im: im.name):
         if img.camera_id not in model.cameras:
             raise DatasetError(f"{model_dir / f'images{ext}'}: image {img.name!r} refers to camera {img.camera_id}, not in {cameras_file}")
-        image_path = images_dir / img.name
+        image_path = images_dir / img.name.replace("\\", "/")
         if not image_path.is_file():
             missing.append(img.name)
             continue
