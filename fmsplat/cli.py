@@ -44,5 +44,21 @@ def make_scene_cmd(
     typer.echo(f"{path}  ({preset}, seed {seed}, {time.perf_counter() - start:.1f} s)")
 
 
+@app.command()
+def features(
+    scene: str = typer.Argument(..., help="Scene directory; features go to SCENE/features/<model key>/."),
+    data: str = typer.Option(None, "--data", help="Dataset (default: data.path in SCENE/scene.json)."),
+    downscale: float = typer.Option(None, "--downscale", help="Image downscale (default: scene.json's, else 1)."),
+    model: str = typer.Option("effnet", "--model", help="Extractor: effnet, effnet-mid, clip:<id|dir>, siglip:, dino:, dinov2:."),
+    pyramid: bool = typer.Option(False, "--pyramid", help="FMGS hybrid multi-scale map (language-aligned models)."),
+    opt: list[str] = typer.Option([], "--opt", help="Extractor option KEY=VALUE, repeatable (input_scale=2, stride=8, mode=maskclip)."),
+) -> None:
+    """Extract dense foundation-model features of every view and cache them (resumable)."""
+    from fmsplat.foundation.command import parse_options, run_features
+
+    s = run_features(scene, data, downscale, model, pyramid, options=parse_options(opt))
+    typer.echo(f"{s['folder']}: {s['views']} views, {s['dim']}-d, grid {s['grid']}, {s['seconds']} s")
+
+
 if __name__ == "__main__":
     app()

@@ -62,7 +62,8 @@ def to_bchw(images, name: str = "images") -> torch.Tensor:
     batch axis. A layout with 3 in both candidate positions is read as channels first.
     """
     if isinstance(images, np.ndarray):
-        images = torch.from_numpy(np.ascontiguousarray(images))
+        # torch cannot share a read-only array (e.g. a cached dataset image): copy those
+        images = torch.from_numpy(np.ascontiguousarray(images) if images.flags.writeable else np.array(images))
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{name}: expected a torch tensor or numpy array, got {type(images).__name__}")
     if not images.is_floating_point():

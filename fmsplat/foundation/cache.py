@@ -1,0 +1,179 @@
+"""On-disk feature cache: ``<scene>/features/<extractor key>/``.
+
+Layout: one fp16 safetensors file per view (tensor "features", shape (D, h, w)) and
+``manifest.json`` = {format, key, dim, dtype, grid (when all views agree), views: {name: {file,
+grid, bytes, sha256}}}. Every file goes through fmsplat.atomic (temp file + rename), the view file
+before its manifest entry, and the manifest is rewritten after every view: a killed run loses at
+most the view in flight and the next run continues from there. A view is used only when its file
+has the recorded size and SHA-256; anything else (truncated, corrupted, missing, unlisted) is
+recomputed, never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fmsplat import atomic
+
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+class CacheError(RuntimeError):
+    """A feature cache that cannot be used (wrong extractor, unreadable manifest, invalid view)."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def view_filename(name: str) -> str:
+    """Filesystem-safe, collision-free file name for a view name (which may hold '/' or spaces)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:80] or "view"
+    return f"{stem}.{hashlib.sha1(name.encode()).hexdigest()[:8]}.safetensors"
+
+
+class FeatureCache:
+    """Cached dense features of one extractor for the views of one scene directory."""
+
+    def __init__(self, scene_dir, extractor) -> None:
+        self.scene_dir = Path(scene_dir)
+        self.extractor = extractor
+        self.key = str(extractor.key)
+        self.dim = int(extractor.dim)
+        if not self.key or "/" in self.key or self.key in (".", ".."):
+            raise CacheError(f"extractor key '{self.key}' is not a usable folder name")
+        self.root = self.scene_dir / "features" / self.key
+        self.manifest_path = self.root / MANIFEST
+        self.manifest = self._read_manifest()
+
+    # -- manifest
+    def _read_manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return {"format": FORMAT, "key": self.key, "dim": self.dim, "dtype": "float16", "grid": None, "views": {}}
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CacheError(f"{self.manifest_path}: unreadable manifest ({err}); delete {self.root} to rebuild it") from err
+        if manifest.get("key") != self.key or manifest.get("dim") != self.dim:
+            raise CacheError(
+                f"{self.manifest_path}: holds features of key={manifest.get('key')!r} dim={manifest.get('dim')}, "
+                f"not of this extractor (key={self.key!r} dim={self.dim}); delete {self.root} to rebuild it"
+            )
+        if not isinstance(manifest.get("views"), dict):
+            raise CacheError(f"{self.manifest_path}: no 'views' table; delete {self.root} to rebuild it")
+        return manifest
+
+    def _write_manifest(self) -> None:
+        grids = {tuple(v["grid"]) for v in self.manifest["views"].values()}
+        self.manifest["grid"] = list(grids.pop()) if len(grids) == 1 else None
+        atomic.write_json(self.manifest_path, self.manifest)
+
+    # -- views
+    @property
+    def views(self) -> list[str]:
+        return list(self.manifest["views"])
+
+    def problem(self, name: str) -> str | None:
+        """Why view `name` cannot be used (None when its file is complete and intact)."""
+        entry = self.manifest["views"].get(name)
+        if entry is None:
+            return "not in the manifest"
+        path = self.root / entry["file"]
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            return f"{path} has {size} bytes, the manifest records {entry['bytes']} (truncated or overwritten)"
+        if _sha256(path) != entry["sha256"]:
+            return f"{path} does not match its recorded SHA-256 (corrupted)"
+        return None
+
+    def has(self, name: str) -> bool:
+        return self.problem(name) is None
+
+    def get(self, name: str) -> torch.Tensor:
+        """(D, h, w) float32 features of view `name`; CacheError when absent or damaged."""
+        from safetensors.torch import load_file
+
+        why = self.problem(name)
+        if why is not None:
+            raise CacheError(f"features of view '{name}' ({self.key}) are not usable: {why}")
+        feats = load_file(str(self.root / self.manifest["views"][name]["file"]))["features"]
+        return feats.float()
+
+    def put(self, name: str, features: torch.Tensor, image_size: tuple[int, int] | None = None) -> None:
+        """Store (D, h, w) features of one view (as fp16) and record it in the manifest."""
+        from safetensors.torch import save_file
+
+        if features.ndim != 3 or features.shape[0] != self.dim:
+            raise ValueError(f"features of view '{name}' must be ({self.dim}, h, w), got {tuple(features.shape)}")
+        half = features.detach().to("cpu", torch.float16).contiguous()
+        if not torch.isfinite(half).all():
+            raise ValueError(f"features of view '{name}' are not finite in fp16 (overflow or NaN); refusing to cache them")
+        fname = view_filename(name)
+        path = self.root / fname
+        meta = {"key": self.key, "view": name}
+        atomic.write_with(path, lambda tmp: save_file({"features": half}, str(tmp), metadata=meta))
+        entry = {"file": fname, "grid": list(half.shape[1:]), "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        if image_size is not None:
+            entry["image_size"] = [int(image_size[0]), int(image_size[1])]
+        self.manifest["views"][name] = entry
+        self._write_manifest()
+
+    def get_or_compute(self, name: str, image) -> torch.Tensor:
+        if not self.has(name):
+            self.put(name, self.extractor.encode_images(image)[0], _image_size(image))
+        return self.get(name)
+
+
+def _image_size(image) -> tuple[int, int]:
+    shape = tuple(image.shape)
+    return (shape[-2], shape[-1]) if shape[-3] == 3 else (shape[-3], shape[-2])
+
+
+def _views(source, names: Sequence[str] | None):
+    """(name, loader) pairs from a SceneDataset, a mapping name -> image, or a sequence of images."""
+    if hasattr(source, "cameras") and hasattr(source, "image"):
+        cams = source.cameras
+        vnames = [c.name or f"view_{i:04d}" for i, c in enumerate(cams)]
+        if len(set(vnames)) != len(vnames):
+            raise ValueError("dataset views have duplicate names; the cache needs unique names")
+        return [(n, (lambda i=i: source.image(i))) for i, n in enumerate(vnames)]
+    if isinstance(source, Mapping):
+        return [(str(k), (lambda v=v: v)) for k, v in source.items()]
+    if isinstance(source, (torch.Tensor, np.ndarray)) and source.ndim == 3:
+        source = [source]
+    items = list(source)
+    vnames = list(names) if names is not None else [f"view_{i:04d}" for i in range(len(items))]
+    if len(vnames) != len(items) or len(set(vnames)) != len(vnames):
+        raise ValueError(f"need {len(items)} unique view names, got {len(vnames)} ({len(set(vnames))} unique)")
+    return [(n, (lambda v=v: v)) for n, v in zip(vnames, items)]
+
+
+def extract_features(source, extractor, scene_dir, progress: bool = True, names: Sequence[str] | None = None) -> FeatureCache:
+    """Encode every view not yet validly cached and store it; returns the FeatureCache.
+
+    source: a SceneDataset (views named by camera name), a mapping name -> image, or a sequence /
+    batch of images (named `names`, default view_0000, view_0001, ...). Images are float in [0, 1],
+    (H, W, 3) or (3, H, W). Views already cached and intact are skipped, so a killed run resumes.
+    """
+    from tqdm.auto import tqdm
+
+    cache = FeatureCache(scene_dir, extractor)
+    todo = [(n, load) for n, load in _views(source, names) if not cache.has(n)]
+    for name, load in tqdm(todo, desc=f"features {cache.key}", unit="view", disable=not progress):
+        image = load()
+        cache.put(name, extractor.encode_images(image)[0], _image_size(image))
+    return cache

@@ -1,0 +1,72 @@
+"""`fmsplat features SCENE --model NAME`: extract and cache dense features of every view of a scene."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def resolve_data(scene_dir: Path, data: str | None, downscale: float | None) -> tuple[str, float]:
+    """Dataset path and downscale: explicit options win, else the scene's scene.json `data` block."""
+    scene_json = scene_dir / "scene.json"
+    recorded: dict = {}
+    if scene_json.is_file():
+        try:
+            recorded = json.loads(scene_json.read_text(encoding="utf-8")).get("data") or {}
+        except ValueError as err:
+            raise ValueError(f"{scene_json}: not valid JSON ({err})") from err
+    path = data or recorded.get("path")
+    if not path:
+        where = f"{scene_json} has no data.path" if scene_json.is_file() else f"{scene_dir} has no scene.json"
+        raise ValueError(f"{where}: pass the dataset with --data")
+    scale = downscale if downscale is not None else float(recorded.get("downscale", 1.0))
+    return str(path), scale
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """["input_scale=2", "mode=maskclip"] -> {"input_scale": 2, "mode": "maskclip"} (ints, floats, bools, strings)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"extractor option '{pair}' is not KEY=VALUE")
+        for convert in (int, float):
+            try:
+                options[key] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+
+def run_features(
+    scene: str,
+    data: str | None,
+    downscale: float | None,
+    model: str,
+    pyramid: bool,
+    options: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Extract features for all views (training and held-out) into SCENE/features/<key>/; returns a summary."""
+    from fmsplat.foundation.cache import extract_features
+    from fmsplat.foundation.registry import get_extractor
+    from fmsplat.scene import load_dataset
+
+    scene_dir = Path(scene)
+    path, scale = resolve_data(scene_dir, data, downscale)
+    dataset = load_dataset(path, downscale=scale)
+    extractor = get_extractor(model, pyramid=pyramid, **(options or {}))
+    start = time.perf_counter()
+    cache = extract_features(dataset, extractor, scene_dir, progress=progress)
+    return {
+        "folder": str(cache.root),
+        "key": cache.key,
+        "dim": cache.dim,
+        "views": len(cache.views),
+        "grid": cache.manifest["grid"],
+        "seconds": round(time.perf_counter() - start, 2),
+    }
