@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numpy.lib.recfunctions import structured_to_unstructured
 from plyfile import PlyData, PlyElement
 
 from fmsplat.atomic import atomic_path
@@ -129,7 +130,8 @@ def read_gaussian_ply(path: str | Path) -> dict:
             raise PlyFormatError(f"{path}: missing vertex propert{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}")
         if not names:
             return np.zeros((n, 0), np.float32)
-        return np.stack([np.asarray(vertex[name], dtype=np.float32) for name in names], axis=1)
+        # One multi-field view, converted in a single pass (much faster than stacking columns).
+        return structured_to_unstructured(vertex[names], dtype=np.float32)
 
     rest_names = [name for name in present if name.startswith("f_rest_")]
     n_rest = len(rest_names)

@@ -182,7 +182,6 @@ def load_dataset(
 
 
 def _read_raw(path: Path) -> RawScene:
-    from fmsplat.scene.colmap import find_colmap_model, read_colmap_scene
     from fmsplat.scene.transforms import read_transforms
 
     if not path.exists():
@@ -193,6 +192,9 @@ def _read_raw(path: Path) -> RawScene:
         raise DatasetError(f"{path}: not a transforms*.json file; pass a .json file or a dataset directory")
     if (path / "transforms.json").is_file():
         return read_transforms(path / "transforms.json")
+    # Imported only here: the COLMAP reader pulls in numba, which transforms.json users never need.
+    from fmsplat.scene.colmap import find_colmap_model, read_colmap_scene
+
     model = find_colmap_model(path)
     if model is not None:
         return read_colmap_scene(path, model)
