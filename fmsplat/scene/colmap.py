@@ -10,7 +10,6 @@ origin at the top-left image corner, as ours do.
 
 from __future__ import annotations
 
-import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -222,8 +221,10 @@ def _point_record_offsets(buf, count, start):  # pragma: no cover - compiled
             return offsets, np.int64(-1)
         offsets[i] = pos
         n = np.int64(0)
-        for b in range(8):
+        for b in range(7):  # low 7 bytes; a set 8th byte cannot be a real track length
             n |= np.int64(buf[pos + 43 + b]) << (8 * b)
+        if buf[pos + 50] != 0 or n > buf.shape[0]:
+            return offsets, np.int64(-1)
         pos += 51 + 8 * n
     return offsets, pos
 
@@ -247,6 +248,8 @@ def read_points3d_binary(path: Path) -> ColmapPoints:
     if len(buf) < 8:
         raise DatasetError(f"{path}: file is truncated (no point count)")
     count = int(buf[:8].view("<u8")[0])
+    if count > (len(buf) - 8) // _POINT_HEADER.itemsize:
+        raise DatasetError(f"{path}: file is truncated or corrupt ({count} points announced in {len(buf)} bytes)")
     offsets, end = _point_record_offsets(buf, count, 8)
     if end < 0 or end > len(buf):
         raise DatasetError(f"{path}: file is truncated ({count} points announced)")
