@@ -241,6 +241,13 @@ def test_malformed_files_name_the_file_and_key(tmp_path):
     no_focal = write_transforms(tmp_path / "ok", {"frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]}, "transforms_b.json")
     with pytest.raises(DatasetError, match=r"transforms_b\.json: frame 0.*'fl_x'"):
         load_dataset(no_focal)
+    fisheye = write_transforms(
+        tmp_path / "ok",
+        {"camera_model": "OPENCV_FISHEYE", "camera_angle_x": 1.0, "frames": [{"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}]},
+        "transforms_d.json",
+    )
+    with pytest.raises(DatasetError, match=r"transforms_d\.json: camera_model 'OPENCV_FISHEYE' is not supported"):
+        load_dataset(fisheye)
     no_frames = write_transforms(tmp_path / "ok", {"camera_angle_x": 1.0}, "transforms_c.json")
     with pytest.raises(DatasetError, match=r"transforms_c\.json.*'frames'"):
         load_dataset(no_frames)
