@@ -24,10 +24,11 @@ Output (a standard transforms.json dataset)::
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -91,7 +92,7 @@ PHOTOS: dict[str, PhotoSpec] = {
     for p in [
         PhotoSpec("cat", ("kitten", "tabby cat", "Egyptian cat"), "skimage.data.chelsea", _skimage("chelsea"),
                   (0, 300, 40, 420), "cube", 0.85),
-        PhotoSpec("coffee cup", ("espresso", "coffee mug", "cup of coffee"), "skimage.data.coffee", _skimage("coffee"),
+        PhotoSpec("espresso cup", ("coffee cup", "espresso", "cup of coffee"), "skimage.data.coffee", _skimage("coffee"),
                   (0, 400, 90, 570), "cube", 0.85),
         PhotoSpec("rocket", ("missile", "space rocket", "launch vehicle"), "skimage.data.rocket", _skimage("rocket"),
                   (30, 427, 250, 420), "cube", 1.5),
@@ -103,7 +104,7 @@ PHOTOS: dict[str, PhotoSpec] = {
                   _sklearn("flower.jpg"), (50, 400, 140, 480), "cube", 0.9),
         PhotoSpec("pagoda", ("temple", "palace", "chinese tower"), "sklearn.datasets.load_sample_image('china.jpg')",
                   _sklearn("china.jpg"), (20, 400, 60, 360), "panel", 1.4),
-        PhotoSpec("photographer", ("cameraman", "tripod", "man with a camera"), "skimage.data.camera",
+        PhotoSpec("camera tripod", ("tripod", "cameraman", "photographer"), "skimage.data.camera",
                   _skimage("camera"), (0, 512, 0, 512), "panel", 1.2),
     ]
 }
@@ -118,7 +119,7 @@ class SceneConfig:
     width: int = 128
     height: int = 96
     n_views: int = 24
-    objects: tuple[str, ...] = ("cat", "coffee cup", "rocket", "motorcycle")
+    objects: tuple[str, ...] = ("cat", "espresso cup", "camera tripod", "motorcycle")
     room_size: tuple[float, float, float] = (7.0, 7.0, 3.0)  # x, y extent (centred at 0), height
     focal_factor: float = 0.9  # fx = fy = focal_factor * width (about 58 degrees horizontal field of view)
     supersample: int = 2  # RGB rays per pixel side (anti-aliasing)
@@ -126,6 +127,7 @@ class SceneConfig:
     n_points: int = 6000
     label_every: int = 8  # views with index % label_every == 0 get labels/ (the held-out views)
     min_label_fraction: float = 0.01  # an object is labelled in a view when it covers this image fraction
+    min_visible_share: float = 0.3  # ... and this share of its whole silhouette (not cut off by frame/occluders)
 
     def __post_init__(self) -> None:
         unknown = [o for o in self.objects if o not in PHOTOS]
@@ -138,10 +140,10 @@ class SceneConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": dict(width=128, height=96, n_views=24, objects=("cat", "coffee cup", "rocket", "motorcycle"),
+    "tiny": dict(width=128, height=96, n_views=24, objects=("cat", "espresso cup", "camera tripod", "motorcycle"),
                  room_size=(7.0, 7.0, 3.0), supersample=2, texture_size=192, n_points=6000),
     "bench": dict(width=320, height=240, n_views=72,
-                  objects=("cat", "coffee cup", "rocket", "motorcycle", "astronaut", "flower", "pagoda", "photographer"),
+                  objects=("cat", "espresso cup", "rocket", "motorcycle", "astronaut", "flower", "pagoda", "camera tripod"),
                   room_size=(9.0, 9.0, 3.2), supersample=2, texture_size=384, n_points=30000),
 }
 
@@ -212,13 +214,18 @@ def _wood_texture(rng: np.random.Generator, n: int = 256, planks: int = 8) -> np
     return np.clip(tex, 0, 1).astype(np.float32)
 
 
-def _brick_texture() -> np.ndarray:
-    import skimage.data
-
-    gray = skimage.data.brick().astype(np.float32) / 255.0
-    gray = (gray - gray.mean()) / (gray.std() + 1e-6)
-    tint = np.array([0.66, 0.36, 0.28], dtype=np.float32)
-    return np.clip(tint * (1.0 + 0.22 * gray[..., None]), 0, 1).astype(np.float32)
+def _brick_texture(rng: np.random.Generator, n: int = 256, rows: int = 16, per_row: int = 4) -> np.ndarray:
+    """Running-bond brick wall: per-brick tone, light mortar joints, half-brick offset per row."""
+    y, x = np.mgrid[0:n, 0:n].astype(np.float64)
+    row = (y * rows / n).astype(int)
+    shifted = x + (row % 2) * (n / per_row / 2)
+    col = (shifted * per_row / n).astype(int) % per_row
+    tone = rng.uniform(0.8, 1.15, (rows, per_row))[row, col]
+    noise = gaussian_filter(rng.standard_normal((n, n)), sigma=1.5, mode="wrap")
+    brick = np.array([0.62, 0.3, 0.22]) * (tone * (1.0 + 0.06 * noise / (noise.std() + 1e-9)))[..., None]
+    joint = ((y % (n / rows)) < 2) | ((shifted % (n / per_row)) < 2)
+    brick[joint] = np.array([0.72, 0.7, 0.66])
+    return np.clip(brick, 0, 1).astype(np.float32)
 
 
 def _plaster_texture(rng: np.random.Generator, n: int = 128) -> np.ndarray:
@@ -251,7 +258,7 @@ def build_scene(config: SceneConfig, seed: int) -> Scene:
         hi=np.array([sx / 2, sy / 2, sz]),
         floor_tex=_wood_texture(rng),
         floor_tile=1.6,
-        brick_tex=_brick_texture(),
+        brick_tex=_brick_texture(rng),
         brick_tile=1.2,
         plaster_tex=_plaster_texture(rng),
         plaster_tile=1.5,
@@ -579,6 +586,18 @@ def _coverage(scene: Scene, camera: Camera, boxes: list[Box]) -> tuple[np.ndarra
     return np.array(frame), np.array(unoccluded), float(others.mean())
 
 
+def _silhouette_pixels(scene: Scene, camera: Camera, box: Box) -> float:
+    """Pixels the box alone would cover in an unbounded image of this camera (counted on a
+    half-resolution image three times as wide and high, centred on the real one)."""
+    K = camera.K.copy()
+    K[0, 2] += camera.width
+    K[1, 2] += camera.height
+    wide = replace(camera, K=K, width=3 * camera.width, height=3 * camera.height).scaled(0.5)
+    o, d = camera_rays(wide, np.array([[0.5, 0.5]]))
+    _, alone, _, _ = intersect(scene, o, d, boxes=[box])
+    return 4.0 * np.count_nonzero(alone == box.instance_id)
+
+
 def sample_cameras(scene: Scene, seed: int) -> list[Camera]:
     """Cameras inside the room at varied heights, each aimed at one object (close views) or at a
     group of objects (overview views, always used for the labelled views)."""
@@ -589,18 +608,27 @@ def sample_cameras(scene: Scene, seed: int) -> list[Camera]:
     hfov = 2 * np.arctan(cfg.width / 2 / K[0, 0])
     room = scene.room
     centres = np.stack([0.5 * (b.lo + b.hi) for b in scene.boxes])
+    # Labelled views go through the pairs of objects in a seeded order, so that every object
+    # is framed in some of them.
+    pairs = [p for p in itertools.combinations(range(len(scene.boxes)), 2)] or [(0,)]
+    pair_order = rng.permutation(len(pairs))
     cameras = []
     for i in range(cfg.n_views):
-        overview = i % cfg.label_every == 0 or rng.uniform() < 0.25
-        for _attempt in range(400):
+        labelled = i % cfg.label_every == 0
+        overview = labelled or rng.uniform() < 0.25
+        for attempt in range(400):
             if overview:
                 # Two objects framed together: aim between them, back off until both fit.
-                pick = rng.choice(len(scene.boxes), size=min(2, len(scene.boxes)), replace=False)
+                if labelled:
+                    # Move on to the next pair when one cannot be framed.
+                    pick = np.array(pairs[pair_order[(i // cfg.label_every + attempt // 80) % len(pairs)]])
+                else:
+                    pick = rng.choice(len(scene.boxes), size=min(2, len(scene.boxes)), replace=False)
                 target = centres[pick].mean(axis=0)
                 target[2] = rng.uniform(0.35, 0.7)
                 corners = np.concatenate([[scene.boxes[j].lo[:2], scene.boxes[j].hi[:2]] for j in pick])
                 spread = np.linalg.norm(corners - target[:2], axis=1).max()
-                distance = spread / np.tan(rng.uniform(0.55, 0.8) * hfov / 2) + 0.3
+                distance = spread / np.tan(rng.uniform(0.85, 1.0) * hfov / 2)
                 azimuth = rng.uniform(0, 2 * np.pi)
             else:
                 box = scene.boxes[i % len(scene.boxes)]
@@ -759,7 +787,16 @@ def _write_dataset(root: Path, scene: Scene, cameras: list[Camera], preset: str,
         _write_png(root / "instances" / f"{stem}.png", instance.astype(np.uint16))
         _write_png(root / "depth" / f"{stem}.png", np.round(depth * 1000.0).astype(np.uint16))
         if i % cfg.label_every == 0:
-            labels = labels_from_instances(instance, id_to_label, name=f"{stem}.png", min_pixels=min_pixels)
+            # Label the objects a person would name in this view: large enough, and not mostly
+            # hidden behind others or cut off by the frame.
+            counts = np.bincount(instance.reshape(-1), minlength=len(scene.boxes) + 1)
+            shown = {
+                b.instance_id: b.label
+                for b in scene.boxes
+                if counts[b.instance_id] >= min_pixels
+                and counts[b.instance_id] >= cfg.min_visible_share * _silhouette_pixels(scene, cam, b)
+            }
+            labels = labels_from_instances(instance, shown, name=f"{stem}.png", min_pixels=min_pixels)
             write_view_labels(root / "labels" / f"{stem}.json", labels)
             labelled.append(stem)
         c2w_gl = cam.c2w @ GL_TO_CV
