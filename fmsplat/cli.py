@@ -52,11 +52,12 @@ def features(
     model: str = typer.Option("effnet", "--model", help="Extractor: effnet, effnet-mid, clip:<id|dir>, siglip:, dino:, dinov2:."),
     pyramid: bool = typer.Option(False, "--pyramid", help="FMGS hybrid multi-scale map (language-aligned models)."),
     opt: list[str] = typer.Option([], "--opt", help="Extractor option KEY=VALUE, repeatable (input_scale=2, stride=8, mode=maskclip)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)."),
 ) -> None:
     """Extract dense foundation-model features of every view and cache them (resumable)."""
     from fmsplat.foundation.command import parse_options, run_features
 
-    s = run_features(scene, data, downscale, model, pyramid, options=parse_options(opt))
+    s = run_features(scene, data, downscale, model, pyramid, options=parse_options(opt), threads=threads)
     typer.echo(f"{s['folder']}: {s['views']} views, {s['dim']}-d, grid {s['grid']}, {s['seconds']} s")
 
 

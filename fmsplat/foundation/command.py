@@ -50,12 +50,20 @@ def run_features(
     pyramid: bool,
     options: dict | None = None,
     progress: bool = True,
+    threads: int = 0,
 ) -> dict:
     """Extract features for all views (training and held-out) into SCENE/features/<key>/; returns a summary."""
     from fmsplat.foundation.cache import extract_features
     from fmsplat.foundation.registry import get_extractor
     from fmsplat.scene import load_dataset
 
+    import torch
+
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    if threads:
+        # torch's intra-op pool spins between many small ops; on a shared CPU fewer threads win
+        torch.set_num_threads(threads)
     scene_dir = Path(scene)
     path, scale = resolve_data(scene_dir, data, downscale)
     dataset = load_dataset(path, downscale=scale)
