@@ -24,6 +24,7 @@ small objects in low-resolution views need `input_scale` > 1 or the FMGS pyramid
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -140,13 +141,15 @@ class _EffNetBase:
     stride: int
     language_aligned = False
 
-    def __init__(self, input_scale: float = 1.0, batch_size: int = 8, device: str | torch.device = "cpu") -> None:
+    def __init__(self, input_scale: float = 1.0, batch_size: int = 8, device: str | torch.device | None = None) -> None:
         if not input_scale > 0:
             raise ValueError(f"input_scale must be positive, got {input_scale}")
         self.input_scale = float(input_scale)
         self.batch_size = int(batch_size)
-        self.device = torch.device(device)
-        self.model = load_efficientnet_lite0().to(self.device)
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        # the loaded module is shared per process and stays on the CPU; another device gets its own copy
+        base = load_efficientnet_lite0()
+        self.model = base if self.device.type == "cpu" else copy.deepcopy(base).to(self.device)
 
     def _prepare(self, images) -> torch.Tensor:
         x = to_bchw(images)
