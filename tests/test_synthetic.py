@@ -136,8 +136,12 @@ def test_label_polygons_rasterise_to_instance_masks(tiny):
             iou = (raster & truth).sum() / (raster | truth).sum()
             assert iou > 0.9, (stem, o.category, iou)
             assert tuple(o.bbox) == mask_bbox(truth)
+            # Labelled objects are plainly visible, not slivers at the frame's edge.
+            assert truth.mean() >= preset_config("tiny").min_label_fraction
             n += 1
     assert n >= 5
+    # The labelled views between them frame every object.
+    assert {o.category for v in labels.values() for o in v.objects} == set(by_label)
 
 
 def test_objects_are_large_in_many_views(tiny):

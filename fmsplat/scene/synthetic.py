@@ -24,7 +24,6 @@ Output (a standard transforms.json dataset)::
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import tempfile
@@ -608,10 +607,18 @@ def sample_cameras(scene: Scene, seed: int) -> list[Camera]:
     hfov = 2 * np.arctan(cfg.width / 2 / K[0, 0])
     room = scene.room
     centres = np.stack([0.5 * (b.lo + b.hi) for b in scene.boxes])
-    # Labelled views go through the pairs of objects in a seeded order, so that every object
-    # is framed in some of them.
-    pairs = [p for p in itertools.combinations(range(len(scene.boxes)), 2)] or [(0,)]
-    pair_order = rng.permutation(len(pairs))
+    # Labelled views frame pairs of objects drawn in rounds (each round a shuffle of all the
+    # objects, cut into pairs), so that every object is framed in some of them.
+    n_obj = len(scene.boxes)
+    pairs: list[tuple[int, ...]] = []
+    while len(pairs) < cfg.n_views // cfg.label_every + 2 * n_obj:
+        order = [int(j) for j in rng.permutation(n_obj)]
+        if n_obj == 1:
+            pairs.append((order[0],))
+            continue
+        if n_obj % 2:
+            order.append(next(j for j in order if j != order[-1]))
+        pairs.extend(zip(order[0::2], order[1::2]))
     cameras = []
     for i in range(cfg.n_views):
         labelled = i % cfg.label_every == 0
@@ -621,7 +628,7 @@ def sample_cameras(scene: Scene, seed: int) -> list[Camera]:
                 # Two objects framed together: aim between them, back off until both fit.
                 if labelled:
                     # Move on to the next pair when one cannot be framed.
-                    pick = np.array(pairs[pair_order[(i // cfg.label_every + attempt // 80) % len(pairs)]])
+                    pick = np.array(pairs[(i // cfg.label_every + attempt // 80) % len(pairs)])
                 else:
                     pick = rng.choice(len(scene.boxes), size=min(2, len(scene.boxes)), replace=False)
                 target = centres[pick].mean(axis=0)
@@ -631,11 +638,13 @@ def sample_cameras(scene: Scene, seed: int) -> list[Camera]:
                 distance = spread / np.tan(rng.uniform(0.85, 1.0) * hfov / 2)
                 azimuth = rng.uniform(0, 2 * np.pi)
             else:
-                box = scene.boxes[i % len(scene.boxes)]
+                # Objects take turns; one that cannot be seen clearly (hemmed in by others or a
+                # wall) hands its view to the next.
+                box = scene.boxes[(i + attempt // 100) % len(scene.boxes)]
                 centre = 0.5 * (box.lo + box.hi)
                 radius = 0.5 * np.linalg.norm(box.hi - box.lo)
-                # The object subtends 45-85 % of the vertical field of view.
-                distance = radius / np.tan(rng.uniform(0.45, 0.85) * vfov / 2)
+                # The object's bounding sphere subtends 50-100 % of the vertical field of view.
+                distance = radius / np.tan(rng.uniform(0.5, 1.0) * vfov / 2)
                 if box.kind == "panel":
                     normal_az = 0.0 if box.facing_axis == 0 else np.pi / 2
                     azimuth = normal_az + rng.choice([0.0, np.pi]) + rng.uniform(-1.0, 1.0)
