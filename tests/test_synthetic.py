@@ -217,6 +217,8 @@ def test_bad_presets_are_named():
         preset_config("huge")
     with pytest.raises(ValueError, match="unknown object"):
         preset_config("tiny", objects=("cat", "unicorn"))
+    with pytest.raises(ValueError, match="at least one object"):
+        preset_config("tiny", objects=())
 
 
 def test_label_files_round_trip(tmp_path, tiny):

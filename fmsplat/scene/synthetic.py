@@ -129,6 +129,8 @@ class SceneConfig:
     min_visible_share: float = 0.3  # ... and this share of its whole silhouette (not cut off by frame/occluders)
 
     def __post_init__(self) -> None:
+        if not self.objects:
+            raise ValueError("a scene needs at least one object")
         unknown = [o for o in self.objects if o not in PHOTOS]
         if unknown:
             raise ValueError(f"unknown object(s) {unknown}; available: {sorted(PHOTOS)}")
