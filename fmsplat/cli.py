@@ -45,6 +45,31 @@ def make_scene_cmd(
 
 
 @app.command()
+def train(
+    data: str = typer.Argument(..., help="Dataset: transforms.json (or its folder) or a COLMAP folder."),
+    out: str = typer.Option(..., "--out", "-o", help="Scene directory to write (gaussians.ply, scene.json, metrics.json)."),
+    downscale: float = typer.Option(1.0, help="Image downscale factor (8 = 1/8 resolution)."),
+    steps: int = typer.Option(3000, help="Optimisation steps; the 3DGS schedule is scaled to this."),
+    sh_degree: int = typer.Option(3, help="Maximum spherical-harmonics degree (0-3)."),
+    test_every: int = typer.Option(8, help="Hold out every N-th view for evaluation (0: none)."),
+    max_gaussians: int = typer.Option(300_000, help="Densification stops adding Gaussians at this count."),
+    seed: int = typer.Option(0, help="Random seed."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+) -> None:
+    """Train a 3D Gaussian Splatting scene from posed photos (CPU, numba rasterizer)."""
+    from fmsplat.reconstruct import TrainConfig, train_gaussians
+
+    cfg = TrainConfig(steps=steps, downscale=downscale, sh_degree=sh_degree, test_every=test_every,
+                      max_gaussians=max_gaussians, seed=seed)
+    metrics = train_gaussians(data, out, cfg, resume=resume)
+    test = metrics["test"]
+    summary = f"{metrics['num_gaussians']} Gaussians"
+    if test.get("views"):
+        summary += f", held-out PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.3f} on {test['views']} views"
+    typer.echo(f"{out}: {summary}")
+
+
+@app.command()
 def features(
     scene: str = typer.Argument(..., help="Scene directory; features go to SCENE/features/<model key>/."),
     data: str = typer.Option(None, "--data", help="Dataset (default: data.path in SCENE/scene.json)."),
