@@ -1,0 +1,292 @@
+"""What every feature field shares: the spaces it reproduces, the scene it lives on, one render call.
+
+A *feature field* attaches foundation-model features to a trained 3DGS scene. Whatever its method
+(distillation baseline, FMGS hash grid, M3 memory attention), the layers above see one interface:
+
+    field = load_field(scene_dir)                       # fmsplat.fields
+    out = field.render(camera, spaces=["effnet"])       # FieldRender
+    out.features["effnet"]                              # (D, h, w) in the extractor's own space
+    field.gaussian_features("effnet")                   # (N, D) decoded per-Gaussian features
+    field.space("effnet").extractor().encode_text([...])  # text in the same space
+
+A field stores itself under ``<scene>/fields/<method>/``: ``field.json`` (method, spaces, config,
+training summary) and ``field.safetensors`` (its tensors), both written atomically; a method that
+changes the geometry (M3 trained jointly) also writes its own ``gaussians.ply`` there, which then
+replaces the scene's for that field.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from fmsplat import __version__, atomic
+from fmsplat.foundation.cache import FeatureCache, extract_features
+from fmsplat.foundation.registry import get_extractor
+from fmsplat.gaussians import GaussianModel
+from fmsplat.render import rasterize
+from fmsplat.scene import Camera, SceneDataset, load_dataset
+
+FIELD_JSON = "field.json"
+FIELD_TENSORS = "field.safetensors"
+FIELD_GAUSSIANS = "gaussians.ply"
+
+
+class FieldError(RuntimeError):
+    """A scene or field directory that cannot be used as asked (missing file, wrong method, bad config)."""
+
+
+# ------------------------------------------------------------------------------------------ spaces
+@dataclass(frozen=True)
+class SpaceSpec:
+    """One foundation-model feature space: how to build its extractor, and what it produces.
+
+    `alias` is the short name users type (`effnet`, `effnet-mid`, `clip`); `name`/`options`/`pyramid`
+    rebuild the extractor through the registry; `key` names its feature cache folder.
+    """
+
+    alias: str
+    name: str
+    options: tuple = ()  # sorted (key, value) pairs, hashable
+    pyramid: bool = False
+    key: str = ""
+    dim: int = 0
+    language_aligned: bool = False
+
+    @classmethod
+    def create(cls, name: str, alias: str | None = None, pyramid: bool = False, **options) -> "SpaceSpec":
+        ex = _extractor(name, pyramid, tuple(sorted(options.items())))
+        return cls(alias=alias or name, name=name, options=tuple(sorted(options.items())), pyramid=pyramid,
+                   key=str(ex.key), dim=int(ex.dim), language_aligned=bool(getattr(ex, "language_aligned", False)))
+
+    def extractor(self):
+        """The extractor of this space (built once per process and shared)."""
+        ex = _extractor(self.name, self.pyramid, tuple(self.options))
+        if str(ex.key) != self.key or int(ex.dim) != self.dim:
+            raise FieldError(f"space '{self.alias}': extractor {self.name} now has key {ex.key} / dim {ex.dim}, "
+                             f"the field was trained for key {self.key} / dim {self.dim}")
+        return ex
+
+    def encode_text(self, texts) -> torch.Tensor:
+        ex = self.extractor()
+        if not self.language_aligned:
+            raise FieldError(f"space '{self.alias}' ({self.name}) has no text encoder; query a language-aligned space")
+        return ex.encode_text(list(texts)).float()
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["options"] = dict(self.options)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SpaceSpec":
+        d = dict(d)
+        d["options"] = tuple(sorted(dict(d.get("options") or {}).items()))
+        return cls(**d)
+
+
+def parse_space(text: str, pyramid: bool = False) -> SpaceSpec:
+    """'effnet', 'effnet-mid@stride=8', 'clip:openai/clip-vit-base-patch16@mode=maskclip' -> SpaceSpec.
+
+    Options follow '@' as KEY=VALUE pairs (also separated by '@'); the alias is the name before them,
+    with a family's hub id shortened to the family ('clip:openai/...' -> 'clip')."""
+    from fmsplat.foundation.command import parse_options
+
+    name, *pairs = text.strip().split("@")
+    if not name:
+        raise FieldError(f"empty model name in '{text}'")
+    alias = name.split(":", 1)[0] if ":" in name else name
+    return SpaceSpec.create(name, alias=alias, pyramid=pyramid, **parse_options(pairs))
+
+
+@functools.lru_cache(maxsize=16)
+def _extractor(name: str, pyramid: bool, options: tuple):
+    return get_extractor(name, pyramid=pyramid, **dict(options))
+
+
+# ------------------------------------------------------------------------------------------ scene
+@dataclass
+class SceneBundle:
+    """A trained 3DGS scene directory, opened: its dataset (same downscale/split as training) and Gaussians."""
+
+    root: Path
+    meta: dict
+    dataset: SceneDataset
+    gaussians: GaussianModel
+
+    def feature_cache(self, spec: SpaceSpec, progress: bool = True) -> FeatureCache:
+        """The feature cache of `spec` for every view of the dataset, extracting what is missing."""
+        return extract_features(self.dataset, spec.extractor(), self.root, progress=progress)
+
+    def view_name(self, i: int) -> str:
+        cam = self.dataset.cameras[i]
+        return cam.name or f"view_{i:04d}"
+
+
+def open_scene(scene_dir, data: str | None = None, gaussians: str | Path | None = None) -> SceneBundle:
+    """Open `scene_dir` (written by `fmsplat train`): scene.json, gaussians.ply and the dataset it names."""
+    root = Path(scene_dir)
+    meta_path = root / "scene.json"
+    if not meta_path.is_file():
+        raise FieldError(f"{root}: no scene.json; train the scene first (fmsplat train DATA --out {root})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise FieldError(f"{meta_path}: not valid JSON ({err})") from err
+    info = meta.get("data") or {}
+    path = data or info.get("path")
+    if not path:
+        raise FieldError(f"{meta_path}: no data.path; pass the dataset explicitly")
+    dataset = load_dataset(path, downscale=float(info.get("downscale", 1.0)), test_every=int(info.get("test_every", 8)))
+    ply = Path(gaussians) if gaussians is not None else root / "gaussians.ply"
+    if not ply.is_file():
+        raise FieldError(f"{ply}: missing; train the scene first (fmsplat train)")
+    return SceneBundle(root=root, meta=meta, dataset=dataset, gaussians=GaussianModel.load_ply(ply))
+
+
+# ------------------------------------------------------------------------------------------ render
+@dataclass
+class FieldRender:
+    features: dict[str, torch.Tensor]  # alias -> (D, h, w)
+    alpha: torch.Tensor  # (h, w)
+    depth: torch.Tensor  # (h, w) expected depth (alpha-normalised)
+    camera: Camera  # the camera at the rendered size
+
+
+def camera_at(camera: Camera, size: tuple[int, int] | None) -> Camera:
+    """`camera` resized to `size` = (width, height) (None: unchanged)."""
+    if size is None or (int(size[0]), int(size[1])) == (camera.width, camera.height):
+        return camera
+    from dataclasses import replace
+
+    w, h = int(size[0]), int(size[1])
+    K = camera.K.copy()
+    K[0, :] *= w / camera.width
+    K[1, :] *= h / camera.height
+    K[2, :] = [0.0, 0.0, 1.0]
+    return replace(camera, K=K, width=w, height=h)
+
+
+def splat(gaussians: GaussianModel, channels: torch.Tensor, camera: Camera, mask: torch.Tensor | None = None):
+    """Render per-Gaussian `channels` (N, C) of `gaussians` (geometry as stored, detached) into (C, h, w).
+
+    `mask` (N,) keeps only some Gaussians (others are dropped, not made transparent). Returns the
+    rasterizer's RenderResult with `image` permuted to (C, h, w)."""
+    means, quats, scales, opacities = (t.detach() for t in gaussians.activated())
+    if mask is not None:
+        means, quats, scales, opacities, channels = means[mask], quats[mask], scales[mask], opacities[mask], channels[mask]
+    res = rasterize(means, quats, scales, opacities, channels, camera.viewmat_tensor(), camera.K_tensor(),
+                    camera.width, camera.height)
+    res.image = res.image.permute(2, 0, 1)
+    return res
+
+
+class FeatureField(torch.nn.Module):
+    """Base class of every method. Subclasses set `method`, implement `render`, `gaussian_features`,
+    `state_tensors`/`load_state_tensors`, and keep their hyper-parameters in `self.config` (a dataclass)."""
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, gaussians: GaussianModel, spaces: list[SpaceSpec], config) -> None:
+        super().__init__()
+        if not spaces:
+            raise FieldError(f"{self.method}: a field needs at least one feature space")
+        self.gaussians = gaussians
+        self.spaces = {s.alias: s for s in spaces}
+        self.config = config
+        self.summary: dict = {}
+        self.owns_geometry = False  # True when the method changed the Gaussians (saved beside the field)
+
+    def space(self, alias: str) -> SpaceSpec:
+        if alias not in self.spaces:
+            raise FieldError(f"{self.method} field has no space '{alias}'; it has {sorted(self.spaces)}")
+        return self.spaces[alias]
+
+    @property
+    def language_space(self) -> str:
+        """The first language-aligned space (text queries go there by default)."""
+        for alias, s in self.spaces.items():
+            if s.language_aligned:
+                return alias
+        raise FieldError(f"{self.method} field has no language-aligned space (spaces: {sorted(self.spaces)})")
+
+    # -- to implement
+    def render(self, camera: Camera, spaces: list[str] | None = None, size: tuple[int, int] | None = None) -> FieldRender:
+        raise NotImplementedError
+
+    def gaussian_features(self, space: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(tensors)
+
+    @classmethod
+    def from_saved(cls, gaussians: GaussianModel, spaces: list[SpaceSpec], config: dict, tensors: dict,
+                   meta: dict) -> "FeatureField":
+        """Rebuild a saved field (override when construction needs more than config and tensors)."""
+        field_ = cls(gaussians, spaces, cls.config_class(**config))
+        field_.load_state_tensors(tensors)
+        field_.summary = meta.get("summary", {})
+        return field_
+
+    config_class: ClassVar[type] = type(None)
+
+    # -- persistence
+    def save(self, scene_dir) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(scene_dir) / "fields" / self.method
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
+        atomic.write_with(out / FIELD_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+        if self.owns_geometry:
+            self.gaussians.save_ply(out / FIELD_GAUSSIANS)
+        meta = {
+            "method": self.method,
+            "spaces": [s.to_json() for s in self.spaces.values()],
+            "config": asdict(self.config) if self.config is not None else {},
+            "summary": self.summary,
+            "owns_geometry": self.owns_geometry,
+            "num_gaussians": len(self.gaussians),
+            "fmsplat": __version__,
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic.write_json(out / FIELD_JSON, meta)  # last: a field.json means the tensors are complete
+        return out
+
+
+def read_field_meta(field_dir: Path) -> dict:
+    path = Path(field_dir) / FIELD_JSON
+    if not path.is_file():
+        raise FieldError(f"{path}: missing (no finished field here)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise FieldError(f"{path}: not valid JSON ({err})") from err
+
+
+def load_field_tensors(field_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(field_dir) / FIELD_TENSORS
+    if not path.is_file():
+        raise FieldError(f"{path}: missing")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types; name the file and re-raise
+        raise FieldError(f"{path}: cannot read ({err})") from err
+
+
+__all__ = [
+    "FeatureField", "FieldError", "FieldRender", "SceneBundle", "SpaceSpec", "camera_at", "load_field_tensors",
+    "open_scene", "parse_space", "read_field_meta", "splat",
+]
