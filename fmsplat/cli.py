@@ -86,5 +86,28 @@ def features(
     typer.echo(f"{s['folder']}: {s['views']} views, {s['dim']}-d, grid {s['grid']}, {s['seconds']} s")
 
 
+
+@app.command()
+def fit(
+    scene: str = typer.Argument(..., help="Trained scene directory (fmsplat train); the field goes to SCENE/fields/<method>/."),
+    method: str = typer.Option("distill", "--method", "-m", help="Field method: distill (baseline), fmgs, m3."),
+    models: str = typer.Option(None, "--models", help="Comma-separated extractors, e.g. effnet,effnet-mid (default: the method's)."),
+    steps: int = typer.Option(None, "--steps", help="Optimisation steps (default: the method's)."),
+    opt: list[str] = typer.Option([], "--opt", help="Config field KEY=VALUE, repeatable (see the method's Config)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the field's last checkpoint."),
+) -> None:
+    """Fit a feature field (foundation-model features) on a trained Gaussian scene, geometry frozen."""
+    from fmsplat.fields import fit_field
+    from fmsplat.foundation.command import parse_options
+
+    overrides = parse_options(opt)
+    if steps is not None:
+        overrides["steps"] = steps
+    model_list = [m for m in models.split(",") if m.strip()] if models else None
+    field = fit_field(scene, method, models=model_list, resume=resume, **overrides)
+    s = field.summary
+    typer.echo(f"{scene}/fields/{method}: spaces {', '.join(field.spaces)}; "
+               f"{s.get('steps', '?')} steps in {s.get('fit_seconds', '?')} s")
+
 if __name__ == "__main__":
     app()
