@@ -41,9 +41,13 @@ def _check_inputs(**tensors: torch.Tensor) -> None:
     for name, t in tensors.items():
         if not torch.is_tensor(t):
             raise TypeError(f"rasterize: {name} must be a torch.Tensor, got {type(t).__name__}")
-        bad = ~torch.isfinite(t.detach())
-        if bad.any():
-            raise ValueError(f"rasterize: {name} contains {int(bad.sum())} non-finite values (NaN or inf)")
+        if t.numel() == 0:
+            continue
+        # min/max propagate NaN and expose inf in one pass without a full-size mask; count only on failure
+        lo, hi = torch.aminmax(t.detach())
+        if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+            bad = int((~torch.isfinite(t.detach())).sum())
+            raise ValueError(f"rasterize: {name} contains {bad} non-finite values (NaN or inf)")
 
 
 @functools.lru_cache(maxsize=32)
