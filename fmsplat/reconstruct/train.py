@@ -10,6 +10,7 @@ import json
 import math
 import platform
 import time
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -55,14 +56,34 @@ class TrainConfig:
     sh_increase_every: float = 1000 / REFERENCE_STEPS
     grad_threshold: float = 2e-4
     percent_dense: float = 0.01
+    prune_opacity: float = 0.005
+    max_screen_size: float = 20.0  # px, pruned after the first opacity reset
+    max_world_size: float = 0.1  # x scene extent, pruned after the first opacity reset
     max_gaussians: int = 300_000
     init_random_points: int = 20_000
     init_opacity: float = 0.1
     checkpoint_every: int = 500
+    train_eval_views: int = 8  # training views scored at the end (evenly spaced), 0: none
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"TrainConfig.steps must be >= 1, got {self.steps}")
+        if not 0 <= self.sh_degree <= 3:
+            raise ValueError(f"TrainConfig.sh_degree must be in 0..3, got {self.sh_degree}")
+        if self.checkpoint_every < 1:
+            raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if len(tuple(self.background)) != 3:
+            raise ValueError(f"TrainConfig.background must be an RGB triple, got {self.background!r}")
+        self.background = tuple(float(c) for c in self.background)
 
     def schedule(self) -> dict:
-        """Step numbers of the scaled schedule."""
+        """Step numbers of the scaled schedule, 1-based as in the original code: at iteration
+        `it` (= step + 1) the SH degree is it // sh_increase_every; refinement runs when
+        densify_from < it < densify_until and it % densify_every == 0; opacity resets when
+        it < densify_until and it % reset_every == 0."""
         s = self.steps
+        # Refinement every 100 of 30k steps; short runs refine relatively 4x as often (at least
+        # every 10 steps) so that densification still gets a few dozen rounds.
         every = max(10, min(self.densify_every, round(self.densify_every * s / REFERENCE_STEPS * 4)))
         return {
             "densify_from": max(every, round(self.densify_from * s)),
@@ -78,7 +99,7 @@ def _versions() -> dict:
     import numba
 
     return {"fmsplat": __version__, "torch": torch.__version__, "numba": numba.__version__,
-            "python": platform.python_version()}
+            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _init_model(data: SceneDataset, cfg: TrainConfig) -> GaussianModel:
@@ -90,15 +111,21 @@ def _init_model(data: SceneDataset, cfg: TrainConfig) -> GaussianModel:
                                 init_opacity=cfg.init_opacity)
 
 
-def _params_from_model(model: GaussianModel) -> dict:
-    raw = {
+def _tensors_from_model(model: GaussianModel) -> dict:
+    return {
         "means": model.means, "quats": model.quats, "scales": model.scales, "opacities": model.opacities,
         "sh0": model.sh[:, :1], "shN": model.sh[:, 1:],
     }
-    return {k: torch.nn.Parameter(v.detach().float().clone().contiguous()) for k, v in raw.items()}
+
+
+def _params_from_model(model: GaussianModel) -> dict:
+    """One leaf parameter per attribute (one Adam group each), as the original code keeps them."""
+    return {k: torch.nn.Parameter(v.detach().float().clone().contiguous())
+            for k, v in _tensors_from_model(model).items()}
 
 
 def model_from_params(params: dict, sh_degree: int) -> GaussianModel:
+    """The trainer's parameter dict (means, quats, scales, opacities, sh0, shN) as a GaussianModel."""
     return GaussianModel(
         means=params["means"].detach(), quats=params["quats"].detach(), scales=params["scales"].detach(),
         opacities=params["opacities"].detach(), sh=torch.cat([params["sh0"], params["shN"]], 1).detach(),
@@ -112,37 +139,50 @@ def _make_optimizer(params: dict, cfg: TrainConfig, extent: float) -> torch.opti
     return torch.optim.Adam([{"params": [params[k]], "lr": lr, "name": k} for k, lr in lrs.items()], eps=1e-15)
 
 
-def _means_lr(step: int, cfg: TrainConfig, extent: float) -> float:
-    t = min(1.0, step / max(1, cfg.steps))
+def _means_lr(iteration: int, cfg: TrainConfig, extent: float) -> float:
+    """Log-linear decay from lr_means to lr_means_final over the run, times the scene extent."""
+    t = min(1.0, iteration / max(1, cfg.steps))
     return extent * math.exp((1 - t) * math.log(cfg.lr_means) + t * math.log(cfg.lr_means_final))
 
 
+def _image(data: SceneDataset, i: int, device=None) -> torch.Tensor:
+    """View i as a tensor sharing the dataset's cached (read-only) array: never written to."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        t = torch.from_numpy(data.image(i))
+    return t if device is None else t.to(device)
+
+
 def render_view(model_or_params, cam, sh_degree: int, background, backend: str = "auto"):
-    """Render one camera from either a GaussianModel or the trainer's parameter dict."""
+    """Render one camera from either a GaussianModel or the trainer's parameter dict, with the
+    colours of SH degree `sh_degree` seen from the camera centre. Returns a RenderResult."""
     if isinstance(model_or_params, GaussianModel):
-        p = _params_from_model(model_or_params)
+        p = _tensors_from_model(model_or_params)
     else:
         p = model_or_params
+    means = p["means"]
+    device, dtype = means.device, means.dtype
     sh = torch.cat([p["sh0"], p["shN"]], 1)
-    center = torch.as_tensor(cam.center, dtype=torch.float32)
-    dirs = p["means"] - center
+    center = torch.as_tensor(cam.center, dtype=dtype, device=device)
+    dirs = means - center
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     colors = (eval_sh(sh_degree, sh, dirs) + 0.5).clamp_min(0.0)
     return rasterize(
-        p["means"], p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
-        cam.viewmat_tensor(), cam.K_tensor(), cam.width, cam.height,
-        background=torch.as_tensor(background, dtype=torch.float32), backend=backend,
+        means, p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
+        cam.viewmat_tensor(device, dtype), cam.K_tensor(device, dtype), cam.width, cam.height,
+        background=torch.as_tensor(background, dtype=dtype, device=device), backend=backend,
     )
 
 
 def evaluate_views(model: GaussianModel, data: SceneDataset, indices, background) -> dict:
-    """Mean PSNR / SSIM of `indices` (held-out views) rendered at full SH degree."""
-    params = _params_from_model(model)
+    """Mean PSNR / SSIM of the views `indices` rendered at the model's full SH degree, clamped
+    to [0, 1], against the dataset's images (held-out views for the test score)."""
+    indices = [int(i) for i in indices]
     scores = []
     with torch.no_grad():
         for i in indices:
-            res = render_view(params, data.cameras[i], model.sh_degree, background)
-            gt = torch.from_numpy(np.ascontiguousarray(data.image(i)))
+            res = render_view(model, data.cameras[i], model.sh_degree, background)
+            gt = _image(data, i, res.image.device)
             pred = res.image.clamp(0, 1)
             scores.append((float(psnr(pred, gt)), float(ssim(pred, gt))))
     if not scores:
@@ -152,127 +192,189 @@ def evaluate_views(model: GaussianModel, data: SceneDataset, indices, background
             "per_view": [{"view": data.cameras[i].name, "psnr": s[0], "ssim": s[1]} for i, s in zip(indices, scores)]}
 
 
-def _save_checkpoint(path: Path, step: int, params: dict, optimizer, control: DensityControl, sh_active: int,
-                     rng_state) -> None:
-    state = {
-        "step": step,
-        "sh_active": sh_active,
-        "params": {k: v.detach() for k, v in params.items()},
-        "optimizer": {k: {s: optimizer.state[v][s] for s in ("exp_avg", "exp_avg_sq", "step")}
-                      for k, v in params.items() if v in optimizer.state},
-        "stats": {"grad_accum": control.grad_accum, "count": control.count, "max_radii": control.max_radii},
-        "rng": rng_state,
-    }
+# Fields that may change between a run and its resumption without changing the result.
+_RESUME_FREE = ("checkpoint_every", "train_eval_views")
+
+
+def _config_dict(cfg: TrainConfig) -> dict:
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg)}
+    out["background"] = list(out["background"])
+    return out
+
+
+def _data_identity(data: SceneDataset) -> dict:
+    return {"path": str(Path(data.source).resolve()), "views": len(data), "downscale": data.downscale,
+            "test_every": data.test_every, "train_views": [int(i) for i in data.train_indices]}
+
+
+def _check_same_run(source: Path, saved_cfg: dict, saved_data: dict, cfg: TrainConfig, data: SceneDataset) -> None:
+    now = _config_dict(cfg)
+    diffs = [f"{k}: {saved_cfg.get(k)!r} -> {now[k]!r}" for k in now if k not in _RESUME_FREE and saved_cfg.get(k) != now[k]]
+    ident = _data_identity(data)
+    diffs += [f"data.{k}: {saved_data.get(k)!r} -> {ident[k]!r}" for k in ident if saved_data.get(k) != ident[k]]
+    if diffs:
+        raise ValueError(f"{source}: cannot resume, the run was started with different settings ({'; '.join(diffs)}); "
+                         "resume with the original settings or train into a new directory")
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
     atomic.write_with(path, lambda tmp: torch.save(state, tmp))
 
 
-def _load_checkpoint(path: Path, cfg: TrainConfig, extent: float, control: DensityControl):
+def _load_checkpoint(path: Path) -> dict:
     try:
-        state = torch.load(path, weights_only=True)
+        return torch.load(path, weights_only=True)
     except Exception as exc:
         raise RuntimeError(f"{path}: cannot read the training checkpoint ({exc}); delete it to start afresh") from exc
-    params = {k: torch.nn.Parameter(v.clone()) for k, v in state["params"].items()}
-    optimizer = _make_optimizer(params, cfg, extent)
-    for k, s in state["optimizer"].items():
-        optimizer.state[params[k]] = {key: val.clone() for key, val in s.items()}
-    control.grad_accum, control.count, control.max_radii = (
-        state["stats"]["grad_accum"], state["stats"]["count"], state["stats"]["max_radii"])
-    return state["step"], state["sh_active"], params, optimizer, state["rng"]
+
+
+def _train_eval_indices(data: SceneDataset, k: int) -> list[int]:
+    train = data.train_indices
+    if k <= 0 or not train:
+        return []
+    picks = np.unique(np.linspace(0, len(train) - 1, min(k, len(train))).round().astype(int))
+    return [train[j] for j in picks]
 
 
 def train_gaussians(data_path, out_dir, cfg: TrainConfig | None = None, resume: bool = False,
                     progress: bool = True, data: SceneDataset | None = None) -> dict:
-    """Train a 3DGS on the dataset at `data_path` and write the scene directory `out_dir`:
-    gaussians.ply, scene.json, metrics.json (held-out PSNR/SSIM) and a resumable checkpoint."""
+    """Train a 3DGS on the dataset at `data_path` (or the already loaded `data`) and write the
+    scene directory `out_dir`: gaussians.ply, scene.json, metrics.json (PSNR/SSIM on held-out
+    views and on a few training views). While it runs, checkpoints/train.pt is rewritten
+    atomically every `cfg.checkpoint_every` steps; `resume=True` continues from it (and the
+    continued run matches an uninterrupted one). Returns the metrics."""
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     ckpt_path = out_dir / CHECKPOINT
     if data is None:
         data = load_dataset(data_path, downscale=cfg.downscale, test_every=cfg.test_every, background=cfg.background)
     if not data.train_indices:
-        raise ValueError(f"{data_path}: no training views (all {len(data)} views are held out)")
-    torch.manual_seed(cfg.seed)
+        raise ValueError(f"{data.source}: no training views (all {len(data)} views are held out)")
     extent = max(data.extent, 1e-3)
     sched = cfg.schedule()
     control = DensityControl(0, extent, grad_threshold=cfg.grad_threshold, percent_dense=cfg.percent_dense,
-                             max_gaussians=cfg.max_gaussians)
+                             min_opacity=cfg.prune_opacity, max_screen_size=cfg.max_screen_size,
+                             max_world_size=cfg.max_world_size, max_gaussians=cfg.max_gaussians)
     rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + 1)
+    order: list[int] = []
+    loss_ema, elapsed_before, start = None, 0.0, 0
+
     if resume and ckpt_path.exists():
-        start, sh_active, params, optimizer, rng_state = _load_checkpoint(ckpt_path, cfg, extent, control)
-        rng.bit_generator.state = json.loads(rng_state)
+        state = _load_checkpoint(ckpt_path)
+        _check_same_run(ckpt_path, json.loads(state["config"]), json.loads(state["data"]), cfg, data)
+        start = int(state["step"])
+        params = {k: torch.nn.Parameter(v.clone()) for k, v in state["params"].items()}
+        optimizer = _make_optimizer(params, cfg, extent)
+        for k, s in state["optimizer"].items():
+            optimizer.state[params[k]] = {key: val.clone() for key, val in s.items()}
+        control.grad_accum, control.count, control.max_radii = (
+            state["stats"]["grad_accum"], state["stats"]["count"], state["stats"]["max_radii"])
+        rng.bit_generator.state = json.loads(state["rng"])
+        generator.set_state(state["generator"])
+        order = [int(i) for i in state["order"]]
+        loss_ema = state["loss_ema"]
+        elapsed_before = float(state["elapsed"])
+        if progress:
+            tqdm.write(f"{out_dir}: resuming from the checkpoint at step {start} of {cfg.steps}")
     elif resume and (out_dir / "gaussians.ply").exists() and (out_dir / "metrics.json").exists():
+        scene = json.loads((out_dir / "scene.json").read_text())
+        _check_same_run(out_dir / "scene.json", scene["train_config"], scene["run_data"], cfg, data)
+        if progress:
+            tqdm.write(f"{out_dir}: already trained ({cfg.steps} steps); nothing to resume")
         return json.loads((out_dir / "metrics.json").read_text())
     else:
+        if resume:
+            warnings.warn(f"{out_dir}: --resume given but there is no checkpoint to resume from; starting afresh",
+                          stacklevel=2)
+        elif ckpt_path.exists():
+            warnings.warn(f"{ckpt_path}: an earlier run's checkpoint exists; starting afresh will replace it "
+                          "(pass resume=True / --resume to continue it)", stacklevel=2)
+        torch.manual_seed(cfg.seed)
         model = _init_model(data, cfg)
         params = _params_from_model(model)
         optimizer = _make_optimizer(params, cfg, extent)
         control.reset_stats(len(model))
-        start, sh_active = 0, 0
     bg = torch.as_tensor(cfg.background, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(cfg.seed + 1)
 
-    t0 = time.time()
-    order: list[int] = []
+    t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="3DGS", disable=not progress,
                dynamic_ncols=True)
-    loss_ema = None
     for step in bar:
+        it = step + 1  # 1-based iteration, as the schedule of the original code counts
         if not order:
-            order = list(rng.permutation(data.train_indices))
-        i = int(order.pop())
+            order = [int(j) for j in rng.permutation(data.train_indices)]
+        i = order.pop()
         cam = data.cameras[i]
         for group in optimizer.param_groups:
             if group["name"] == "means":
-                group["lr"] = _means_lr(step, cfg, extent)
-        if step > 0 and step % sched["sh_increase_every"] == 0:
-            sh_active = min(cfg.sh_degree, sh_active + 1)
+                group["lr"] = _means_lr(it, cfg, extent)
+        sh_active = min(cfg.sh_degree, it // sched["sh_increase_every"])
 
         res = render_view(params, cam, sh_active, bg)
-        gt = torch.from_numpy(np.ascontiguousarray(data.image(i)))
+        gt = _image(data, i)
         loss = rgb_loss(res.image, gt, cfg.ssim_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-
-        if step < sched["densify_until"]:
+        if it < sched["densify_until"]:
             control.observe(res.means2d.grad, res.radii, cam.width, cam.height)
         optimizer.step()
 
-        done = step + 1
-        if sched["densify_from"] <= done <= sched["densify_until"] and done % sched["densify_every"] == 0:
-            control.refine(params, optimizer, prune_large=done > sched["reset_every"], generator=generator)
-        if done <= sched["densify_until"] and done % sched["reset_every"] == 0:
+        if sched["densify_from"] < it < sched["densify_until"] and it % sched["densify_every"] == 0:
+            control.refine(params, optimizer, prune_large=it > sched["reset_every"], generator=generator)
+        if it < sched["densify_until"] and it % sched["reset_every"] == 0:
             reset_opacity(params, optimizer)
 
-        loss_ema = float(loss) if loss_ema is None else 0.9 * loss_ema + 0.1 * float(loss)
+        loss_value = loss.item()
+        loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}", psnr=f"{float(psnr(res.image.detach(), gt)):.2f}",
-                            n=params["means"].shape[0])
-        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            _save_checkpoint(ckpt_path, done, params, optimizer, control, sh_active,
-                             json.dumps(rng.bit_generator.state))
+                            n=params["means"].shape[0], sh=sh_active)
+        if it % cfg.checkpoint_every == 0 and it < cfg.steps:
+            _save_checkpoint(ckpt_path, {
+                "step": it,
+                "params": {k: v.detach() for k, v in params.items()},
+                "optimizer": {k: {s: optimizer.state[v][s] for s in ("exp_avg", "exp_avg_sq", "step")}
+                              for k, v in params.items() if v in optimizer.state},
+                "stats": {"grad_accum": control.grad_accum, "count": control.count, "max_radii": control.max_radii},
+                "rng": json.dumps(rng.bit_generator.state),
+                "generator": generator.get_state(),
+                "order": list(order),
+                "loss_ema": loss_ema,
+                "elapsed": elapsed_before + time.perf_counter() - t0,
+                "config": json.dumps(_config_dict(cfg)),
+                "data": json.dumps(_data_identity(data)),
+            })
     bar.close()
+    train_seconds = elapsed_before + time.perf_counter() - t0
 
     model = model_from_params(params, cfg.sh_degree)
-    train_time = time.time() - t0
+    t_eval = time.perf_counter()
     metrics = {
         "test": evaluate_views(model, data, data.test_indices, cfg.background),
+        "train": evaluate_views(model, data, _train_eval_indices(data, cfg.train_eval_views), cfg.background),
         "num_gaussians": len(model),
         "steps": cfg.steps,
-        "train_seconds_this_run": round(train_time, 2),
+        "resumed_from_step": start or None,
+        "train_seconds": round(train_seconds, 2),
+        "eval_seconds": round(time.perf_counter() - t_eval, 2),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_ply(out_dir / "gaussians.ply")
     scene = {
         "fmsplat_scene": 1,
+        "gaussians": "gaussians.ply",
         "data": {"path": str(Path(data.source).resolve()), "downscale": data.downscale, "test_every": data.test_every},
+        "run_data": _data_identity(data),
         "provenance": data.provenance(),
-        "train_config": {f.name: getattr(cfg, f.name) for f in fields(cfg)},
+        "train_config": _config_dict(cfg),
         "schedule": sched,
+        "scene_extent": extent,
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic.write_json(out_dir / "scene.json", scene)
     atomic.write_json(out_dir / "metrics.json", metrics)
+    atomic.write_json(out_dir / "scene.json", scene)
     if ckpt_path.exists():
         ckpt_path.unlink()
     return metrics
