@@ -328,3 +328,46 @@ def test_fox_short_run_fits_its_training_views(tmp_path):
     assert trained > constant + 5, (trained, constant)
     assert metrics["num_gaussians"] > 0 and metrics["test"]["views"] == 2
     assert math.isfinite(metrics["test"]["psnr"])
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2, 3])
+def test_sh_colors_match_eval_sh_with_gradients(degree):
+    from fmsplat.gaussians import eval_sh
+    from fmsplat.reconstruct.train import sh_colors
+
+    g = torch.Generator().manual_seed(degree)
+    sh = torch.randn(50, 16, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    dirs = torch.nn.functional.normalize(torch.randn(50, 3, generator=g, dtype=torch.float64), dim=-1)
+    dirs.requires_grad_(True)
+    ref = (eval_sh(degree, sh, dirs) + 0.5).clamp_min(0.0)
+    got = sh_colors(sh[:, :1], sh[:, 1:], degree, dirs)
+    assert torch.allclose(got, ref, atol=1e-12)
+    w = torch.randn(50, 3, generator=g, dtype=torch.float64)
+    g_ref = torch.autograd.grad((ref * w).sum(), (sh, dirs), allow_unused=True, materialize_grads=True)
+    g_got = torch.autograd.grad((got * w).sum(), (sh, dirs), allow_unused=True, materialize_grads=True)
+    for a, b in zip(g_ref, g_got):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert (g_got[0][:, (degree + 1) ** 2 :] == 0).all(), "coefficients above the degree get no gradient"
+
+
+def test_evaluation_ignores_pixels_without_photo(blob, monkeypatch):
+    """Undistortion leaves a border with no photo behind it: it must not count in PSNR."""
+    from fmsplat.reconstruct import render_view
+
+    data = load_dataset(blob, test_every=4)
+    i = data.test_indices[1]
+    model = GaussianModel.random(300, [-0.6] * 3, [0.6] * 3, sh_degree=0, seed=2, init_opacity=0.5)
+    pred = render_view(model, data.cameras[i], 0, (0, 0, 0)).image.detach().clamp(0, 1)
+    photo = torch.from_numpy(np.array(data.image(i)))
+    expected = float(psnr(pred[:, 12:], photo[:, 12:]))
+    clean = evaluate_views(model, data, [i], (0, 0, 0))["psnr"]
+
+    garbage = photo.numpy().copy()
+    garbage[:, :12] = 1.0 - garbage[:, :12]
+    valid = np.ones(garbage.shape[:2], dtype=bool)
+    valid[:, :12] = False
+    monkeypatch.setattr(data, "image", lambda j: garbage if j == i else np.zeros_like(garbage))
+    monkeypatch.setattr(data, "valid_mask", lambda j: valid)
+    masked = evaluate_views(model, data, [i], (0, 0, 0))["psnr"]
+    assert masked == pytest.approx(expected, abs=1e-4)
+    assert abs(clean - expected) > 0.1, "the test needs a border that changes the score"
