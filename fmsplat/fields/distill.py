@@ -33,6 +33,7 @@ from fmsplat.fields.base import (
     open_scene,
     parse_space,
     splat,
+    torch_threads,
 )
 
 DEFAULT_MODELS = ("effnet", "effnet-mid")
@@ -52,6 +53,7 @@ class Config:
     min_alpha: float = 0.5  # grid cells with less rendered coverage are left out of the loss
     checkpoint_every: int = 200
     seed: int = 0
+    torch_threads: int = 1  # torch intra-op threads while fitting (0: unchanged); see fields.base.torch_threads
 
 
 class DistillField(FeatureField):
@@ -160,6 +162,11 @@ def fit(scene_dir, models=None, config: Config | None = None, resume: bool = Fal
         bundle: SceneBundle | None = None, **overrides) -> DistillField:
     """Fit the distillation baseline on the trained scene `scene_dir`; saves SCENE/fields/distill/."""
     cfg = _resolve_config(config, overrides)
+    with torch_threads(cfg.torch_threads):
+        return _fit(scene_dir, models, cfg, resume, progress, bundle)
+
+
+def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> DistillField:
     bundle = bundle or open_scene(scene_dir)
     spaces = [parse_space(m) for m in (models or DEFAULT_MODELS)]
     if len({s.alias for s in spaces}) != len(spaces):
