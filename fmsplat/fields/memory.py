@@ -26,7 +26,9 @@ adding them at once (streaming: new frames extend a bank without rebuilding it).
 with an entry at cosine >= tau (a one-hop cover, stronger than Algorithm 1's), entries are pairwise
 below tau (as Algorithm 1's kept rows are), and the cost is O(P·K·D) for a bank of K entries, with
 memory bounded by block × bank chunk — never the P × P matrix. Zero rows (no feature: padding,
-unpainted regions) cannot be matched by a cosine and are not added.
+unpainted regions) cannot be matched by a cosine and are not added. The scan against the bank goes
+newest entries first and drops a row as soon as an entry is within tau, so covered rows (most of
+them: neighbouring pixels, consecutive frames) rarely meet the whole bank.
 
 ``memory_attention`` — ``softmax(cos(q W, bank) / T) @ bank`` (M3's Gaussian memory attention), with
 the cosine computed as the official code does (vectors divided by norm + 1e-6). Because
@@ -160,10 +162,13 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 class MemoryBank:
     """A growing bank of raw features of one model (see the module docstring for the rule).
 
-    raw: (K, D) float32 entries as the model produced them; counts: (K,) how many added rows each
-    entry covers (the row itself included); rows_seen: rows offered so far (zero rows included)."""
+    raw: (K, D) float32 entries as the model produced them; counts: (K,) how many offered rows were
+    counted for each entry (every non-zero row once, for one entry within tau: a statistic that
+    depends on batch boundaries, unlike the entries); rows_seen: rows offered so far (zero rows
+    included)."""
 
-    def __init__(self, dim: int, tau: float, block: int = 2048, max_block_bytes: int = DEFAULT_BLOCK_BYTES) -> None:
+    def __init__(self, dim: int, tau: float, block: int = 2048, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
+                 scan_chunk: int = 1024) -> None:
         if dim < 1:
             raise ValueError(f"MemoryBank: dim must be >= 1, got {dim}")
         if block < 1:
@@ -172,10 +177,37 @@ class MemoryBank:
         self.tau = _check_tau(tau)
         self.block = int(block)
         self.max_block_bytes = int(max_block_bytes)
-        self.raw = torch.zeros(0, self.dim)
-        self.counts = torch.zeros(0, dtype=torch.int64)
+        self.scan_chunk = max(1, int(scan_chunk))
         self.rows_seen = 0
-        self._unit = torch.zeros(0, self.dim)
+        self._set(torch.zeros(0, self.dim), torch.zeros(0, dtype=torch.int64))
+
+    # storage grows by doubling, so streaming many small batches costs amortised O(1) per entry
+    def _set(self, raw: torch.Tensor, counts: torch.Tensor) -> None:
+        self._n = raw.shape[0]
+        self._raw, self._units, self._counts = raw.contiguous(), _unit(raw).contiguous(), counts.contiguous()
+
+    def _append(self, raw: torch.Tensor, units: torch.Tensor) -> None:
+        need = self._n + raw.shape[0]
+        if need > self._raw.shape[0]:
+            cap = max(need, 2 * self._raw.shape[0], 64)
+
+            def grow(t: torch.Tensor) -> torch.Tensor:
+                return torch.cat([t[: self._n], t.new_zeros((cap - self._n,) + tuple(t.shape[1:]))])
+
+            self._raw, self._units, self._counts = grow(self._raw), grow(self._units), grow(self._counts)
+        self._raw[self._n:need], self._units[self._n:need] = raw, units
+        self._counts[self._n:need] = 0
+        self._n = need
+
+    @property
+    def raw(self) -> torch.Tensor:
+        """(K, D) raw entries (a view of the bank's storage)."""
+        return self._raw[: self._n]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(K,) rows covered by each entry (a view of the bank's storage)."""
+        return self._counts[: self._n]
 
     # -- construction
     @classmethod
@@ -188,8 +220,7 @@ class MemoryBank:
         elif method == "algorithm1":
             idx, counts = similarity_reduction(x, tau, max_block_bytes=bank.max_block_bytes, progress=progress,
                                                return_counts=True)
-            bank.raw, bank.counts = x[idx].clone(), counts
-            bank._unit = _unit(bank.raw)
+            bank._set(x[idx].clone(), counts)
             bank.rows_seen = x.shape[0]
         else:
             raise ValueError(f"unknown memory-bank method '{method}'; choose 'fast' or 'algorithm1'")
@@ -200,17 +231,16 @@ class MemoryBank:
                      **kw) -> "MemoryBank":
         raw = _as_rows(raw, "bank")
         bank = cls(raw.shape[1], tau, **kw)
-        bank.raw = raw.clone()
-        bank.counts = (counts.to(torch.int64).clone() if counts is not None
-                       else torch.ones(raw.shape[0], dtype=torch.int64))
-        if bank.counts.shape != (raw.shape[0],):
-            raise ValueError(f"MemoryBank: counts shape {tuple(bank.counts.shape)} does not match {raw.shape[0]} entries")
-        bank._unit = _unit(bank.raw)
+        counts = (counts.to(torch.int64).clone() if counts is not None
+                  else torch.ones(raw.shape[0], dtype=torch.int64))
+        if counts.shape != (raw.shape[0],):
+            raise ValueError(f"MemoryBank: counts shape {tuple(counts.shape)} does not match {raw.shape[0]} entries")
+        bank._set(raw.clone(), counts)
         bank.rows_seen = int(rows_seen)
         return bank
 
     def __len__(self) -> int:
-        return self.raw.shape[0]
+        return self._n
 
     @property
     def nbytes(self) -> int:
@@ -236,14 +266,36 @@ class MemoryBank:
         return best, arg
 
     def _match_unit(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact best match of unit rows against every entry (chunks bounded by the memory budget)."""
         best = torch.full((u.shape[0],), -math.inf)
         arg = torch.full((u.shape[0],), -1, dtype=torch.int64)
         step = self._bank_chunk(u.shape[0])
         for k in range(0, len(self), step):
-            v, i = (u @ self._unit[k:k + step].T).max(dim=1)
+            v, i = (u @ self._units[k:min(k + step, self._n)].T).max(dim=1)
             better = v > best
             best = torch.where(better, v, best)
             arg = torch.where(better, i + k, arg)
+        return best, arg
+
+    def _cover_unit(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which unit rows have an entry within tau, and one such entry (else the best, below tau).
+
+        Entries are scanned newest first in chunks of `scan_chunk`, and a row leaves the scan as soon as
+        one is within tau: neighbouring pixels and consecutive frames are mostly covered by recent
+        entries, so only the rows that become entries meet the whole bank."""
+        best = torch.full((u.shape[0],), -math.inf)
+        arg = torch.full((u.shape[0],), -1, dtype=torch.int64)
+        active = torch.arange(u.shape[0])
+        step = min(self.scan_chunk, self._bank_chunk(u.shape[0]))
+        stop = self._n
+        while stop > 0 and active.numel():
+            start = max(0, stop - step)
+            v, i = (u[active] @ self._units[start:stop].T).max(dim=1)
+            better = v > best[active]
+            best[active] = torch.where(better, v, best[active])
+            arg[active] = torch.where(better, i + start, arg[active])
+            active = active[best[active] < self.tau]
+            stop = start
         return best, arg
 
     def coverage(self, features) -> dict:
@@ -252,7 +304,8 @@ class MemoryBank:
         x = _as_rows(features)
         x = x[nonzero_rows(x)]
         if x.shape[0] == 0 or len(self) == 0:
-            return {"rows": int(x.shape[0]), "covered": 0.0, "mean_best_cos": float("nan"), "min_best_cos": float("nan")}
+            nan = float("nan")
+            return {"rows": int(x.shape[0]), "covered": 0.0, "mean_best_cos": nan, "min_best_cos": nan}
         best, _ = self.best_match(x)
         # the bank's own rows may score 1 - 1e-7; allow float rounding at the threshold
         return {"rows": int(x.shape[0]), "covered": float((best >= self.tau - 1e-5).float().mean()),
@@ -277,7 +330,7 @@ class MemoryBank:
             if live.numel() == 0:
                 continue
             u = _unit(xb[live])
-            best, arg = self._match_unit(u)
+            best, arg = self._cover_unit(u)
             fresh = torch.nonzero(best < self.tau).squeeze(1)
             n_old = len(self)
             if fresh.numel():
@@ -285,19 +338,17 @@ class MemoryBank:
                 is_leader = np.zeros(len(fresh), dtype=np.bool_)
                 _leaders((uf @ uf.T >= self.tau).numpy(), is_leader)
                 lead = fresh[torch.from_numpy(is_leader)]  # positions among the live rows, in order
-                # a row's entry is its best match among the entries that exist when it is offered:
-                # the old bank and the block's leaders up to and including itself
+                # count each row for an entry within tau: the one the scan found, or a better one among
+                # the block's leaders up to and including itself
                 sim = u @ u[lead].T
                 sim[lead[None, :] > torch.arange(len(live))[:, None]] = -math.inf
                 b_new, a_new = sim.max(dim=1)
                 take = b_new > best
                 arg = torch.where(take, a_new + n_old, arg)
                 rows = live[lead]
-                self.raw = torch.cat([self.raw, xb[rows]])
-                self._unit = torch.cat([self._unit, u[lead]])
-                self.counts = torch.cat([self.counts, torch.zeros(len(lead), dtype=torch.int64)])
+                self._append(xb[rows], u[lead])
                 new_idx.append(rows + s)
-            self.counts += torch.bincount(arg, minlength=len(self))
+            self._counts[: self._n] += torch.bincount(arg, minlength=len(self))
             bar.set_postfix(entries=len(self))
         bar.close()
         self.rows_seen += p
