@@ -78,6 +78,7 @@ from fmsplat.fields.base import (
     open_scene,
     parse_space,
     splat,
+    torch_threads,
 )
 from fmsplat.fields.memory import MemoryBank, flatten_views, memory_attention, nonzero_rows
 from fmsplat.gaussians import GaussianModel
@@ -117,6 +118,9 @@ class Config:
     checkpoint_every: int = 500  # steps between checkpoints (SCENE/fields/m3/checkpoint.pt)
     seed: int = 0  # queries, projections, view order and sample points
     max_block_mb: int = 256  # memory budget of one similarity / attention block (MiB)
+    torch_threads: int = 0  # torch intra-op threads while fitting (0: unchanged). Unlike distill, M3's steps are
+    #                         dominated by the attention matmuls: on the 2-core machine the tiny-preset test fit
+    #                         took 43-48 s with torch's 2 threads and 63-80 s with 1 (fields.base.torch_threads)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -370,7 +374,7 @@ def _resolve_config(config: Config | None, overrides: dict) -> Config:
 
 
 # fields that may change between a run and its resumption
-_RESUME_FREE = ("steps", "checkpoint_every", "max_block_mb")
+_RESUME_FREE = ("steps", "checkpoint_every", "max_block_mb", "torch_threads")
 
 
 def _resume_identity(cfg: Config) -> dict:
@@ -402,9 +406,14 @@ def fit(scene_dir, models=None, config: Config | None = None, resume: bool = Fal
     models: extractor names (default effnet, effnet-mid); config / overrides: Config fields. While it
     runs, SCENE/fields/m3/checkpoint.pt is rewritten atomically every `checkpoint_every` steps;
     `resume=True` continues from it (same settings; `steps` may grow)."""
+    cfg = _resolve_config(config, overrides)
+    with torch_threads(cfg.torch_threads):
+        return _fit(scene_dir, models, cfg, resume, progress, bundle)
+
+
+def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> M3Field:
     from fmsplat.reconstruct.train import TrainConfig
 
-    cfg = _resolve_config(config, overrides)
     bundle = bundle or open_scene(scene_dir)
     scene_dir = Path(scene_dir)
     spaces = [parse_space(m) if isinstance(m, str) else m for m in (models or DEFAULT_MODELS)]
