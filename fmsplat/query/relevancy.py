@@ -58,3 +58,51 @@ def relevancy(
     pos_sim = torch.einsum("...d,qd->q...", x, q)
     neg_sim = torch.einsum("...d,kd->...k", x, neg).amax(dim=-1)
     return torch.sigmoid(temperature * (pos_sim - neg_sim[None]))[0 if single else slice(None)]
+
+
+def relevancy_upsampled(
+    features: torch.Tensor,
+    size: tuple[int, int],
+    query: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float = LERF_TEMPERATURE,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """LERF relevancy of a (D, h, w) feature map bilinearly upsampled to `size` = (H, W), without
+    holding the (D, H, W) upsampled map: channels are upsampled `chunk` at a time and only their
+    dot products with the texts and their squared norms are kept. Equals
+    `relevancy(interpolate(features, size), query, negatives)` (L2-normalised, dim 0).
+
+    query: (D,) or (Q, D); returns (H, W) or (Q, H, W).
+    """
+    feats = torch.as_tensor(features)
+    if feats.dim() != 3 or not feats.is_floating_point():
+        raise ValueError(f"relevancy_upsampled: features must be a float (D, h, w) map, got {tuple(feats.shape)} {feats.dtype}")
+    q = torch.as_tensor(query, dtype=torch.float32, device=feats.device)
+    neg = torch.as_tensor(negatives, dtype=torch.float32, device=feats.device)
+    single = q.dim() == 1
+    q = q.reshape(1, -1) if single else q
+    d = feats.shape[0]
+    if neg.dim() != 2 or neg.shape[0] == 0 or q.shape[1] != d or neg.shape[1] != d:
+        raise ValueError(f"relevancy_upsampled: feature dim {d}, query {tuple(q.shape)}, negatives {tuple(neg.shape)}")
+    texts = F.normalize(torch.cat([q, neg]), dim=-1)  # (Q + K, D)
+    H, W = int(size[0]), int(size[1])
+    if tuple(feats.shape[1:]) == (H, W):  # nothing to upsample: one pass
+        flat = feats.reshape(d, -1).float()
+        dots = (texts @ flat).reshape(-1, H, W)
+        sq = flat.square().sum(0).reshape(H, W)
+        chunks = range(0)
+    else:
+        dots = torch.zeros(texts.shape[0], H, W, device=feats.device)
+        sq = torch.zeros(H, W, device=feats.device)
+        chunks = range(0, d, max(1, int(chunk)))
+    for c in chunks:
+        part = feats[c:c + chunk].float()
+        if tuple(part.shape[1:]) != (H, W):
+            part = F.interpolate(part[None], size=(H, W), mode="bilinear", align_corners=False)[0]
+        dots += torch.einsum("chw,tc->thw", part, texts[:, c:c + chunk])
+        sq += part.square().sum(0)
+    cos = dots / sq.sqrt().clamp_min(1e-12)
+    nq = q.shape[0]
+    rel = torch.sigmoid(temperature * (cos[:nq] - cos[nq:].amax(dim=0)[None]))
+    return rel[0] if single else rel

@@ -1,0 +1,414 @@
+"""Text queries on any feature field: relevancy maps, 2D/3D localisation, masks, Gaussian selection.
+
+Everything here works through the FeatureField interface (fmsplat.fields.base), whatever the method::
+
+    from fmsplat.query import QueryEngine
+    engine = QueryEngine(field)                      # language space: field.language_space
+    result = engine.query(camera, "espresso cup")    # QueryResult: relevancy, pixel, mask, 3D points, Gaussians
+    rel = engine.relevancy_map(camera, "cat")        # (H, W) LERF relevancy
+
+One-off calls have module-level twins (`relevancy_map(field, camera, text)`, `localize_3d(...)`, ...).
+Text embeddings are cached per (space, text) for the whole process; an engine also caches the field's
+normalised per-Gaussian features, so build a new engine (or call `reset()`) after changing the field.
+
+2D: the relevancy map is the LERF relevancy (fmsplat.query.relevancy) of the rendered features; its
+argmax pixel is the 2D location; the LangSplat post-processing (fmsplat.query.segment) gives the mask.
+
+3D, two ways:
+- *lifted*: the argmax pixel (of the map after a small mean filter, so that it sits inside the answer), through the rendered expected depth (alpha-normalised z-depth) and the
+  camera, to a world point (pixel (col, row) has its centre at (col + 0.5, row + 0.5), as the
+  rasterizer samples it);
+- *from the Gaussians*: LERF relevancy of every Gaussian's decoded feature; among the most relevant
+  (opaque) Gaussians, the densest cluster (opacity x relevancy weighted kernel density), refined by a
+  few mean-shift steps: a point on the object even when the query also matches something elsewhere.
+
+Selection: Gaussians whose relevancy reaches `relative` of the way from the lowest to the highest
+relevancy (0.7, LangSplat's effective threshold on a normalised map), optionally also an absolute
+`threshold`, and optionally only those within `radius` of a point (e.g. the 3D location).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SpaceSpec
+from fmsplat.query.relevancy import CANONICAL_NEGATIVES, LERF_TEMPERATURE, relevancy
+from fmsplat.query.segment import argmax_pixel, langsplat_segmentation, mean_filter
+from fmsplat.scene import Camera
+
+# ------------------------------------------------------------------------------------------ text
+_TEXT_CACHE: dict[tuple[SpaceSpec, str], torch.Tensor] = {}
+
+
+def text_embeddings(spec: SpaceSpec, texts: Sequence[str]) -> torch.Tensor:
+    """(T, D) float32 embeddings of `texts` in `spec`'s space, each computed once per process."""
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = [str(t) for t in texts]
+    for t in texts:
+        if not t.strip():
+            raise ValueError("empty query text")
+    missing = [t for t in dict.fromkeys(texts) if (spec, t) not in _TEXT_CACHE]
+    if missing:
+        emb = spec.encode_text(missing).detach().float().cpu()
+        if emb.shape != (len(missing), spec.dim):
+            raise FieldError(f"space '{spec.alias}': encode_text returned {tuple(emb.shape)}, "
+                             f"expected ({len(missing)}, {spec.dim})")
+        if not torch.isfinite(emb).all():
+            raise FieldError(f"space '{spec.alias}': encode_text returned non-finite values for {missing}")
+        for t, e in zip(missing, emb):
+            _TEXT_CACHE[(spec, t)] = e
+    return torch.stack([_TEXT_CACHE[(spec, t)] for t in texts])
+
+
+def clear_text_cache() -> None:
+    _TEXT_CACHE.clear()
+
+
+# ------------------------------------------------------------------------------------------ geometry
+def lift_pixel(camera: Camera, x: float, y: float, depth: float) -> np.ndarray:
+    """World point (3,) of pixel (x, y) = (col, row) of `camera` at camera-space z-depth `depth`."""
+    if not np.isfinite(depth) or depth <= 0:
+        raise ValueError(f"cannot lift pixel ({x}, {y}): depth {depth} is not a positive number")
+    uv1 = np.array([x + 0.5, y + 0.5, 1.0])
+    p_cam = np.linalg.solve(camera.K, uv1) * depth  # K^-1 [u v 1] has z = 1
+    c2w = camera.c2w
+    return c2w[:3, :3] @ p_cam + c2w[:3, 3]
+
+
+def _scene_scale(points: torch.Tensor) -> float:
+    """Diagonal of the 2nd-98th percentile box of `points` (robust to floaters)."""
+    if len(points) < 2:
+        return 1.0
+    q = torch.quantile(points.double(), torch.tensor([0.02, 0.98], dtype=torch.float64), dim=0)
+    return max(float((q[1] - q[0]).norm()), 1e-6)
+
+
+def densest_point(points: torch.Tensor, weights: torch.Tensor, bandwidth: float, steps: int = 5) -> torch.Tensor:
+    """Mode of the weighted Gaussian-kernel density of `points` (K, 3): start at the point of highest
+    density among them, then `steps` mean-shift updates. Returns (3,) float64."""
+    p = points.double()
+    w = weights.double().clamp_min(0)
+    if len(p) == 0:
+        raise ValueError("densest_point: no points")
+    inv = 1.0 / (2.0 * bandwidth * bandwidth)
+    density = (torch.exp(-torch.cdist(p, p).square() * inv) * w[None]).sum(1)
+    x = p[int(density.argmax())]
+    for _ in range(steps):
+        k = torch.exp(-(p - x).square().sum(1) * inv) * w
+        x = (k[:, None] * p).sum(0) / k.sum().clamp_min(1e-300)
+    return x
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass
+class Selection:
+    """Gaussians selected for a query: `mask` (N,) bool, the relevancy cut used, how many."""
+
+    mask: torch.Tensor
+    cutoff: float
+    count: int
+    relevancy: torch.Tensor  # (N,) per-Gaussian relevancy
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "cutoff": self.cutoff}
+
+
+@dataclass
+class QueryResult:
+    text: str
+    space: str
+    view: str
+    size: tuple[int, int]  # (width, height) of the maps
+    relevancy: np.ndarray  # (H, W)
+    pixel: tuple[int, int]  # (x, y) argmax
+    lift_pixel: tuple[int, int]  # (x, y) lifted to 3D (argmax after a small mean filter)
+    score: float  # relevancy at the argmax
+    mask: np.ndarray  # (H, W) bool, LangSplat protocol
+    point_lifted: np.ndarray | None  # (3,) world point of the argmax pixel (None: no surface there)
+    depth: float  # expected depth at the argmax pixel
+    alpha: float  # rendered opacity at the argmax pixel (low: the lifted point is unreliable)
+    point_gaussians: np.ndarray  # (3,) world point from the per-Gaussian relevancy
+    selection: Selection
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    render: FieldRender | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "text": self.text,
+            "space": self.space,
+            "view": self.view,
+            "size": list(self.size),
+            "location_2d": {"x": self.pixel[0], "y": self.pixel[1], "relevancy": self.score,
+                            "relevancy_range": [float(self.relevancy.min()), float(self.relevancy.max())]},
+            "mask_pixels": int(self.mask.sum()),
+            "location_3d": {
+                "lift_pixel": {"x": self.lift_pixel[0], "y": self.lift_pixel[1]},
+                "lifted": None if self.point_lifted is None else [float(v) for v in self.point_lifted],
+                "depth": self.depth,
+                "alpha": self.alpha,
+                "gaussians": [float(v) for v in self.point_gaussians],
+            },
+            "selection": self.selection.to_json(),
+            "timing_ms": {k: round(v, 3) for k, v in self.timing_ms.items()},
+        }
+
+
+# ------------------------------------------------------------------------------------------ engine
+class QueryEngine:
+    """Queries in one language-aligned space of one field, with caches for repeated use."""
+
+    def __init__(self, field_: FeatureField, space: str | None = None, negatives: Sequence[str] = CANONICAL_NEGATIVES,
+                 temperature: float = LERF_TEMPERATURE) -> None:
+        self.field = field_
+        self.space = space or field_.language_space
+        self.spec = field_.space(self.space)
+        if not self.spec.language_aligned:
+            raise FieldError(f"space '{self.space}' ({self.spec.name}) is not language-aligned; text queries need "
+                             f"one of {[a for a, s in field_.spaces.items() if s.language_aligned] or 'none'}")
+        self.negatives = tuple(str(n) for n in negatives)
+        if not self.negatives:
+            raise ValueError("relevancy needs at least one negative phrase")
+        self.temperature = float(temperature)
+        self._gauss: torch.Tensor | None = None
+        self._neg_gauss: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget the cached per-Gaussian features (after the field changed)."""
+        self._gauss = self._neg_gauss = None
+
+    # -- text
+    def embed(self, texts: str | Sequence[str]) -> torch.Tensor:
+        return text_embeddings(self.spec, [texts] if isinstance(texts, str) else texts)
+
+    @property
+    def negative_embeddings(self) -> torch.Tensor:
+        return text_embeddings(self.spec, self.negatives)
+
+    # -- 2D
+    def render(self, camera: Camera, size: tuple[int, int] | None = None) -> FieldRender:
+        out = self.field.render(camera, spaces=[self.space], size=size)
+        feats = out.features.get(self.space)
+        if feats is None or feats.dim() != 3 or feats.shape[0] != self.spec.dim:
+            raise FieldError(f"{self.field.method}.render gave {None if feats is None else tuple(feats.shape)} "
+                             f"for space '{self.space}', expected ({self.spec.dim}, h, w)")
+        return out
+
+    def relevancy_maps(self, render: FieldRender, texts: Sequence[str]) -> torch.Tensor:
+        """(T, H, W) relevancy of several texts on one rendered view."""
+        feats = render.features[self.space].detach().float()
+        return relevancy(feats, self.embed(list(texts)), self.negative_embeddings, dim=0,
+                         temperature=self.temperature)
+
+    def relevancy_map(self, camera: Camera | None, text: str, size: tuple[int, int] | None = None,
+                      render: FieldRender | None = None) -> torch.Tensor:
+        """(H, W) relevancy of `text` seen from `camera` (rendered at `size`, or the given `render`)."""
+        if render is None:
+            if camera is None:
+                raise ValueError("relevancy_map: pass a camera or a render")
+            render = self.render(camera, size)
+        return self.relevancy_maps(render, [text])[0]
+
+    @staticmethod
+    def localize_2d(relevancy_map, smooth_kernel: int | None = None) -> tuple[int, int]:
+        """(x, y) of the argmax (after a `smooth_kernel` mean filter when given, as LangSplat does)."""
+        r = relevancy_map.detach().cpu().numpy() if isinstance(relevancy_map, torch.Tensor) else np.asarray(relevancy_map)
+        return argmax_pixel(mean_filter(r, smooth_kernel) if smooth_kernel else r)
+
+    @staticmethod
+    def segment(relevancy_map, **kw) -> np.ndarray:
+        """(H, W) bool mask by the LangSplat protocol (fmsplat.query.segment.langsplat_segmentation)."""
+        return langsplat_segmentation(relevancy_map, **kw)
+
+    @staticmethod
+    def lift_pixel_of(relevancy_map, kernel: int | None = None) -> tuple[int, int]:
+        """The pixel to lift to 3D: argmax of the relevancy after a small mean filter (`kernel`, default
+        5% of the shorter side, at least 3 px). A raw argmax may sit on the rim of a plateau of equal
+        values (first in row-major order) or on a one-pixel spike, where the expected depth mixes the
+        object with what lies behind it; the filtered argmax sits inside the answer."""
+        r = relevancy_map.detach().cpu().numpy() if isinstance(relevancy_map, torch.Tensor) else np.asarray(relevancy_map)
+        k = kernel if kernel is not None else max(3, round(0.05 * min(r.shape)))
+        return argmax_pixel(mean_filter(r, k) if k > 1 else r)
+
+    @staticmethod
+    def lift(render: FieldRender, x: int, y: int, min_alpha: float = 0.5) -> tuple[np.ndarray | None, float, float]:
+        """(world point or None, depth, alpha) of pixel (x, y) of a render; None where the rendered
+        opacity there is below `min_alpha` (no surface to put the point on)."""
+        h, w = render.alpha.shape
+        if not (0 <= x < w and 0 <= y < h):
+            raise ValueError(f"pixel ({x}, {y}) outside the {w}x{h} render")
+        alpha = float(render.alpha[y, x])
+        depth = float(render.depth[y, x])
+        if alpha < min_alpha or not np.isfinite(depth) or depth <= 0:
+            return None, depth, alpha
+        return lift_pixel(render.camera, x, y, depth), depth, alpha
+
+    # -- 3D
+    def _gaussian_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._gauss is None:
+            g = self.field.gaussian_features(self.space).detach().float()
+            n = len(self.field.gaussians)
+            if g.shape != (n, self.spec.dim):
+                raise FieldError(f"{self.field.method}.gaussian_features('{self.space}') has shape {tuple(g.shape)}, "
+                                 f"expected ({n}, {self.spec.dim})")
+            self._gauss = torch.nn.functional.normalize(g, dim=-1)
+            neg = torch.nn.functional.normalize(self.negative_embeddings, dim=-1)
+            self._neg_gauss = (self._gauss @ neg.T).amax(dim=1)
+        return self._gauss, self._neg_gauss
+
+    def gaussian_relevancy(self, text: str) -> torch.Tensor:
+        """(N,) LERF relevancy of every Gaussian's decoded feature for `text`."""
+        g, neg_max = self._gaussian_cache()
+        q = torch.nn.functional.normalize(self.embed([text]), dim=-1)[0]
+        return torch.sigmoid(self.temperature * (g @ q - neg_max))
+
+    def _opacities(self) -> torch.Tensor:
+        return torch.sigmoid(self.field.gaussians.opacities.detach().float())
+
+    def gaussian_point(self, text: str, top_fraction: float = 0.01, min_top: int = 16, max_top: int = 4096,
+                       min_opacity: float = 0.1, bandwidth: float | None = None,
+                       gaussian_relevancy: torch.Tensor | None = None) -> np.ndarray:
+        """(3,) world point of `text` from the Gaussians: densest cluster of the most relevant ones.
+
+        Takes the top `top_fraction` (at least `min_top`, at most `max_top`) of the Gaussians with
+        opacity >= `min_opacity` by relevancy, weights them by opacity x relevancy, and returns the
+        mode of their kernel density (bandwidth default: 5% of the scene's robust diagonal)."""
+        rel = self.gaussian_relevancy(text) if gaussian_relevancy is None else gaussian_relevancy
+        opac = self._opacities()
+        keep = torch.nonzero(opac >= min_opacity).squeeze(1)
+        if len(keep) == 0:
+            raise FieldError(f"{self.field.method}: no Gaussian has opacity >= {min_opacity}")
+        k = int(min(max(min_top, round(top_fraction * len(keep))), max_top, len(keep)))
+        top = keep[torch.topk(rel[keep], k).indices]
+        means = self.field.gaussians.means.detach()
+        if bandwidth is None:
+            bandwidth = 0.05 * _scene_scale(means[keep])
+        point = densest_point(means[top], opac[top] * rel[top], bandwidth)
+        return point.numpy()
+
+    def select_gaussians(self, text: str, relative: float = 0.7, threshold: float | None = None,
+                         min_opacity: float = 0.1, near=None, radius: float | None = None,
+                         gaussian_relevancy: torch.Tensor | None = None) -> Selection:
+        """The Gaussians of `text`: relevancy >= lowest + `relative` x (highest - lowest) over the
+        Gaussians with opacity >= `min_opacity`, and >= `threshold` when given; with `near` (3,) and
+        `radius`, only those within `radius` of `near`."""
+        if not 0.0 <= relative <= 1.0:
+            raise ValueError(f"relative must be in [0, 1], got {relative}")
+        if (near is None) != (radius is None):
+            raise ValueError("select_gaussians: pass both `near` and `radius`, or neither")
+        rel = self.gaussian_relevancy(text) if gaussian_relevancy is None else gaussian_relevancy
+        keep = self._opacities() >= min_opacity
+        if not keep.any():
+            raise FieldError(f"{self.field.method}: no Gaussian has opacity >= {min_opacity}")
+        lo, hi = float(rel[keep].min()), float(rel[keep].max())
+        cutoff = lo + relative * (hi - lo)
+        if threshold is not None:
+            cutoff = max(cutoff, float(threshold))
+        mask = keep & (rel >= cutoff)
+        if near is not None:
+            centre = torch.as_tensor(np.asarray(near, dtype=np.float32)).reshape(3)
+            mask &= (self.field.gaussians.means.detach().float() - centre).norm(dim=1) <= float(radius)
+        return Selection(mask=mask, cutoff=cutoff, count=int(mask.sum()), relevancy=rel)
+
+    # -- all at once
+    def query(self, camera: Camera, text: str, size: tuple[int, int] | None = None, smooth_kernel: int | None = None,
+              render: FieldRender | None = None, select: dict | None = None, point: dict | None = None,
+              view: str = "") -> QueryResult:
+        """Relevancy map, 2D location, mask, lifted and Gaussian 3D points and the Gaussian selection of
+        `text` seen from `camera`, with the time of each step in milliseconds."""
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        self.embed([text])
+        _ = self.negative_embeddings
+        t1 = time.perf_counter()
+        timing["text"] = 1e3 * (t1 - t0)
+        if render is None:
+            render = self.render(camera, size)
+        t2 = time.perf_counter()
+        timing["render"] = 1e3 * (t2 - t1)
+        rel = self.relevancy_maps(render, [text])[0].cpu()
+        t3 = time.perf_counter()
+        timing["relevancy"] = 1e3 * (t3 - t2)
+        rel_np = rel.numpy().astype(np.float64)
+        x, y = self.localize_2d(rel_np, smooth_kernel)
+        mask = self.segment(rel_np)
+        lx, ly = self.lift_pixel_of(rel_np)
+        point_lifted, depth, alpha = self.lift(render, lx, ly)
+        t4 = time.perf_counter()
+        timing["localize_segment_2d"] = 1e3 * (t4 - t3)
+        g_rel = self.gaussian_relevancy(text)
+        p_g = self.gaussian_point(text, gaussian_relevancy=g_rel, **(point or {}))
+        selection = self.select_gaussians(text, gaussian_relevancy=g_rel, **(select or {}))
+        t5 = time.perf_counter()
+        timing["gaussians_3d"] = 1e3 * (t5 - t4)
+        timing["total"] = 1e3 * (t5 - t0)
+        h, w = rel_np.shape
+        return QueryResult(text=text, space=self.space, view=view or camera.name, size=(w, h), relevancy=rel_np,
+                           pixel=(x, y), lift_pixel=(lx, ly), score=float(rel_np[y, x]), mask=mask, point_lifted=point_lifted,
+                           depth=depth, alpha=alpha, point_gaussians=p_g, selection=selection, timing_ms=timing,
+                           render=render)
+
+
+# ------------------------------------------------------------------------------------------ one-off calls
+def relevancy_map(field_: FeatureField, camera: Camera, text: str, space: str | None = None,
+                  size: tuple[int, int] | None = None, negatives: Sequence[str] = CANONICAL_NEGATIVES) -> torch.Tensor:
+    """(H, W) LERF relevancy of `text` on `field_` seen from `camera` (rendered at `size` = (w, h))."""
+    return QueryEngine(field_, space, negatives).relevancy_map(camera, text, size)
+
+
+def localize_2d(field_: FeatureField, camera: Camera, text: str, space: str | None = None,
+                size: tuple[int, int] | None = None, smooth_kernel: int | None = None) -> tuple[int, int]:
+    """(x, y) pixel of the highest relevancy of `text`."""
+    return QueryEngine.localize_2d(relevancy_map(field_, camera, text, space, size), smooth_kernel)
+
+
+def localize_3d(field_: FeatureField, camera: Camera, text: str, space: str | None = None,
+                size: tuple[int, int] | None = None, min_alpha: float = 0.5) -> np.ndarray | None:
+    """World point of the (lightly smoothed, see QueryEngine.lift_pixel_of) argmax pixel of `text`, lifted
+    through the rendered expected depth (None where the render has no surface at that pixel)."""
+    engine = QueryEngine(field_, space)
+    render = engine.render(camera, size)
+    x, y = engine.lift_pixel_of(engine.relevancy_map(None, text, render=render))
+    return engine.lift(render, x, y, min_alpha)[0]
+
+
+def gaussian_point(field_: FeatureField, text: str, space: str | None = None, **kw) -> np.ndarray:
+    """World point of `text` from the per-Gaussian relevancy (QueryEngine.gaussian_point)."""
+    return QueryEngine(field_, space).gaussian_point(text, **kw)
+
+
+def segment(field_: FeatureField, camera: Camera, text: str, space: str | None = None,
+            size: tuple[int, int] | None = None) -> np.ndarray:
+    """(H, W) bool mask of `text` by the LangSplat protocol."""
+    return langsplat_segmentation(relevancy_map(field_, camera, text, space, size).numpy())
+
+
+def select_gaussians(field_: FeatureField, text: str, space: str | None = None, **kw) -> Selection:
+    """The Gaussians of `text` (QueryEngine.select_gaussians)."""
+    return QueryEngine(field_, space).select_gaussians(text, **kw)
+
+
+def export_selection(field_: FeatureField, mask, path) -> int:
+    """Write the selected Gaussians (bool mask (N,) or a Selection) as their own 3DGS PLY; returns the count."""
+    if isinstance(mask, Selection):
+        mask = mask.mask
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    if mask.shape != (len(field_.gaussians),):
+        raise ValueError(f"export_selection: mask of shape {tuple(mask.shape)} for {len(field_.gaussians)} Gaussians")
+    if not mask.any():
+        raise ValueError(f"export_selection: nothing selected, {path} not written")
+    subset = field_.gaussians.detach().subset(mask)
+    subset.save_ply(path)
+    return len(subset)
+
+
+__all__ = [
+    "QueryEngine", "QueryResult", "Selection", "clear_text_cache", "densest_point", "export_selection",
+    "gaussian_point", "lift_pixel", "localize_2d", "localize_3d", "relevancy_map", "segment", "select_gaussians",
+    "text_embeddings",
+]
