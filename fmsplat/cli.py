@@ -130,5 +130,54 @@ def demo(
     report = run_demo(out, cfg)
     typer.echo(f"report: {report / 'README.md'}")
 
+@app.command()
+def query(
+    scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
+    text: str = typer.Argument(..., help="What to look for, e.g. \"espresso cup\"."),
+    view: int = typer.Option(None, "--view", help="Dataset view index to look from (default: the first held-out view)."),
+    method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/queries/<method>/)."),
+    space: str = typer.Option(None, "--space", help="Language-aligned space to query (default: the field's first)."),
+    scale: float = typer.Option(1.0, "--scale", help="Render at this fraction of the view's size."),
+    negatives: str = typer.Option(None, "--negatives", help="Comma-separated canonical negatives (default: object,things,stuff,texture)."),
+    radius: float = typer.Option(None, "--radius", help="Select only Gaussians within this distance of the 3D point."),
+    relative: float = typer.Option(0.7, "--relative", help="Selection cut, fraction of the way from the lowest to the highest relevancy."),
+) -> None:
+    """Answer a text query: relevancy map, mask, 2D/3D location and the object's Gaussians (PNG, PLY, JSON)."""
+    from fmsplat.query.command import run_query
+    from fmsplat.query.relevancy import CANONICAL_NEGATIVES
+
+    negs = tuple(n.strip() for n in negatives.split(",") if n.strip()) if negatives else CANONICAL_NEGATIVES
+    rec = run_query(scene, text, view=view, method=method, out=out, space=space, scale=scale, negatives=negs,
+                    radius=radius, relative=relative)
+    loc, p3 = rec["location_2d"], rec["location_3d"]
+    lifted = "none (no surface)" if p3["lifted"] is None else "(" + ", ".join(f"{v:.3f}" for v in p3["lifted"]) + ")"
+    typer.echo(f"{rec['method']} / {rec['view']}: '{text}' at pixel ({loc['x']}, {loc['y']}) relevancy {loc['relevancy']:.3f}; "
+               f"3D {lifted}, from Gaussians (" + ", ".join(f"{v:.3f}" for v in p3["gaussians"]) + f"); "
+               f"{rec['selection']['count']} Gaussians selected; {rec['timing_ms']['total']:.0f} ms")
+    typer.echo(f"files: {rec['files']['json']} (+ relevancy, mask, overlay PNG" + (", PLY)" if "gaussians" in rec["files"] else ")"))
+
+
+@app.command("eval")
+def eval_cmd(
+    scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
+    data: str = typer.Option(None, "--data", help="Labelled dataset (labels/, objects.json; default: the scene's)."),
+    method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/eval/<method>/)."),
+    render_scale: float = typer.Option(1.0, "--render-scale", help="Render the field at this fraction of the label size."),
+    no_panels: bool = typer.Option(False, "--no-panels", help="Skip the per-query PNG panels."),
+    compare: list[str] = typer.Option([], "--compare", help="Other eval.json files (or folders) to put in the comparison table."),
+    latency_repeats: int = typer.Option(5, "--latency-repeats", help="Timed relevancy maps for the latency median (0: skip)."),
+) -> None:
+    """Score a fitted field (LERF localisation, LangSplat mIoU, 3D, feature fidelity, PSNR, latency) and the 2D teacher."""
+    from fmsplat.eval import evaluate_scene, format_comparison, load_result
+
+    r = evaluate_scene(scene, data=data, method=method, out_dir=out, panels=not no_panels, render_scale=render_scale,
+                       latency_repeats=latency_repeats)
+    others = [load_result(c) for c in compare]
+    typer.echo(format_comparison([r, *others]))
+    typer.echo(f"written: {r['out_dir']}/eval.json, eval.md" + ("" if no_panels else f", {len(r['panels'])} panels"))
+
+
 if __name__ == "__main__":
     app()

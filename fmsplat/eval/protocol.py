@@ -1,0 +1,428 @@
+"""`fmsplat eval SCENE`: score a fitted feature field on a labelled dataset, and the 2D teacher beside it.
+
+For every labelled view (`labels/<stem>.json`, LERF-OVS format) and every category in it, the query
+text is the category label:
+
+- LERF localisation accuracy: the argmax pixel of the relevancy map lies in a ground-truth box;
+- LangSplat segmentation: mask by fmsplat.query.segment.langsplat_segmentation, IoU and pixel
+  accuracy against the ground-truth mask; mIoU / mAcc are means over all (view, category) queries;
+- 3D localisation (needs `objects.json`): the argmax pixel (after a small mean filter, see
+  QueryEngine.lift_pixel_of) lifted through the rendered expected depth,
+  and the point found from the per-Gaussian relevancy (once per category); distance to the
+  category's nearest 3D box (0 inside) and in-box rate. A lifted point sits on the object's surface,
+  so "in box" allows a margin of `box_margin` x the box diagonal on every side; `dist` is exact.
+- 3D selection: precision (selected Gaussians inside the category's boxes) and recall (opaque
+  Gaussians inside the boxes that were selected).
+
+Also, on the held-out views (every `test_every`-th): feature fidelity per space (M3 protocol: mean
+1 - cos and per-channel MSE of the rendered features, resized to the teacher's grid, against the
+extractor's own features of the real image, from the scene's feature cache), RGB PSNR / SSIM of the
+field's Gaussians, and query latency (median ms of render + relevancy for one text, text embedding
+cached).
+
+The *teacher* row scores the extractor itself on the held-out image (its cached features upsampled to
+the label size, then the same relevancy and protocol): what the 2D model knows before any 3D.
+
+Outputs under OUT (default SCENE/eval/<method>/): eval.json, eval.md, panels/<view>_<category>.png
+(image | relevancy | prediction vs ground truth | teacher relevancy).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fmsplat import __version__, atomic
+from fmsplat.eval import metrics as M
+from fmsplat.fields import load_field, open_scene
+from fmsplat.foundation.cache import FeatureCache
+from fmsplat.fields.base import FeatureField, SceneBundle
+from fmsplat.query.engine import QueryEngine
+from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy_upsampled
+from fmsplat.query.viz import draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
+from fmsplat.scene.labels import SceneObjectInfo, ViewLabels, read_label_dir, read_objects
+
+TEACHER = "teacher"
+
+
+class EvalError(RuntimeError):
+    """Labels or scene that cannot be evaluated as asked (names the file and the problem)."""
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def dataset_dir(bundle: SceneBundle) -> Path:
+    src = Path(bundle.dataset.source)
+    return src if src.is_dir() else src.parent
+
+
+def _view_index(bundle: SceneBundle) -> dict[str, int]:
+    """Image stem -> dataset index (labels are named after the image stem)."""
+    out: dict[str, int] = {}
+    for i, cam in enumerate(bundle.dataset.cameras):
+        stem = Path(cam.image_path).stem if cam.image_path else Path(cam.name).stem
+        if stem in out:
+            raise EvalError(f"{bundle.dataset.source}: two views share the image stem '{stem}'; labels cannot name them apart")
+        out[stem] = i
+    return out
+
+
+def _objects_for(category: str, objects: list[SceneObjectInfo], path: Path) -> list[SceneObjectInfo]:
+    found = [o for o in objects if o.label == category]
+    if not found:
+        found = [o for o in objects if category in o.synonyms]
+    if not found:
+        raise EvalError(f"{path}: no object labelled (or with synonym) '{category}', which labels/ uses")
+    return found
+
+
+def _box_distance(point, objs: list[SceneObjectInfo], margin: float) -> tuple[float, bool]:
+    """(distance to the nearest box, inside a box grown by margin x its diagonal)."""
+    dists = [float(M.distance_to_aabb(point, o.aabb_min, o.aabb_max)) for o in objs]
+    inside = any(d <= margin * float(np.linalg.norm(o.aabb_max - o.aabb_min)) for d, o in zip(dists, objs))
+    return min(dists), inside
+
+
+def _in_boxes(points: torch.Tensor, objs: list[SceneObjectInfo]) -> torch.Tensor:
+    inside = torch.zeros(len(points), dtype=torch.bool)
+    p = points.detach().double().cpu()
+    for o in objs:
+        lo, hi = torch.as_tensor(o.aabb_min), torch.as_tensor(o.aabb_max)
+        inside |= ((p >= lo) & (p <= hi)).all(dim=1)
+    return inside
+
+
+def _mean(values) -> float:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _median(values) -> float:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.median(vals)) if vals else float("nan")
+
+
+def _slug(text: str) -> str:
+    from fmsplat.query.command import slugify
+
+    return slugify(text)
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None, out_dir=None, progress: bool = True,
+                   field: FeatureField | None = None, space: str | None = None,
+                   negatives=CANONICAL_NEGATIVES, render_scale: float = 1.0, box_margin: float = 0.1,
+                   seg_kernel: int = M.LANGSPLAT_KERNEL, seg_threshold: float = M.LANGSPLAT_THRESHOLD,
+                   latency_repeats: int = 5, panels: bool = True, teacher: bool = True, fidelity: bool = True,
+                   rgb: bool = True) -> dict:
+    """Evaluate the field of `method` (default: the newest) in `scene_dir` on the labels of `data`
+    (default: the scene's dataset); writes eval.json, eval.md and panels under `out_dir` (default
+    SCENE/eval/<method>/; `out_dir=False` writes nothing) and returns the result dict.
+
+    `field` evaluates an already built FeatureField instead of loading one (tests, notebooks).
+    `teacher`, `fidelity`, `rgb`, `panels` and `latency_repeats=0` switch parts off for quick runs."""
+    t_start = time.perf_counter()
+    scene_dir = Path(scene_dir)
+    bundle = open_scene(scene_dir, data=data)
+    if field is None:
+        field = load_field(scene_dir, method, bundle=bundle)
+    if not render_scale > 0:
+        raise ValueError(f"render_scale must be positive, got {render_scale}")
+    engine = QueryEngine(field, space, negatives)
+    root = dataset_dir(bundle)
+    try:
+        labels = read_label_dir(root)
+    except FileNotFoundError as err:
+        raise EvalError(f"{root}: no labels/ directory; evaluation needs LERF-OVS labels (labels/<image stem>.json)") from err
+    if not labels:
+        raise EvalError(f"{root / 'labels'}: no label files")
+    objects_path = root / "objects.json"
+    objects = read_objects(objects_path)[0] if objects_path.is_file() else None
+    index = _view_index(bundle)
+    missing = [s for s in labels if s not in index]
+    if missing:
+        raise EvalError(f"{root / 'labels'}: label files {missing} name no view of {bundle.dataset.source}")
+
+    out = None if out_dir is False else (Path(out_dir) if out_dir is not None else scene_dir / "eval" / field.method)
+    teacher_cache = FeatureCache(bundle.root, engine.spec.extractor()) if teacher else None
+    neg_emb = engine.negative_embeddings
+
+    # -------------------------------------------------------------- 2D + lifted 3D, per labelled view
+    queries: list[dict] = []
+    panel_files: list[str] = []
+    categories: dict[str, None] = {}
+    for stem, vl in tqdm(list(labels.items()), desc=f"eval {field.method}", unit="view", disable=not progress):
+        i = index[stem]
+        cam = bundle.dataset.cameras[i]
+        cats = vl.categories()
+        if not cats:
+            continue
+        label_size = (vl.width, vl.height)
+        render_size = (max(1, round(vl.width * render_scale)), max(1, round(vl.height * render_scale)))
+        render = engine.render(cam, render_size)
+        text_emb = engine.embed(cats)
+        rel = relevancy_upsampled(render.features[engine.space].detach().float(), (vl.height, vl.width), text_emb,
+                                  neg_emb, engine.temperature)
+        t_rel = None
+        if teacher_cache is not None:
+            t_feats = teacher_cache.get_or_compute(bundle.view_name(i), bundle.dataset.image(i))
+            t_rel = relevancy_upsampled(t_feats, (vl.height, vl.width), text_emb, neg_emb, engine.temperature)
+        image = _label_image(bundle, i, vl)
+        for k, cat in enumerate(cats):
+            categories[cat] = None
+            q = _score_query(rel[k].numpy().astype(np.float64), vl, cat, seg_kernel, seg_threshold)
+            q.update({"view": stem, "category": cat})
+            # lift the (lightly smoothed) argmax through the rendered depth (render and label sizes may differ)
+            lx, ly = engine.lift_pixel_of(rel[k])
+            sx, sy = render_size[0] / label_size[0], render_size[1] / label_size[1]
+            rx = min(render_size[0] - 1, int((lx + 0.5) * sx))
+            ry = min(render_size[1] - 1, int((ly + 0.5) * sy))
+            point, depth, alpha = engine.lift(render, rx, ry)
+            q["lift"] = {"pixel": [lx, ly], "alpha": alpha, "depth": depth,
+                         "point": None if point is None else point.tolist()}
+            if objects is not None:
+                objs = _objects_for(cat, objects, objects_path)
+                if point is None:
+                    q["lift"].update({"dist": None, "in_box": False})
+                else:
+                    d, inside = _box_distance(point, objs, box_margin)
+                    q["lift"].update({"dist": d, "in_box": inside})
+            if t_rel is not None:
+                q[TEACHER] = _score_query(t_rel[k].numpy().astype(np.float64), vl, cat, seg_kernel, seg_threshold)
+            if out is not None and panels:
+                path = out / "panels" / f"{stem}_{_slug(cat)}.png"
+                write_png(path, _panel(image, rel[k].numpy(), q, vl, cat, None if t_rel is None else t_rel[k].numpy(),
+                                       seg_kernel, seg_threshold))
+                panel_files.append(str(path.relative_to(out)))
+            queries.append(q)
+    if not queries:
+        raise EvalError(f"{root / 'labels'}: the label files hold no objects")
+
+    # -------------------------------------------------------------- 3D from the Gaussians, per category
+    per_object = []
+    if objects is not None:
+        means = field.gaussians.means.detach()
+        opaque = torch.sigmoid(field.gaussians.opacities.detach().float()) >= 0.1
+        for cat in categories:
+            objs = _objects_for(cat, objects, objects_path)
+            g_rel = engine.gaussian_relevancy(cat)
+            point = engine.gaussian_point(cat, gaussian_relevancy=g_rel)
+            sel = engine.select_gaussians(cat, gaussian_relevancy=g_rel)
+            inside = _in_boxes(means, objs)
+            d, in_box = _box_distance(point, objs, 0.0)
+            truth = inside & opaque
+            per_object.append({
+                "category": cat, "point": point.tolist(), "dist": d, "in_box": in_box,
+                "selected": sel.count, "cutoff": sel.cutoff,
+                "precision": float((sel.mask & inside).sum()) / max(sel.count, 1) if sel.count else float("nan"),
+                "recall": float((sel.mask & truth).sum()) / float(truth.sum()) if truth.any() else float("nan"),
+                "gaussians_in_box": int(truth.sum()),
+            })
+
+    # -------------------------------------------------------------- held-out views: fidelity, RGB, latency
+    test_idx = list(bundle.dataset.test_indices)
+    fidelity = _fidelity(bundle, field, test_idx, render_scale, progress) if fidelity else {}
+    rgb = _rgb(bundle, field, test_idx) if rgb else {}
+    latency = _latency(engine, bundle, test_idx or list(index.values()), render_scale, latency_repeats,
+                       teacher_cache is not None)
+
+    summary = _summary(queries, per_object, fidelity, rgb, latency, engine.space)
+    result = {
+        "fmsplat": __version__,
+        "scene": str(scene_dir),
+        "data": str(root),
+        "method": field.method,
+        "space": engine.space,
+        "negatives": list(engine.negatives),
+        "num_gaussians": len(field.gaussians),
+        "field_summary": getattr(field, "summary", {}),
+        "protocol": {"seg_kernel": seg_kernel, "seg_threshold": seg_threshold, "render_scale": render_scale,
+                     "box_margin": box_margin, "labelled_views": len(labels), "queries": len(queries),
+                     "held_out_views": len(test_idx), "objects_json": objects is not None},
+        "summary": summary,
+        TEACHER: _teacher_summary(queries, latency) if teacher_cache is not None else None,
+        "queries": queries,
+        "objects": per_object,
+        "fidelity": fidelity,
+        "rgb": rgb,
+        "latency": latency,
+        "panels": panel_files,
+        "seconds": None,
+    }
+    result["seconds"] = round(time.perf_counter() - t_start, 2)
+    if out is not None:
+        from fmsplat.eval.report import scene_report
+
+        atomic.write_json(out / "eval.json", _jsonable(result))
+        atomic.write_text(out / "eval.md", scene_report(result))
+        result["out_dir"] = str(out)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def _label_image(bundle: SceneBundle, i: int, vl: ViewLabels) -> np.ndarray:
+    img = bundle.dataset.image(i)
+    if img.shape[:2] != (vl.height, vl.width):
+        from fmsplat.foundation.base import resize
+
+        t = torch.as_tensor(np.ascontiguousarray(img)).permute(2, 0, 1)[None]
+        img = resize(t, (vl.height, vl.width))[0].permute(1, 2, 0).clamp(0, 1).numpy()
+    return img
+
+
+def _score_query(rel: np.ndarray, vl: ViewLabels, cat: str, kernel: int, threshold: float) -> dict:
+    boxes = vl.boxes(cat)
+    gt = vl.mask(cat)
+    x, y = M.argmax_pixel(rel)
+    pred = M.langsplat_segmentation(rel, kernel=kernel, threshold=threshold)
+    return {"hit": M.point_in_boxes(x, y, boxes), "pixel": [x, y], "iou": M.iou(pred, gt),
+            "acc": M.pixel_accuracy(pred, gt), "relevancy_max": float(rel.max()),
+            "chance": _box_fraction(boxes, vl.height, vl.width)}
+
+
+def _box_fraction(boxes: np.ndarray, height: int, width: int) -> float:
+    """Fraction of the image's pixels inside any of the inclusive boxes: the hit rate of a random argmax."""
+    inside = np.zeros((height, width), dtype=bool)
+    for x1, y1, x2, y2 in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        xa, xb = sorted((x1, x2))
+        ya, yb = sorted((y1, y2))
+        inside[max(0, int(np.ceil(ya))):max(0, int(np.floor(yb)) + 1), max(0, int(np.ceil(xa))):max(0, int(np.floor(xb)) + 1)] = True
+    return float(inside.mean())
+
+
+def _panel(image, rel, q, vl: ViewLabels, cat: str, t_rel, kernel, threshold) -> np.ndarray:
+    gt = vl.mask(cat)
+    pred = M.langsplat_segmentation(rel, kernel=kernel, threshold=threshold)
+    x, y = q["pixel"]
+    rel_img = draw_marker(draw_boxes(relevancy_overlay(image, rel), vl.boxes(cat)), x, y,
+                          colour=(0, 255, 0) if q["hit"] else (255, 0, 0))
+    tiles = [image, rel_img, mask_overlay(image, pred, gt)]
+    titles = [f"{q['view']}: {cat}", f"relevancy {'hit' if q['hit'] else 'miss'}", f"IoU {q['iou']:.2f}"]
+    if t_rel is not None:
+        tx, ty = q[TEACHER]["pixel"]
+        tiles.append(draw_marker(draw_boxes(relevancy_overlay(image, t_rel), vl.boxes(cat)), tx, ty,
+                                 colour=(0, 255, 0) if q[TEACHER]["hit"] else (255, 0, 0)))
+        titles.append("teacher")
+    return hstack(tiles, titles=titles)
+
+
+def _fidelity(bundle: SceneBundle, field: FeatureField, test_idx: list[int], render_scale: float, progress: bool) -> dict:
+    out: dict = {}
+    if not test_idx:
+        return out
+    caches = {a: FeatureCache(bundle.root, s.extractor()) for a, s in field.spaces.items()}
+    per: dict[str, list[dict]] = {a: [] for a in field.spaces}
+    for i in tqdm(test_idx, desc="feature fidelity", unit="view", disable=not progress):
+        cam = bundle.dataset.cameras[i]
+        size = (max(1, round(cam.width * render_scale)), max(1, round(cam.height * render_scale)))
+        render = field.render(cam, spaces=list(field.spaces), size=size)
+        for alias in field.spaces:
+            teacher = caches[alias].get_or_compute(bundle.view_name(i), bundle.dataset.image(i))
+            valid = teacher.abs().amax(dim=0) > 0
+            scores = M.feature_fidelity(render.features[alias].detach().float(), teacher,
+                                        None if bool(valid.all()) else valid)
+            per[alias].append({"view": bundle.view_name(i), **scores})
+    for alias, rows in per.items():
+        out[alias] = {"one_minus_cos": _mean(r["one_minus_cos"] for r in rows), "mse": _mean(r["mse"] for r in rows),
+                      "grid": list(caches[alias].get(bundle.view_name(test_idx[0])).shape[1:]), "per_view": rows}
+    return out
+
+
+def _rgb(bundle: SceneBundle, field: FeatureField, test_idx: list[int]) -> dict:
+    from fmsplat.reconstruct import render_view
+
+    background = tuple((bundle.meta.get("train_config") or {}).get("background", bundle.dataset.background))
+    rows = []
+    with torch.no_grad():
+        for i in test_idx:
+            res = render_view(field.gaussians.detach(), bundle.dataset.cameras[i], field.gaussians.sh_degree, background)
+            pred = res.image.clamp(0, 1)
+            gt = bundle.dataset.image_tensor(i)
+            rows.append({"view": bundle.view_name(i), "psnr": M.rgb_psnr(pred, gt), "ssim": M.rgb_ssim(pred, gt)})
+    return {"psnr": _mean(r["psnr"] for r in rows), "ssim": _mean(r["ssim"] for r in rows),
+            "background": list(background), "per_view": rows}
+
+
+def _latency(engine: QueryEngine, bundle: SceneBundle, indices: list[int], render_scale: float, repeats: int,
+             teacher: bool) -> dict:
+    """Median ms of one relevancy map: render the language space + relevancy of one (cached) text."""
+    if repeats < 1:
+        return {}
+    cam = bundle.dataset.cameras[indices[0]]
+    size = (max(1, round(cam.width * render_scale)), max(1, round(cam.height * render_scale)))
+    text = "object of interest"
+    emb, neg = engine.embed([text]), engine.negative_embeddings
+    times, t_times = [], []
+    for r in range(repeats + 1):  # the first call warms up (kernels, allocations) and is not counted
+        t0 = time.perf_counter()
+        engine.relevancy_map(cam, text, size)
+        t1 = time.perf_counter()
+        if r:
+            times.append(1e3 * (t1 - t0))
+    out = {"relevancy_ms": statistics.median(times), "size": list(size), "repeats": repeats}
+    if teacher:
+        image = bundle.dataset.image(indices[0])
+        extractor = engine.spec.extractor()
+        for r in range(repeats + 1):
+            t0 = time.perf_counter()
+            feats = extractor.encode_images(image)[0]
+            relevancy_upsampled(feats, (size[1], size[0]), emb[0], neg, engine.temperature)
+            t1 = time.perf_counter()
+            if r:
+                t_times.append(1e3 * (t1 - t0))
+        out["teacher_ms"] = statistics.median(t_times)
+    return out
+
+
+def _summary(queries, per_object, fidelity, rgb, latency, space) -> dict:
+    s = {
+        "loc_acc": _mean(q["hit"] for q in queries),
+        "loc_chance": _mean(q["chance"] for q in queries),
+        "miou": _mean(q["iou"] for q in queries),
+        "macc": _mean(q["acc"] for q in queries),
+        "lift_in_box": _mean(q["lift"].get("in_box") for q in queries) if queries and "in_box" in queries[0]["lift"] else None,
+        "lift_dist_median": _median(q["lift"].get("dist") for q in queries) if queries and "dist" in queries[0]["lift"] else None,
+        "lift_missing": sum(q["lift"]["point"] is None for q in queries),
+        "gauss_in_box": _mean(o["in_box"] for o in per_object) if per_object else None,
+        "gauss_dist_median": _median(o["dist"] for o in per_object) if per_object else None,
+        "sel_precision": _mean(o["precision"] for o in per_object) if per_object else None,
+        "sel_recall": _mean(o["recall"] for o in per_object) if per_object else None,
+        "fidelity": {a: {"one_minus_cos": f["one_minus_cos"], "mse": f["mse"]} for a, f in fidelity.items()},
+        "psnr": rgb.get("psnr") if rgb else None,
+        "ssim": rgb.get("ssim") if rgb else None,
+        "latency_ms": latency.get("relevancy_ms"),
+        "space": space,
+    }
+    return s
+
+
+def _teacher_summary(queries, latency) -> dict:
+    t = [q[TEACHER] for q in queries]
+    return {"loc_acc": _mean(q["hit"] for q in t), "miou": _mean(q["iou"] for q in t), "macc": _mean(q["acc"] for q in t),
+            "latency_ms": latency.get("teacher_ms")}
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        v = float(x)
+        return v if np.isfinite(v) else None
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+__all__ = ["EvalError", "TEACHER", "evaluate_scene"]

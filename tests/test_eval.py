@@ -1,0 +1,123 @@
+"""Evaluation layer: the scene protocol on fields with known answers, its files, the CLI, the comparison table."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def gaussians(tiny_scene):
+    from fmsplat.gaussians import GaussianModel
+
+    return GaussianModel.load_ply(tiny_scene / "gaussians.ply")
+
+
+@pytest.fixture(scope="module")
+def oracle(gaussians, tiny_dataset):
+    from fmsplat.eval.oracle import OracleField
+
+    return OracleField.paint(gaussians, Path(tiny_dataset) / "objects.json")
+
+
+@pytest.fixture(scope="module")
+def shuffled_result(gaussians, tiny_dataset, tiny_scene):
+    """The labels shuffled among the Gaussians, scored on the 2D and 3D protocols only (nothing written)."""
+    from fmsplat.eval import evaluate_scene
+    from fmsplat.eval.oracle import OracleField
+
+    field = OracleField.paint(gaussians, Path(tiny_dataset) / "objects.json", shuffle_seed=0)
+    return evaluate_scene(tiny_scene, field=field, out_dir=False, progress=False, teacher=False, fidelity=False,
+                          rgb=False, latency_repeats=0, panels=False)
+
+
+@pytest.fixture(scope="module")
+def cli_result(tiny_scene, oracle, tmp_path_factory):
+    """`fmsplat eval` on a scene copy holding the saved oracle field: (exit result, out folder)."""
+    import fmsplat.fields as fields
+    from typer.testing import CliRunner
+
+    from fmsplat.cli import app
+
+    scene = tmp_path_factory.mktemp("eval_scene") / "scene"
+    shutil.copytree(tiny_scene, scene)
+    oracle.save(scene)
+    out = scene / "report"
+    mp = pytest.MonkeyPatch()
+    mp.setitem(fields.METHODS, "oracle", "fmsplat.eval.oracle")
+    try:
+        res = CliRunner().invoke(app, ["eval", str(scene), "--method", "oracle", "--out", str(out),
+                                       "--latency-repeats", "1"])
+    finally:
+        mp.undo()
+    return res, out
+
+
+def test_eval_cli_scores_the_oracle_near_perfect_and_writes_its_files(cli_result):
+    res, out = cli_result
+    assert res.exit_code == 0, f"{res.output}\n{res.exception!r}"
+    r = json.loads((out / "eval.json").read_text())
+    s = r["summary"]
+    assert r["method"] == "oracle" and r["protocol"]["queries"] == len(r["queries"]) >= 4
+    assert s["loc_acc"] == 1.0
+    assert s["miou"] > 0.6 and s["macc"] > 0.9
+    assert s["gauss_in_box"] == 1.0 and s["gauss_dist_median"] == 0.0
+    assert s["sel_precision"] > 0.95 and s["sel_recall"] > 0.95
+    assert 0 < s["loc_chance"] < 1
+    # the 2D teacher is scored on the same queries
+    assert set(r["teacher"]) >= {"loc_acc", "miou", "macc", "latency_ms"}
+    assert all("teacher" in q and "chance" in q for q in r["queries"])
+    # fidelity per space against the feature cache, RGB, latency
+    assert set(r["fidelity"]) == {"effnet"} and math.isfinite(r["fidelity"]["effnet"]["one_minus_cos"])
+    assert len(r["fidelity"]["effnet"]["per_view"]) == r["protocol"]["held_out_views"] == 3
+    assert 10 < s["psnr"] < 60 and 0 < s["ssim"] <= 1
+    assert s["latency_ms"] > 0 and r["latency"]["teacher_ms"] > 0
+    # files: the Markdown table and one panel per query
+    md = (out / "eval.md").read_text()
+    assert "| teacher (2D) |" in md and "| oracle |" in md and "## Per category" in md
+    assert len(r["panels"]) == len(r["queries"])
+    assert all((out / p).stat().st_size > 0 for p in r["panels"])
+    assert "| oracle |" in res.output
+
+
+def test_shuffled_oracle_scores_near_chance(shuffled_result):
+    s = shuffled_result["summary"]
+    assert s["miou"] < 0.25
+    assert s["gauss_in_box"] <= 0.25
+    assert s["sel_precision"] < 0.3 and s["sel_recall"] < 0.3
+    # a handful of queries on objects framed close: the random-pixel chance is high, allow for it
+    assert s["loc_acc"] <= min(1.0, s["loc_chance"] + 0.5)
+    assert shuffled_result["teacher"] is None and shuffled_result["fidelity"] == {}
+
+
+def test_format_comparison_orders_methods_after_the_teacher(cli_result, shuffled_result):
+    from fmsplat.eval import format_comparison, load_result
+
+    r = load_result(cli_result[1])
+    rows = [dict(r, method=m) for m in ("m3", "distill", "fmgs")]
+    table = format_comparison(rows, title="tiny")
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in lines[1:]] == ["teacher (2D)", "distill", "fmgs", "m3"]
+    assert table.startswith("## tiny") and "1−cos effnet" in lines[0]
+    other = dict(r, data="/elsewhere")
+    with pytest.raises(ValueError, match="different datasets"):
+        format_comparison([r, other])
+    with pytest.raises(ValueError, match="no results"):
+        format_comparison([])
+
+
+def test_eval_names_missing_or_stray_labels(tiny_dataset, tiny_scene, oracle, tmp_path):
+    from fmsplat.eval import EvalError, evaluate_scene
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    (data / "labels" / "9999.json").write_text((data / "labels" / "0000.json").read_text())
+    with pytest.raises(EvalError, match="9999"):
+        evaluate_scene(tiny_scene, data=str(data), field=oracle, out_dir=False, progress=False)
+    shutil.rmtree(data / "labels")
+    with pytest.raises(EvalError, match="no labels/"):
+        evaluate_scene(tiny_scene, data=str(data), field=oracle, out_dir=False, progress=False)
