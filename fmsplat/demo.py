@@ -101,7 +101,7 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
             lambda method=method: evaluate_scene(scene_dir, method=method, out_dir=report / method, progress=progress),
             progress)
 
-    table = format_comparison(results)
+    table = format_comparison(list(results.values()))
     lines = [
         "# fmsplat demo report",
         "",
