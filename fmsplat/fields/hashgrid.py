@@ -113,6 +113,15 @@ def _cell(x, r):
     return i, p - i
 
 
+@njit(cache=True, inline="always")
+def _dealt(j, n_levels):
+    """Level of the j-th iteration: even levels first, then odd ones. prange hands out contiguous
+    blocks of iterations, and coarse (dense, cache-resident) levels are much cheaper than fine
+    (hashed) ones; dealing them alternately gives each half of the range both kinds."""
+    half = (n_levels + 1) // 2
+    return 2 * j if j < half else 2 * (j - half) + 1
+
+
 @njit(cache=True, parallel=True)
 def _forward_kernel(x, res, dense, offsets, mask, table, out):
     n_points = x.shape[0]
@@ -145,7 +154,8 @@ def _backward_kernel(x, res, dense, offsets, mask, grad_out, grad_table):
     n_points = x.shape[0]
     n_levels = res.shape[0]
     nf = grad_table.shape[1]
-    for lv in prange(n_levels):
+    for j in prange(n_levels):
+        lv = _dealt(j, n_levels)
         r = res[lv]
         base = lv * nf
         for n in range(n_points):
@@ -231,7 +241,8 @@ def _scatter_kernel(idx, weights, grad_out, grad_table):
     # rows are numbered level by level, so each level (one thread) writes only its own rows
     n_points, n_levels, _ = idx.shape
     nf = grad_table.shape[1]
-    for lv in prange(n_levels):
+    for j in prange(n_levels):
+        lv = _dealt(j, n_levels)
         base = lv * nf
         for n in range(n_points):
             for c in range(8):
