@@ -17,6 +17,7 @@ from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import psnr
 from fmsplat.reconstruct import TrainConfig, evaluate_views, model_from_params, train_gaussians
 from fmsplat.reconstruct import train as train_module
+from fmsplat.reconstruct.train import is_refine_step, is_reset_step
 from fmsplat.reconstruct.densify import DensityControl, reset_opacity
 from fmsplat.render import rasterize
 from fmsplat.scene import load_dataset
@@ -162,10 +163,24 @@ def test_scaled_schedule():
     assert s["densify_from"] < s["reset_every"] < s["densify_until"]
     assert s["reset_every"] >= 3 * s["densify_every"]
     # Opacity resets never come closer than the ~300 steps the opacities need to recover.
-    assert TrainConfig(steps=1000).schedule()["reset_every"] == 300
+    assert TrainConfig(steps=3000).schedule()["reset_every"] == 300
     # Too short for that: one reset half-way through densification (so size pruning starts).
     s = TrainConfig(steps=600).schedule()
     assert s["reset_every"] == 150 and s["densify_until"] == 300
+
+    def resets(steps):
+        sched = TrainConfig(steps=steps).schedule()
+        return [it for it in range(1, steps + 1) if is_reset_step(sched, it)]
+
+    # Every reset is followed by a full interval of refinement, as in the original.
+    assert resets(30_000) == [3000, 6000, 9000, 12000]
+    assert resets(3000) == [300, 600, 900, 1200]
+    assert resets(2000) == [300, 600]
+    assert resets(1000) == [250]
+    assert resets(600) == [150]
+    sched = TrainConfig(steps=30_000).schedule()
+    refine = [it for it in range(1, 30_001) if is_refine_step(sched, it)]
+    assert refine[0] == 600 and refine[-1] == 14_900 and len(refine) == 144
     with pytest.raises(ValueError, match="steps"):
         TrainConfig(steps=0)
 

@@ -87,9 +87,8 @@ class TrainConfig:
 
     def schedule(self) -> dict:
         """Step numbers of the scaled schedule, 1-based as in the original code: at iteration
-        `it` (= step + 1) the SH degree is it // sh_increase_every; refinement runs when
-        densify_from < it < densify_until and it % densify_every == 0; opacity resets when
-        it < densify_until and it % reset_every == 0."""
+        `it` (= step + 1) the SH degree is it // sh_increase_every; see is_refine_step and
+        is_reset_step for density control."""
         s = self.steps
         # Refinement every 100 of 30k steps; short runs refine relatively 4x as often (at least
         # every 10 steps) so that densification still gets a few dozen rounds.
@@ -97,7 +96,7 @@ class TrainConfig:
         until = round(self.densify_until * s)
         # An opacity reset needs several refinement rounds and ~100-200 steps to recover.
         reset = max(3 * every, self.min_reset_interval, round(self.reset_every * s))
-        if reset >= until:
+        if 2 * reset > until:
             # Too short for spaced resets: keep one, half-way through densification. Without it
             # the floaters it clears stay, and screen/world-size pruning (after the first reset)
             # never starts: on the fox, 600 steps without a reset scored 12.9 dB held out.
@@ -109,6 +108,19 @@ class TrainConfig:
             "reset_every": reset,
             "sh_increase_every": max(1, round(self.sh_increase_every * s)),
         }
+
+
+def is_refine_step(sched: dict, it: int) -> bool:
+    """Clone/split/prune after iteration `it` (1-based): densify_from < it < densify_until, every
+    densify_every iterations, as the original code."""
+    return sched["densify_from"] < it < sched["densify_until"] and it % sched["densify_every"] == 0
+
+
+def is_reset_step(sched: dict, it: int) -> bool:
+    """Opacity reset after iteration `it`: every reset_every iterations, and only while a full
+    interval of refinement still follows (the original's resets at 3000..12000 of 15000 all do;
+    a reset just before densification ends would leave the scene transparent and unpruned)."""
+    return it % sched["reset_every"] == 0 and it + sched["reset_every"] <= sched["densify_until"]
 
 
 def _versions() -> dict:
@@ -400,9 +412,9 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
             control.observe(res.means2d.grad, res.radii, cam.width, cam.height)
         optimizer.step()
 
-        if sched["densify_from"] < it < sched["densify_until"] and it % sched["densify_every"] == 0:
+        if is_refine_step(sched, it):
             control.refine(params, optimizer, prune_large=it > sched["reset_every"], generator=generator)
-        if it < sched["densify_until"] and it % sched["reset_every"] == 0:
+        if is_reset_step(sched, it):
             reset_opacity(params, optimizer)
 
         loss_value = loss.item()
