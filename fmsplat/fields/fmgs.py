@@ -250,8 +250,10 @@ class FMGSField(FeatureField):
         if out.shape[1] <= hidden.shape[1] + 1:
             return F.normalize(out, dim=-1), out
         w_aug = torch.cat([last.weight, last.bias[:, None]], dim=1).double()  # (D, K)
-        chol = torch.linalg.cholesky(w_aug.T @ w_aug).float()
-        basis = torch.cat([hidden, hidden.new_ones(len(hidden), 1)], dim=1) @ chol
+        chol, info = torch.linalg.cholesky_ex(w_aug.T @ w_aug)
+        if int(info) != 0:  # W̃ numerically rank-deficient: the outputs themselves are an exact (slower) basis
+            return F.normalize(out, dim=-1), out
+        basis = torch.cat([hidden, hidden.new_ones(len(hidden), 1)], dim=1) @ chol.float()
         return F.normalize(out, dim=-1), basis
 
     def _decode_chunked(self, alias: str, feats: torch.Tensor) -> torch.Tensor:
