@@ -20,24 +20,13 @@ from fmsplat.query.segment import (  # noqa: F401  (re-exported: part of this mo
     LANGSPLAT_KERNEL,
     LANGSPLAT_MAJORITY,
     LANGSPLAT_THRESHOLD,
+    _map2d,
+    _np,
     argmax_pixel,
     langsplat_segmentation,
     majority_filter,
     mean_filter,
 )
-
-
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _map2d(x, name: str) -> np.ndarray:
-    a = _np(x).astype(np.float64)
-    if a.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (H, W) map, got shape {a.shape}")
-    return a
 
 
 # ---------------------------------------------------------------------------------------------

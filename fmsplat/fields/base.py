@@ -21,7 +21,7 @@ import contextlib
 import functools
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -111,6 +111,18 @@ def _extractor(name: str, pyramid: bool, options: tuple):
     return get_extractor(name, pyramid=pyramid, **dict(options))
 
 
+def resolve_config(config_class: type, method: str, config=None, overrides: dict | None = None):
+    """`config` (default: `config_class()`) with `overrides` applied; an unknown field is a named error."""
+    from dataclasses import fields as dc_fields, replace
+
+    overrides = overrides or {}
+    known = {f.name for f in dc_fields(config_class)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise FieldError(f"{method}: unknown config field(s) {unknown}; known: {sorted(known)}")
+    return replace(config or config_class(), **overrides)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int):
     """Run a block with `n` torch intra-op threads (0: unchanged). Per-step tensors of field fitting
@@ -178,14 +190,7 @@ def camera_at(camera: Camera, size: tuple[int, int] | None) -> Camera:
     """`camera` resized to `size` = (width, height) (None: unchanged)."""
     if size is None or (int(size[0]), int(size[1])) == (camera.width, camera.height):
         return camera
-    from dataclasses import replace
-
-    w, h = int(size[0]), int(size[1])
-    K = camera.K.copy()
-    K[0, :] *= w / camera.width
-    K[1, :] *= h / camera.height
-    K[2, :] = [0.0, 0.0, 1.0]
-    return replace(camera, K=K, width=w, height=h)
+    return camera.resized(*size)
 
 
 def splat(gaussians: GaussianModel, channels: torch.Tensor, camera: Camera, mask: torch.Tensor | None = None):
@@ -303,5 +308,5 @@ def load_field_tensors(field_dir: Path) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "FeatureField", "FieldError", "FieldRender", "SceneBundle", "SpaceSpec", "camera_at", "load_field_tensors",
-    "open_scene", "parse_space", "read_field_meta", "splat", "torch_threads",
+    "open_scene", "parse_space", "read_field_meta", "resolve_config", "splat", "torch_threads",
 ]

@@ -15,7 +15,7 @@ space: (1 - cos) + MSE, averaged over the grid cells the rendered alpha covers. 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from fmsplat.fields.base import (
     camera_at,
     open_scene,
     parse_space,
+    resolve_config,
     splat,
     torch_threads,
 )
@@ -150,12 +151,7 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
 
 
 def _resolve_config(config: Config | None, overrides: dict) -> Config:
-    cfg = config or Config()
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise FieldError(f"distill: unknown config field(s) {unknown}; known: {sorted(known)}")
-    return replace(cfg, **overrides)
+    return resolve_config(Config, "distill", config, overrides)
 
 
 def fit(scene_dir, models=None, config: Config | None = None, resume: bool = False, progress: bool = True,

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -69,6 +69,7 @@ from fmsplat.fields.base import (
     camera_at,
     open_scene,
     parse_space,
+    resolve_config,
 )
 from fmsplat.fields.hashgrid import HashGrid, geometric_resolutions, scene_box, to_unit_cube
 from fmsplat.render import rasterize
@@ -376,12 +377,7 @@ def pixel_align_on(step: int, cfg: Config) -> bool:
 
 # ------------------------------------------------------------------------------------------ training
 def _resolve_config(config: Config | None, overrides: dict) -> Config:
-    cfg = config or Config()
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise FieldError(f"fmgs: unknown config field(s) {unknown}; known: {sorted(known)}")
-    return replace(cfg, **overrides)
+    return resolve_config(Config, "fmgs", config, overrides)
 
 
 def build_spaces(models, cfg: Config) -> list[SpaceSpec]:

@@ -60,7 +60,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -77,6 +77,7 @@ from fmsplat.fields.base import (
     camera_at,
     open_scene,
     parse_space,
+    resolve_config,
     splat,
     torch_threads,
 )
@@ -365,12 +366,7 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, weight: float) -> tor
 
 
 def _resolve_config(config: Config | None, overrides: dict) -> Config:
-    cfg = config or Config()
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise FieldError(f"m3: unknown config field(s) {unknown}; known: {sorted(known)}")
-    return replace(cfg, **overrides)
+    return resolve_config(Config, "m3", config, overrides)
 
 
 # fields that may change between a run and its resumption

@@ -64,8 +64,11 @@ class Camera:
 
     def scaled(self, factor: float) -> "Camera":
         """The same camera for an image resized by `factor` (0.5 = half size)."""
-        w = max(1, int(round(self.width * factor)))
-        h = max(1, int(round(self.height * factor)))
+        return self.resized(max(1, int(round(self.width * factor))), max(1, int(round(self.height * factor))))
+
+    def resized(self, w: int, h: int) -> "Camera":
+        """The same camera for the image resized to exactly `w` x `h` pixels."""
+        w, h = int(w), int(h)
         K = self.K.copy()
         # Scale about the pixel-corner origin so that pixel centres stay consistent.
         K[0, :] *= w / self.width
