@@ -163,7 +163,8 @@ def eval_cmd(
     scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
     data: str = typer.Option(None, "--data", help="Labelled dataset (labels/, objects.json; default: the scene's)."),
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
-    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/eval/<method>/)."),
+    space: str = typer.Option(None, "--space", help="Language-aligned space to query (default: the field's first)."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/eval/<method>/, or <method>-<space>/ with --space)."),
     render_scale: float = typer.Option(1.0, "--render-scale", help="Render the field at this fraction of the label size."),
     no_panels: bool = typer.Option(False, "--no-panels", help="Skip the per-query PNG panels."),
     compare: list[str] = typer.Option([], "--compare", help="Other eval.json files (or folders) to put in the comparison table."),
@@ -173,7 +174,7 @@ def eval_cmd(
     from fmsplat.eval import evaluate_scene, format_comparison, load_result
 
     r = evaluate_scene(scene, data=data, method=method, out_dir=out, panels=not no_panels, render_scale=render_scale,
-                       latency_repeats=latency_repeats)
+                       latency_repeats=latency_repeats, space=space)
     others = [load_result(c) for c in compare]
     typer.echo(format_comparison([r, *others]))
     typer.echo(f"written: {r['out_dir']}/eval.json, eval.md" + ("" if no_panels else f", {len(r['panels'])} panels"))

@@ -128,3 +128,35 @@ def test_cosine_similarity_matches_definition():
     assert sim.shape == (2, 5, 3, 4)
     ref = F.cosine_similarity(feats[1, :, 2, 3][None], text, dim=-1)
     torch.testing.assert_close(sim[1, :, 2, 3], ref)
+
+
+def test_effnet_labels_paints_the_recognised_label_of_each_cell(composite):
+    """M3's painted language space: every cell holds the sentence embedding of its top ImageNet class."""
+    from fmsplat.foundation.effnet import class_name_embeddings
+    from fmsplat.foundation.sentence import shared_sentence_encoder
+
+    labels = get_extractor("effnet-labels")
+    assert labels.language_aligned and labels.dim == 384 and labels.key != get_extractor("effnet").key
+    feats = labels.encode_images(composite)[0]  # (384, h, w)
+    names = labels.labels(composite)[0]
+    h, w = feats.shape[-2:]
+    assert (len(names), len(names[0])) == (h, w)
+    table = class_name_embeddings()
+    index = {n: i for i, n in enumerate(imagenet_class_names())}
+    for r in range(h):
+        for c in range(w):
+            torch.testing.assert_close(feats[:, r, c], table[index[names[r][c]]])
+    # piecewise constant: as many distinct vectors as distinct labels
+    assert len(torch.unique(feats.flatten(1).T, dim=0)) == len({n for row in names for n in row})
+    # text goes through the same sentence encoder, and each query's best cell lies in its own third
+    text = labels.encode_text(["cat", "coffee cup", "rocket"])
+    torch.testing.assert_close(text, shared_sentence_encoder().encode(["cat", "coffee cup", "rocket"]))
+    sim = cosine_similarity(feats[None], text)[0]
+    for q, third in enumerate([0, 1, 2]):
+        cols = torch.arange(w) * 3 // w
+        assert sim[q][:, cols == third].max() > sim[q][:, cols != third].max(), (q, names)
+    # unconfident cells are left unlabelled (zero), as unlabelled regions of M3's painted maps
+    strict = get_extractor("effnet-labels", min_prob=0.9).encode_images(composite)[0]
+    zero = strict.abs().sum(0) == 0
+    assert 0 < int(zero.sum()) < h * w
+    torch.testing.assert_close(strict[:, ~zero], feats[:, ~zero])

@@ -73,3 +73,31 @@ def test_refuses_extractors_without_text():
 
     with pytest.raises(ValueError, match="language-aligned"):
         PyramidExtractor(NoText())
+
+
+def test_tile_input_sets_the_encoding_size_and_the_cache_key():
+    class SizeProbe(MeanColour):
+        input_size = 224
+
+        def encode_pooled(self, images):
+            self.sizes = getattr(self, "sizes", set()) | {tuple(images.shape[-2:])}
+            return torch.cat([images.mean((2, 3)), torch.full((len(images), 1), 0.05)], dim=1)
+
+    default, small = SizeProbe(), SizeProbe()
+    image = torch.rand(1, 3, 40, 60)
+    a = PyramidExtractor(default, progress=False).encode_images(image)
+    b_ex = PyramidExtractor(small, progress=False, tile_input=16)
+    b = b_ex.encode_images(image)
+    assert default.sizes == {(224, 224)} and small.sizes == {(16, 16)}
+    assert a.shape == b.shape and b_ex.key != PyramidExtractor(default).key and "in16" in b_ex.key
+    # mean colour survives resizing, so the two maps agree: only the encoding size changed
+    torch.testing.assert_close(a, b, atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="at least 8"):
+        PyramidExtractor(default, tile_input=4)
+
+
+def test_tile_input_without_the_pyramid_is_refused():
+    from fmsplat.foundation import get_extractor
+
+    with pytest.raises(ValueError, match="needs pyramid=True"):
+        get_extractor("effnet", tile_input=64)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from fmsplat.fields import FieldError, load_field, m3
 from fmsplat.fields.base import open_scene, splat
 
-MODELS = ["effnet@input_scale=2", "effnet-mid"]
+MODELS = ["effnet@input_scale=2", "effnet-mid", "effnet-labels@input_scale=2"]
 # short CPU schedule for tests: a larger query learning rate than the paper's 5e-4 (30k GPU steps)
 FAST = dict(steps=120, lr_queries=0.05, n_points=500, render_scale=0.5, checkpoint_every=1000)
 
@@ -90,16 +90,16 @@ def test_summary_banks_and_round_trip(fitted):
     scene, field_ = fitted
     s = field_.summary
     assert s["steps"] == FAST["steps"] and s["fit_seconds"] > 0
-    assert s["query_dims"] == {"effnet": 16, "effnet-mid": 32}
+    assert s["query_dims"] == {"effnet": 16, "effnet-mid": 32, "effnet-labels": 32}
     for alias in field_.spaces:
         bank = s["banks"][alias]
         assert 0 < bank["entries"] <= bank["rows"]
         assert bank["entries"] == field_.bank(alias).shape[0]
         assert s["memory"]["banks_bytes"][alias] == bank["entries"] * field_.space(alias).dim * 4
-    assert s["memory"]["bytes_per_gaussian"] == 48 * 4
-    assert field_.queries.shape == (len(field_.gaussians), 48)
+    assert s["memory"]["bytes_per_gaussian"] == 80 * 4
+    assert field_.queries.shape == (len(field_.gaussians), 80)
     assert not (scene / "fields" / "m3" / m3.CHECKPOINT).exists()
-    assert (scene / "memory").is_dir() and len(list((scene / "memory").glob("*.safetensors"))) == 2
+    assert (scene / "memory").is_dir() and len(list((scene / "memory").glob("*.safetensors"))) == 3
 
     loaded = load_field(scene, "m3")
     assert isinstance(loaded, m3.M3Field) and loaded.summary == json.loads(json.dumps(s))
@@ -114,6 +114,31 @@ def test_summary_banks_and_round_trip(fitted):
     assert bool((g <= bank.max(0).values + 1e-4).all())
     with pytest.raises(FieldError, match="no space"):
         loaded.render(cam, ["clip"])
+
+
+def test_painted_language_space_keeps_one_bank_entry_per_label(fitted):
+    """effnet-labels (LLaMA3's role): piecewise-constant maps, so the bank holds each distinct painted
+    label once, and a rendered feature is a mix of label embeddings that text reaches through MiniLM."""
+    scene, field_ = fitted
+    bundle = open_scene(scene)
+    spec = field_.space("effnet-labels")
+    cache = bundle.feature_cache(spec, progress=False)
+    rows = torch.cat([cache.get(bundle.view_name(i)).flatten(1).T.float() for i in bundle.dataset.train_indices])
+    rows = F.normalize(rows[rows.abs().sum(1) > 0], dim=-1)
+    distinct = torch.unique(torch.round(rows * 1e3), dim=0)
+    bank = F.normalize(field_.bank("effnet-labels").float(), dim=-1)
+    assert len(bank) == len(distinct), (len(bank), len(distinct))
+    # every painted row has its own label in the bank (cosine ~1), and bank entries are distinct labels
+    assert float((rows @ bank.T).max(1).values.min()) > 0.99
+    off = bank @ bank.T - 2 * torch.eye(len(bank))
+    assert float(off.max()) < 0.99
+    # the field's rendered features sit near the label embeddings (queries were trained on this space)
+    cam = bundle.dataset.cameras[bundle.dataset.test_indices[0]]
+    feats = field_.render(cam, ["effnet-labels"], size=(32, 24)).features["effnet-labels"]
+    best = (F.normalize(feats.flatten(1).T, dim=-1) @ bank.T).max(1).values
+    assert float(best.median()) > 0.9, float(best.median())
+    text = spec.encode_text(["cat"])
+    assert text.shape == (1, 384)
 
 
 def test_resume_continues_the_interrupted_run_exactly(copy_scene, monkeypatch):

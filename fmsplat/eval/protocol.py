@@ -121,7 +121,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
                    rgb: bool = True) -> dict:
     """Evaluate the field of `method` (default: the newest) in `scene_dir` on the labels of `data`
     (default: the scene's dataset); writes eval.json, eval.md and panels under `out_dir` (default
-    SCENE/eval/<method>/; `out_dir=False` writes nothing) and returns the result dict.
+    SCENE/eval/<method>/, SCENE/eval/<method>-<space>/ when `space` is given; `out_dir=False` writes nothing) and returns the result dict.
 
     `field` evaluates an already built FeatureField instead of loading one (tests, notebooks).
     `teacher`, `fidelity`, `rgb`, `panels` and `latency_repeats=0` switch parts off for quick runs."""
@@ -147,7 +147,8 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     if missing:
         raise EvalError(f"{root / 'labels'}: label files {missing} name no view of {bundle.dataset.source}")
 
-    out = None if out_dir is False else (Path(out_dir) if out_dir is not None else scene_dir / "eval" / field.method)
+    default_out = scene_dir / "eval" / (field.method if space is None else f"{field.method}-{engine.space}")
+    out = None if out_dir is False else (Path(out_dir) if out_dir is not None else default_out)
     teacher_cache = FeatureCache(bundle.root, engine.spec.extractor()) if teacher else None
     neg_emb = engine.negative_embeddings
 

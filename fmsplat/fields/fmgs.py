@@ -87,6 +87,9 @@ class Config:
 
     steps: int = 4200  # feature-field optimisation steps, one training view each (paper: 4,200 after 30k 3DGS steps)
     pyramid: bool = True  # language targets from the FMGS hybrid multi-scale pyramid (False: plain dense map; ablation)
+    pyramid_tile_input: int = 0  # pixels each pyramid tile is resized to before encoding (0: the model's input size,
+    #   224, as the paper). The pyramid costs ~900 tile encodings per 320x240 view: at 224 that is about a minute
+    #   per view on 2 CPU cores, so CPU runs on many views want a smaller size (bench/README.md, "Feature fields")
     pixel_align: bool = True  # add the pixel-alignment loss after the warm-up (False: ablation)
     grids: tuple = ((12, 16, 128), (12, 128, 512))  # hash grids as (levels, min resolution, max resolution)
     log2_table: int = 19  # hash table size 2^19 rows per level
@@ -127,6 +130,8 @@ class Config:
         problems = []
         if self.steps < 0:
             problems.append(f"steps must be >= 0, got {self.steps}")
+        if self.pyramid_tile_input != 0 and self.pyramid_tile_input < 8:
+            problems.append(f"pyramid_tile_input must be 0 (the model's input size) or >= 8, got {self.pyramid_tile_input}")
         if not self.grids:
             problems.append("grids: at least one grid")
         for levels, lo, hi in self.grids:
@@ -387,7 +392,10 @@ def build_spaces(models, cfg: Config) -> list[SpaceSpec]:
     models = list(models or DEFAULT_MODELS)
     if len(models) != 2:
         raise FieldError(f"fmgs: give two models, language then alignment (e.g. {','.join(DEFAULT_MODELS)}); got {models}")
-    return [parse_space(models[0], pyramid=cfg.pyramid), parse_space(models[1])]
+    language = models[0]
+    if cfg.pyramid and cfg.pyramid_tile_input:
+        language += f"@tile_input={int(cfg.pyramid_tile_input)}"
+    return [parse_space(language, pyramid=cfg.pyramid), parse_space(models[1])]
 
 
 def _targets(bundle: SceneBundle, spec: SpaceSpec, indices: list[int], progress: bool) -> dict[int, torch.Tensor]:

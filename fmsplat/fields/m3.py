@@ -36,6 +36,7 @@ Embedded models (not in the paper's tables), mapped to the roles they play:
 
     effnet      (1280-d, language-aligned, CLIP's role)  -> 16 query dims, tau 0.80 (CLIP's)
     effnet-mid  (112-d / 40-d mid-level, DINOv2's role)  -> 32 query dims, tau 0.75 (DINOv2's)
+    effnet-labels (384-d painted label embeddings, LLaMA3's role) -> 32 query dims, tau 0.99
 
 tau: these two are not in the paper's table; they take the thresholds of the models whose roles
 they play, which the bank-size/coverage trade-off on real effnet features of the synthetic bench
@@ -50,9 +51,12 @@ for fidelity, a lower one for a smaller bank (faster rendering: attention costs 
 Overridable per model (``taus``).
 
 The paper's language space (LLaMA3 embeddings of region captions painted into each region, tau 1.0)
-has no embedded counterpart yet: it needs a label-painting extractor in fmsplat.foundation (each
-effnet cell's top ImageNet class → MiniLM embedding of its name). The slice/tau tables already
-carry the paper's values for llama3 / llamav / seem so such a space plugs in by alias.
+is played by ``effnet-labels`` (fmsplat.foundation.effnet): every stride-32 cell holds the MiniLM
+embedding of its recognised ImageNet label, text queries go through MiniLM. Its maps are piecewise
+constant, so its bank is one entry per distinct label; tau is 0.99 rather than the paper's 1.00
+because with 1.00 a painted vector that is an exact duplicate can still fall short of itself by
+float rounding (fp16 cache, then normalisation), and Algorithm 1 then keeps every such row (see
+fields.memory). It takes LLaMA3's 32 query dims.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import rgb_loss
 from fmsplat.render import rasterize
 
-DEFAULT_MODELS = ("effnet", "effnet-mid")
+DEFAULT_MODELS = ("effnet", "effnet-mid", "effnet-labels")
 CHECKPOINT = "checkpoint.pt"
 MEMORY_DIR = "memory"
 
@@ -102,9 +106,9 @@ class Config:
     steps: int = 2000  # optimisation steps, one training view each (official: 30,000 joint iterations on a GPU)
     query_dim: int = 160  # principal-query budget per Gaussian (paper: 160 for six models); the slices of the models
     #                       in use must fit in it, and only those are stored
-    slice_dims: str = "effnet=16,effnet-mid=32,dino=32," + PAPER_SLICES  # query dims per model (alias or family)
+    slice_dims: str = "effnet=16,effnet-mid=32,effnet-labels=32,dino=32," + PAPER_SLICES  # query dims per model (alias or family)
     default_slice: int = 32  # query dims of a model not listed in slice_dims
-    taus: str = "effnet=0.80,effnet-mid=0.75,dino=0.75," + PAPER_TAUS  # Algorithm 1 similarity thresholds per model
+    taus: str = "effnet=0.80,effnet-mid=0.75,effnet-labels=0.99,dino=0.75," + PAPER_TAUS  # Algorithm 1 similarity thresholds per model
     default_tau: float = 0.80  # threshold of a model not listed in taus
     bank_method: str = "algorithm1"  # 'algorithm1' (official, O(P^2)) or 'fast' (streaming greedy, full cover)
     temperature: float = 0.05  # softmax temperature of the memory attention
@@ -399,7 +403,7 @@ def fit(scene_dir, models=None, config: Config | None = None, resume: bool = Fal
         bundle: SceneBundle | None = None, **overrides) -> M3Field:
     """Fit M3 on the trained scene `scene_dir` and save SCENE/fields/m3/ (see the module docstring).
 
-    models: extractor names (default effnet, effnet-mid); config / overrides: Config fields. While it
+    models: extractor names (default effnet, effnet-mid, effnet-labels); config / overrides: Config fields. While it
     runs, SCENE/fields/m3/checkpoint.pt is rewritten atomically every `checkpoint_every` steps;
     `resume=True` continues from it (same settings; `steps` may grow)."""
     cfg = _resolve_config(config, overrides)

@@ -17,6 +17,13 @@ classifier's own reading of any feature map when per-location ImageNet logits ar
 `effnet-mid` is the sharper, non-language feature map used where FMGS uses DINO: the output of
 the stride-16 stage (112-d) or of the stride-8 stage (40-d).
 
+`effnet-labels` stands in for M3's language space (LLaMA3 embeddings of region captions, painted
+into each region): each cell of the stride-32 map gets the sentence embedding (MiniLM, 384-d) of
+the ImageNet class the classifier reads there, so the map is piecewise constant with one vector per
+recognised concept, and text queries are embedded by the same sentence encoder. Cells whose top
+class is not confident (softmax probability below `min_prob`) are left at zero, as unlabelled
+regions are in M3's painted maps, and the feature losses skip zero targets.
+
 Images are normalised as the TF-Lite EfficientNet-Lite models were trained: (x·255 − 127) / 128.
 Output grids are ceil(H / stride) × ceil(W / stride) ("same" padding). A stride-32 map is coarse:
 small objects in low-resolution views need `input_scale` > 1 or the FMGS pyramid.
@@ -239,3 +246,60 @@ class EffNetMidExtractor(_EffNetBase):
         for block in m._blocks[: _MID_STAGE_END[self.stride] + 1]:
             x = block(x)  # eval mode: no drop-connect
         return x
+
+
+class EffNetLabelsExtractor(_EffNetBase):
+    """`effnet-labels`: per cell, the sentence embedding of the cell's recognised ImageNet label (384-d)."""
+
+    stride = 32
+    language_aligned = True
+    input_size = 224
+
+    def __init__(self, min_prob: float = 0.0, **kw) -> None:
+        super().__init__(**kw)
+        if not 0.0 <= min_prob < 1.0:
+            raise ValueError(f"min_prob must be in [0, 1), got {min_prob}")
+        self.min_prob = float(min_prob)
+        from fmsplat.foundation.sentence import SentenceEncoder
+
+        self.dim = SentenceEncoder.dim
+        self.key = safe_key("effnet-lite0-labels", f"scale{self.input_scale:g}", f"p{self.min_prob:g}")
+        self.class_rows = self.model._fc.weight.detach().cpu().float()
+        self.class_bias = self.model._fc.bias.detach().cpu().float()
+        self.class_names = imagenet_class_names()
+
+    def _paint(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 1000, h, w) or (N, 1000) logits -> the label embeddings of their top classes."""
+        prob, top = torch.softmax(logits, dim=1).max(dim=1)
+        emb = class_name_embeddings()[top]  # (B, h, w, 384) or (N, 384)
+        emb = emb * (prob >= self.min_prob).unsqueeze(-1).to(emb.dtype)
+        return emb.permute(0, 3, 1, 2).contiguous() if emb.ndim == 4 else emb
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.model.extract_features(x).cpu().float()
+        logits = torch.einsum("bdhw,cd->bchw", feats, self.class_rows) + self.class_bias[None, :, None, None]
+        return self._paint(logits)
+
+    @torch.no_grad()
+    def labels(self, images) -> list[list[list[str]]]:
+        """The painted label names per image, row and column (for inspection)."""
+        x = self._prepare(images)
+        feats = self.model.extract_features(x.to(self.device)).cpu().float()
+        top = (torch.einsum("bdhw,cd->bchw", feats, self.class_rows) + self.class_bias[None, :, None, None]).argmax(1)
+        return [[[self.class_names[int(c)] for c in row] for row in img] for img in top]
+
+    @torch.no_grad()
+    def encode_pooled(self, images) -> torch.Tensor:
+        """(B, 384): the embedding of the whole image's label (the classifier on the pooled map)."""
+        x = self._prepare(images)
+        pooled = torch.cat([self.model.extract_features(x[i : i + self.batch_size].to(self.device)).cpu().float().mean((2, 3))
+                            for i in range(0, len(x), self.batch_size)])
+        return self._paint(pooled @ self.class_rows.T + self.class_bias)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """(T, 384) unit sentence embeddings: the painted labels' own space."""
+        from fmsplat.foundation.sentence import shared_sentence_encoder
+
+        if isinstance(texts, str):
+            texts = [texts]
+        return shared_sentence_encoder().encode(list(texts)).float()

@@ -7,6 +7,8 @@ from typing import Callable
 _EMBEDDED = {
     "effnet": "EfficientNet-Lite0, 1280-d stride-32 map, text through ImageNet class rows (embedded, offline)",
     "effnet-mid": "EfficientNet-Lite0 stride-16 (112-d) or stride-8 (40-d) block features (embedded, offline)",
+    "effnet-labels": "sentence embedding (MiniLM, 384-d) of each cell's recognised ImageNet label: M3's painted "
+                     "language space (embedded, offline)",
 }
 _FAMILIES = {
     "clip": "CLIP through transformers: clip:<hub id or local dir>, e.g. clip:openai/clip-vit-base-patch16",
@@ -30,12 +32,17 @@ def _family_factory(family: str) -> Callable:
 def get_extractor(name: str, pyramid: bool = False, **options):
     """Create an extractor by name; options go to its constructor (e.g. input_scale=2, stride=8).
 
-    pyramid=True wraps a language-aligned extractor in the FMGS hybrid multi-scale map.
+    pyramid=True wraps a language-aligned extractor in the FMGS hybrid multi-scale map; its option
+    tile_input=N encodes the tiles at N x N pixels instead of the model's input size (224).
     """
     if pyramid:
         from fmsplat.foundation.pyramid import PyramidExtractor
 
-        return PyramidExtractor(get_extractor(name, **options))
+        tile_input = options.pop("tile_input", None)
+        return PyramidExtractor(get_extractor(name, **options), tile_input=tile_input)
+    if "tile_input" in options:
+        raise ValueError(f"extractor option tile_input (the FMGS pyramid's tile size) needs pyramid=True; '{name}' "
+                         "was asked for without the pyramid")
     if name == "effnet":
         from fmsplat.foundation.effnet import EffNetExtractor
 
@@ -44,6 +51,10 @@ def get_extractor(name: str, pyramid: bool = False, **options):
         from fmsplat.foundation.effnet import EffNetMidExtractor
 
         return EffNetMidExtractor(**options)
+    if name == "effnet-labels":
+        from fmsplat.foundation.effnet import EffNetLabelsExtractor
+
+        return EffNetLabelsExtractor(**options)
     family, sep, ident = name.partition(":")
     if sep and family in _FAMILIES:
         if not ident:

@@ -50,14 +50,25 @@ def relevancy(
         raise ValueError(
             f"relevancy: feature dim {d} does not match query {tuple(q.shape)} / negatives {tuple(neg.shape)}"
         )
-    x = torch.movedim(feats, dim, -1)
+    # One matmul of the texts against the features as they lie (a (D, P) view for a (D, H, W) map),
+    # divided by the feature norms: the same cosines as normalising every feature first, without
+    # writing a normalised copy of the map (for a 1280-d 256x256 map that copy was 4/5 of the time).
+    x = torch.movedim(feats, dim, 0)
+    shape = x.shape[1:]
+    flat = x.reshape(d, -1)
+    texts = torch.cat([q, neg])
     if normalize:
-        x = F.normalize(x, dim=-1)
-        q = F.normalize(q, dim=-1)
-        neg = F.normalize(neg, dim=-1)
-    pos_sim = torch.einsum("...d,qd->q...", x, q)
-    neg_sim = torch.einsum("...d,kd->...k", x, neg).amax(dim=-1)
-    return torch.sigmoid(temperature * (pos_sim - neg_sim[None]))[0 if single else slice(None)]
+        texts = F.normalize(texts, dim=-1)
+    dots = texts @ flat  # (Q + K, P)
+    if normalize:
+        sq = torch.zeros(flat.shape[1], dtype=flat.dtype, device=flat.device)
+        for c in range(0, d, 64):  # squared norms in row blocks: no full-size temporary
+            part = flat[c:c + 64]
+            sq += (part * part).sum(0)
+        dots = dots / sq.sqrt().clamp_min(1e-12)
+    nq = q.shape[0]
+    rel = torch.sigmoid(temperature * (dots[:nq] - dots[nq:].amax(dim=0)[None])).reshape(nq, *shape)
+    return rel[0] if single else rel
 
 
 def relevancy_upsampled(
