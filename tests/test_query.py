@@ -173,7 +173,7 @@ def test_oracle_is_found_in_every_labelled_view_in_2d_and_3d(oracle, labelled, o
             margin = 0.1 * np.linalg.norm(obj.aabb_max - obj.aabb_min)
             assert distance_to_aabb(lift_pixel(cam, lx, ly, true_depth), obj.aabb_min, obj.aabb_max) <= margin
             assert bool(_inside(r.point_gaussians, obj)), f"{cat}: Gaussian point {r.point_gaussians} outside its box"
-            assert set(r.timing_ms) >= {"render", "relevancy", "total"}
+            assert set(r.timing_ms) >= {"text", "render_relevancy", "localize_segment_2d", "gaussians_3d", "total"}
     assert len(ious) >= 4 and np.mean(ious) > 0.6
 
 
@@ -252,3 +252,16 @@ def test_query_cli_writes_relevancy_mask_ply_and_json(copy_scene, oracle, object
 
     res = CliRunner().invoke(app, ["query", str(copy_scene), "cat", "--view", "999", "--method", "oracle"])
     assert res.exit_code != 0 and "view 999" in str(res.exception)
+
+
+def test_default_text_dots_give_the_relevancy_of_the_rendered_features(oracle, bundle):
+    """FeatureField.render_text_dots' default (render, then dot products and norms) through the engine's
+    fast path equals the relevancy of the rendered map."""
+    from fmsplat.query import QueryEngine
+
+    engine = QueryEngine(oracle)
+    cam = bundle.dataset.cameras[0]
+    fast, render = engine.relevancy_fast(cam, ["cat", "espresso cup"])
+    slow = engine.relevancy_maps(engine.render(cam), ["cat", "espresso cup"])
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    assert render.features == {} and render.alpha.shape == slow.shape[1:]

@@ -178,6 +178,15 @@ def open_scene(scene_dir, data: str | None = None, gaussians: str | Path | None 
 
 
 # ------------------------------------------------------------------------------------------ render
+def squared_norms(flat: torch.Tensor) -> torch.Tensor:
+    """(D, P) -> (P,) squared column norms, in row blocks (no full-size temporary)."""
+    sq = torch.zeros(flat.shape[1], dtype=flat.dtype, device=flat.device)
+    for c in range(0, flat.shape[0], 64):
+        part = flat[c:c + 64]
+        sq += (part * part).sum(0)
+    return sq
+
+
 @dataclass
 class FieldRender:
     features: dict[str, torch.Tensor]  # alias -> (D, h, w)
@@ -242,6 +251,18 @@ class FeatureField(torch.nn.Module):
 
     def gaussian_features(self, space: str) -> torch.Tensor:
         raise NotImplementedError
+
+    def render_text_dots(self, camera: Camera, space: str, texts: torch.Tensor,
+                         size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, FieldRender]:
+        """What a relevancy map needs of one view, and no more: the dot products (T, h, w) of the unit
+        `texts` (T, D) with the rendered features of `space`, their squared norms (h, w), and the render
+        (alpha, depth, camera; `features` left empty). This default renders the features; methods whose
+        decoder ends in a linear map override it and never build the (D, h, w) map."""
+        out = self.render(camera, [space], size)
+        feats = out.features[space].detach().float()
+        flat = feats.reshape(feats.shape[0], -1)
+        dots = (texts.float() @ flat).reshape(-1, *feats.shape[1:])
+        return dots, squared_norms(flat).reshape(feats.shape[1:]), FieldRender({}, out.alpha, out.depth, out.camera)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
@@ -308,5 +329,5 @@ def load_field_tensors(field_dir: Path) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "FeatureField", "FieldError", "FieldRender", "SceneBundle", "SpaceSpec", "camera_at", "load_field_tensors",
-    "open_scene", "parse_space", "read_field_meta", "resolve_config", "splat", "torch_threads",
+    "open_scene", "parse_space", "read_field_meta", "resolve_config", "splat", "squared_norms", "torch_threads",
 ]

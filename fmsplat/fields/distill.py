@@ -94,6 +94,22 @@ class DistillField(FeatureField):
             feats = {a: self.decode(a, res.image[self._slice(a)]) for a in spaces}
         return FieldRender(features=feats, alpha=res.alpha, depth=res.expected_depth(), camera=cam)
 
+    def render_text_dots(self, camera, space, texts, size=None):
+        """The decoder is linear (f = W·z + b), so texts·f = (texts W)·z + texts·b and
+        |f|² = z̃ᵀ(W̃ᵀW̃)z̃ with z̃ = [z, 1]: products in the latent's d + 1 dimensions, never D."""
+        self.space(space)
+        w, b = self.weights[_p(space)].detach(), self.biases[_p(space)].detach()
+        with torch.no_grad():
+            res, cam = self.render_latent(camera, size)
+            z = res.image[self._slice(space)].reshape(self.config.dim, -1)  # (d, P)
+            z_aug = torch.cat([z, z.new_ones(1, z.shape[1])])
+            w_aug = torch.cat([w, b[:, None]], dim=1)  # (D, d + 1)
+            dots = (texts.float() @ w_aug) @ z_aug
+            gram = (w_aug.T.double() @ w_aug.double()).float()
+            sq = ((gram @ z_aug) * z_aug).sum(0)
+            hw = (cam.height, cam.width)
+        return dots.reshape(-1, *hw), sq.reshape(hw), FieldRender({}, res.alpha, res.expected_depth(), cam)
+
     def gaussian_features(self, space: str) -> torch.Tensor:
         self.space(space)
         with torch.no_grad():

@@ -274,17 +274,55 @@ class FMGSField(FeatureField):
         res.image = res.image.permute(2, 0, 1)
         return res
 
+    def carrier_features(self) -> torch.Tensor:
+        """(M, 192) hash features at the carriers' centres; cached while the tables stay unchanged
+        (a query session renders many views of a fitted field)."""
+        version = (self.grid.table._version, self.box_centre._version, self.box_half._version)
+        cached = getattr(self, "_carrier_cache", None)
+        if cached is None or cached[0] != version:
+            with torch.no_grad():
+                _, means, *_ = self.carriers()
+                cached = (version, self.grid(self.unit_positions(means)))
+            self._carrier_cache = cached
+        return cached[1]
+
     def render(self, camera, spaces=None, size=None) -> FieldRender:
         spaces = list(self.spaces) if spaces is None else list(spaces)
         for a in spaces:
             self.space(a)
         cam = camera_at(camera, size)
         with torch.no_grad():
-            _, means, *_ = self.carriers()
-            res = self.splat_features(self.grid(self.unit_positions(means)), cam)
+            res = self.splat_features(self.carrier_features(), cam)
             pixels = res.image.flatten(1).T  # (h·w, 192)
             feats = {a: self._decode_chunked(a, pixels).T.reshape(-1, cam.height, cam.width) for a in spaces}
         return FieldRender(features=feats, alpha=res.alpha, depth=res.expected_depth(), camera=cam)
+
+    def render_text_dots(self, camera, space, texts, size=None):
+        """Language space without decoding to D: the head ends in o = W·h + b and its output is o/|o|,
+        so texts·feature = (h̃·W̃ᵀt)/|o| with h̃ = [h, 1], W̃ = [W | b], and |o|² = h̃ᵀ(W̃ᵀW̃)h̃. Per pixel
+        that is T + 257 products of 257 values instead of D = 1280 (the head's last layer was over
+        half the cost of a relevancy map)."""
+        if space != self.language_alias:
+            return super().render_text_dots(camera, space, texts, size)
+        cam = camera_at(camera, size)
+        head = self.heads[_p(self.language_alias)]
+        last = head[-1]
+        with torch.no_grad():
+            res = self.splat_features(self.carrier_features(), cam)
+            pixels = res.image.flatten(1).T
+            w_aug = torch.cat([last.weight, last.bias[:, None]], dim=1)  # (D, K)
+            proj = texts.float() @ w_aug  # (T, K)
+            gram = (w_aug.T.double() @ w_aug.double()).float()  # (K, K)
+            dots, sq = [], []
+            for i in range(0, len(pixels), DECODE_CHUNK):
+                hidden = head[:-1](pixels[i:i + DECODE_CHUNK])
+                h_aug = torch.cat([hidden, hidden.new_ones(len(hidden), 1)], dim=1)
+                dots.append(h_aug @ proj.T)
+                sq.append(((h_aug @ gram) * h_aug).sum(1))
+            hw = (cam.height, cam.width)
+            dots = torch.cat(dots).T.reshape(-1, *hw)
+            sq = torch.cat(sq).reshape(hw)
+        return dots, sq, FieldRender({}, res.alpha, res.expected_depth(), cam)
 
     def gaussian_features(self, space: str) -> torch.Tensor:
         """(N, D) features decoded at every Gaussian's own centre; zero rows for Gaussians at or below

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SpaceSpec
-from fmsplat.query.relevancy import CANONICAL_NEGATIVES, LERF_TEMPERATURE, relevancy
+from fmsplat.query.relevancy import CANONICAL_NEGATIVES, LERF_TEMPERATURE, relevancy, relevancy_from_dots
 from fmsplat.query.segment import argmax_pixel, langsplat_segmentation, mean_filter
 from fmsplat.scene import Camera
 
@@ -211,8 +211,21 @@ class QueryEngine:
         if render is None:
             if camera is None:
                 raise ValueError("relevancy_map: pass a camera or a render")
-            render = self.render(camera, size)
+            return self.relevancy_fast(camera, [text], size)[0][0]
         return self.relevancy_maps(render, [text])[0]
+
+    def relevancy_fast(self, camera: Camera, texts: Sequence[str], size: tuple[int, int] | None = None
+                       ) -> tuple[torch.Tensor, FieldRender]:
+        """(T, H, W) relevancy of `texts` seen from `camera`, and the render (alpha, depth; no features),
+        through FeatureField.render_text_dots: fields with a linear last stage never build the (D, H, W)
+        feature map. Equal to `relevancy_maps(render(camera), texts)` up to float rounding."""
+        texts = list(texts)
+        unit = torch.nn.functional.normalize(torch.cat([self.embed(texts), self.negative_embeddings]), dim=-1)
+        dots, sq, render = self.field.render_text_dots(camera, self.space, unit, size)
+        if dots.shape[0] != unit.shape[0] or dots.shape[1:] != sq.shape:
+            raise FieldError(f"{self.field.method}.render_text_dots gave dots {tuple(dots.shape)} and norms "
+                             f"{tuple(sq.shape)} for {unit.shape[0]} texts")
+        return relevancy_from_dots(dots, sq, len(texts), self.temperature), render
 
     @staticmethod
     def localize_2d(relevancy_map, smooth_kernel: int | None = None) -> tuple[int, int]:
@@ -327,13 +340,17 @@ class QueryEngine:
         _ = self.negative_embeddings
         t1 = time.perf_counter()
         timing["text"] = 1e3 * (t1 - t0)
-        if render is None:
-            render = self.render(camera, size)
-        t2 = time.perf_counter()
-        timing["render"] = 1e3 * (t2 - t1)
-        rel = self.relevancy_maps(render, [text])[0].cpu()
-        t3 = time.perf_counter()
-        timing["relevancy"] = 1e3 * (t3 - t2)
+        if render is None:  # render and relevancy in one step (see relevancy_fast)
+            rel_t, render = self.relevancy_fast(camera, [text], size)
+            rel = rel_t[0].cpu()
+            t2 = t3 = time.perf_counter()
+            timing["render_relevancy"] = 1e3 * (t3 - t1)
+        else:
+            t2 = time.perf_counter()
+            timing["render"] = 1e3 * (t2 - t1)
+            rel = self.relevancy_maps(render, [text])[0].cpu()
+            t3 = time.perf_counter()
+            timing["relevancy"] = 1e3 * (t3 - t2)
         rel_np = rel.numpy().astype(np.float64)
         x, y = self.localize_2d(rel_np, smooth_kernel)
         mask = self.segment(rel_np)

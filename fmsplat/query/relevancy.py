@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fmsplat.fields.base import squared_norms
+
 CANONICAL_NEGATIVES: tuple[str, ...] = ("object", "things", "stuff", "texture")
 LERF_TEMPERATURE = 10.0
 
@@ -60,15 +62,23 @@ def relevancy(
     if normalize:
         texts = F.normalize(texts, dim=-1)
     dots = texts @ flat  # (Q + K, P)
-    if normalize:
-        sq = torch.zeros(flat.shape[1], dtype=flat.dtype, device=flat.device)
-        for c in range(0, d, 64):  # squared norms in row blocks: no full-size temporary
-            part = flat[c:c + 64]
-            sq += (part * part).sum(0)
-        dots = dots / sq.sqrt().clamp_min(1e-12)
     nq = q.shape[0]
-    rel = torch.sigmoid(temperature * (dots[:nq] - dots[nq:].amax(dim=0)[None])).reshape(nq, *shape)
+    if not normalize:
+        rel = torch.sigmoid(temperature * (dots[:nq] - dots[nq:].amax(dim=0)[None])).reshape(nq, *shape)
+        return rel[0] if single else rel
+    rel = relevancy_from_dots(dots.reshape(-1, *shape), squared_norms(flat).reshape(shape), nq, temperature)
     return rel[0] if single else rel
+
+
+def relevancy_from_dots(dots: torch.Tensor, squared_norm: torch.Tensor, n_queries: int,
+                        temperature: float = LERF_TEMPERATURE) -> torch.Tensor:
+    """LERF relevancy from the dot products of *unit* texts with (unnormalised) features.
+
+    dots: (Q + K, ...) — the Q queries first, then the K negatives; squared_norm: (...) the features'
+    squared norms. Returns (Q, ...). This is what a field can compute without decoding its features
+    to the model's full dimension (FeatureField.render_text_dots)."""
+    cos = dots / squared_norm.clamp_min(0).sqrt().clamp_min(1e-12)
+    return torch.sigmoid(temperature * (cos[:n_queries] - cos[n_queries:].amax(dim=0)[None]))
 
 
 def relevancy_upsampled(
