@@ -74,7 +74,8 @@ def variant_dir(scene: Path, work: Path, name: str) -> Path:
     return d
 
 
-def run_variant(scene: Path, work: Path, name: str, steps: int | None, progress: bool, extra: dict | None = None) -> dict:
+def run_variant(scene: Path, work: Path, name: str, steps: int | None, progress: bool, extra: dict | None = None,
+                latency_repeats: int = 5) -> dict:
     from fmsplat.eval import evaluate_scene, load_result
     from fmsplat.fields import fit_field
 
@@ -91,7 +92,8 @@ def run_variant(scene: Path, work: Path, name: str, steps: int | None, progress:
     t = time.perf_counter()
     field = fit_field(d, method, models=models, resume=True, progress=progress, **overrides)
     fit_wall = time.perf_counter() - t
-    evaluate_scene(d, method=method, out_dir=d / "eval", panels=False, progress=progress)
+    evaluate_scene(d, method=method, out_dir=d / "eval", panels=False, progress=progress,
+                   latency_repeats=latency_repeats)
     result = load_result(d / "eval")  # the JSON form, as written
     tensors = d / "fields" / method / "field.safetensors"
     s = field.summary
@@ -148,6 +150,7 @@ def main() -> None:
     ap.add_argument("--opt", action="append", default=[],
                     help="METHOD:KEY=VALUE, repeatable: a config override for every variant of METHOD "
                          "(e.g. fmgs:render_scale=0.25); a variant's own overrides take precedence")
+    ap.add_argument("--latency-repeats", type=int, default=5, help="timed relevancy maps per variant (0: none)")
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
@@ -167,7 +170,8 @@ def main() -> None:
     rows = []
     for name in names:
         print(f"== {name}: {VARIANTS[name][3]}", flush=True)
-        rows.append(run_variant(args.scene, work, name, args.steps, not args.quiet, extra.get(VARIANTS[name][0], {})))
+        rows.append(run_variant(args.scene, work, name, args.steps, not args.quiet, extra.get(VARIANTS[name][0], {}),
+                                args.latency_repeats))
         print(table(rows[-1:]), flush=True)
     print()
     print(f"scene {args.scene} ({rows[0]['num_gaussians']} Gaussians), query space {rows[0]['space']}"

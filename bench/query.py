@@ -1,12 +1,17 @@
 """Query latency: one relevancy map for one text query on a trained scene, per fitted field.
 
-    python bench/query.py SCENE                       # every field in SCENE/fields/, 256x256, 20 repeats
+    python bench/query.py SCENE [SCENE ...]           # every field in each SCENE/fields/, 256x256, 20 repeats
     python bench/query.py SCENE --size 512 --repeats 10 --methods fmgs,m3
 
+Several scenes (e.g. the variant folders of bench/fields.py, which share one dataset) are timed in one
+run, against one teacher row (the first scene's view and language space).
+
 For each fitted method, the first held-out view's camera is resized to SIZE x SIZE and timed (median
-of --repeats, after one warm-up call) in three parts: `render` (the field's language space through
-the rasterizer, decoded to the model's space), `relevancy` (LERF relevancy against the canonical
-negatives, text embedding cached as in any interactive session), and their sum `map`. `text` is the
+of --repeats, after one warm-up call): `render` (the field's language space through the rasterizer,
+decoded to the model's full dimension), `relevancy` (LERF relevancy of that map against the canonical
+negatives, text embedding cached as in any interactive session), and `map`, what a query costs: the
+engine's one-step path (QueryEngine.relevancy_map, through FeatureField.render_text_dots, which
+skips the decoding where the field allows it). `text` is the
 one-off cost of embedding a new query (median over distinct phrases, nothing cached). The `teacher`
 row runs the 2D extractor on the photo resized to SIZE x SIZE and computes the same relevancy on its
 upsampled map (fmsplat.query.relevancy.relevancy_upsampled, as `fmsplat eval` scores it): the cost a method without a 3D field pays for every new view. `x teacher` is the
@@ -37,7 +42,7 @@ def _median_ms(fn, repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scene", type=Path, help="trained scene directory with fitted fields")
+    ap.add_argument("scenes", type=Path, nargs="+", help="trained scene directories with fitted fields")
     ap.add_argument("--methods", default=None, help="comma-separated methods (default: every fitted one)")
     ap.add_argument("--size", type=int, default=256, help="render size: SIZE x SIZE pixels")
     ap.add_argument("--repeats", type=int, default=20)
@@ -55,55 +60,60 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    fields_dir = args.scene / "fields"
-    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else
-               sorted(p.name for p in fields_dir.iterdir() if (p / "field.json").is_file()) if fields_dir.is_dir() else [])
-    if not methods:
-        sys.exit(f"{args.scene}: no fitted fields (fmsplat fit {args.scene} --method ...)")
-    bundle = open_scene(args.scene)
-    data = bundle.dataset
-    view = (data.test_indices or data.train_indices)[0]
-    camera = data.cameras[view].resized(args.size, args.size)
     size = (args.size, args.size)
     text = "espresso cup"
     phrases = ["a red chair", "kitchen sink", "wooden table", "yellow duck", "green plant", "blue mug"]
-    print(f"scene {args.scene}, view {bundle.view_name(view)}, {args.size}x{args.size}, {len(bundle.gaussians)} Gaussians, "
-          f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
-    header = f"{'method':16} {'space':14} {'render ms':>10} {'relevancy ms':>13} {'map ms':>8} {'text ms':>8} {'x teacher':>10}"
+    header = (f"{'scene / method':34} {'space':8} {'render ms':>10} {'relevancy ms':>13} {'map ms':>8} {'text ms':>8} "
+              f"{'x teacher':>10}")
     rows = []
     teacher_ms = None
-    for method in methods:
-        field_ = load_field(args.scene, method, bundle=bundle)
-        engine = QueryEngine(field_)
-        emb, neg = engine.embed([text]), engine.negative_embeddings
-        render = engine.render(camera, size)
-        render_ms = _median_ms(lambda: engine.render(camera, size), args.repeats)
-        rel_ms = _median_ms(lambda: engine.relevancy_maps(render, [text]), args.repeats)
-        map_ms = _median_ms(lambda: engine.relevancy_map(camera, text, size), args.repeats)
-
-        def embed_new(i=[0]):
-            clear_text_cache()
-            engine.embed([phrases[i[0] % len(phrases)]])
-            i[0] += 1
-
-        text_ms = _median_ms(embed_new, min(args.repeats, 2 * len(phrases)))
+    for scene in args.scenes:
+        fields_dir = scene / "fields"
+        methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else
+                   sorted(p.name for p in fields_dir.iterdir() if (p / "field.json").is_file()) if fields_dir.is_dir() else [])
+        if not methods:
+            sys.exit(f"{scene}: no fitted fields (fmsplat fit {scene} --method ...)")
+        bundle = open_scene(scene)
+        data = bundle.dataset
+        view = (data.test_indices or data.train_indices)[0]
+        camera = data.cameras[view].resized(args.size, args.size)
         if teacher_ms is None:
-            extractor = engine.spec.extractor()
-            image = resize(to_bchw(data.image(view)), (args.size, args.size))
+            print(f"view {bundle.view_name(view)}, {args.size}x{args.size}, {len(bundle.gaussians)} Gaussians, "
+                  f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
+        for method in methods:
+            field_ = load_field(scene, method, bundle=bundle)
+            engine = QueryEngine(field_)
+            emb, neg = engine.embed([text]), engine.negative_embeddings
+            # render + relevancy as two steps (full feature map), then the engine's one-step path
+            render = engine.render(camera, size)
+            render_ms = _median_ms(lambda: engine.render(camera, size), args.repeats)
+            rel_ms = _median_ms(lambda: engine.relevancy_maps(render, [text]), args.repeats)
+            map_ms = _median_ms(lambda: engine.relevancy_map(camera, text, size), args.repeats)
 
-            def teacher_map():
-                feats = extractor.encode_images(image)[0].float()
-                return relevancy_upsampled(feats, (args.size, args.size), emb[0], neg)
+            def embed_new(i=[0]):
+                clear_text_cache()
+                engine.embed([phrases[i[0] % len(phrases)]])
+                i[0] += 1
 
-            teacher_ms = _median_ms(teacher_map, args.repeats)
-            rows.append(("teacher (2D)", engine.space, None, None, teacher_ms, None))
-        rows.append((method, engine.space, render_ms, rel_ms, map_ms, text_ms))
+            text_ms = _median_ms(embed_new, min(args.repeats, 2 * len(phrases)))
+            if teacher_ms is None:
+                extractor = engine.spec.extractor()
+                image = resize(to_bchw(data.image(view)), (args.size, args.size))
+
+                def teacher_map():
+                    feats = extractor.encode_images(image)[0].float()
+                    return relevancy_upsampled(feats, (args.size, args.size), emb[0], neg)
+
+                teacher_ms = _median_ms(teacher_map, args.repeats)
+                rows.append(("teacher (2D)", engine.space, None, None, teacher_ms, None))
+            name = f"{scene.name}/{method}" if len(args.scenes) > 1 else method
+            rows.append((name, engine.space, render_ms, rel_ms, map_ms, text_ms))
     print(header)
     print("-" * len(header))
     for name, space, r_ms, l_ms, m_ms, t_ms in rows:
         fmt = lambda v: f"{v:.1f}" if v is not None else "–"  # noqa: E731
         ratio = f"{teacher_ms / m_ms:.1f}" if name != "teacher (2D)" else "1.0"
-        print(f"{name:16} {space:14} {fmt(r_ms):>10} {fmt(l_ms):>13} {fmt(m_ms):>8} {fmt(t_ms):>8} {ratio:>10}")
+        print(f"{name:34} {space:8} {fmt(r_ms):>10} {fmt(l_ms):>13} {fmt(m_ms):>8} {fmt(t_ms):>8} {ratio:>10}")
 
 
 if __name__ == "__main__":

@@ -36,3 +36,34 @@ def test_demo_skips_finished_stages_and_writes_a_report(tiny_dataset, tiny_scene
     row = next(line for line in text.splitlines() if line.startswith("| distill"))
     assert f"{100 * s['loc_acc']:.1f}" in row
     assert list((report / "distill").glob("*.png")) or list((report / "distill").rglob("*.png"))
+
+
+def test_demo_fits_slow_methods_with_its_cpu_budget(tiny_dataset, tiny_scene, tmp_path, monkeypatch):
+    """FMGS and M3 paper defaults take hours on 2 cores: the demo passes FIT_BUDGET (and --fit-steps
+    replaces only the step count)."""
+    import pytest
+
+    import fmsplat.fields as fields
+    from fmsplat.demo import FIT_BUDGET
+
+    work = tmp_path / "demo"
+    shutil.copytree(tiny_dataset, work / "data")
+    shutil.copytree(tiny_scene, work / "scene", ignore=shutil.ignore_patterns("fields", "eval"))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_fit(scene_dir, method, **kw):
+        seen.append((method, kw))
+        raise Stop
+
+    monkeypatch.setattr(fields, "fit_field", fake_fit)
+    with pytest.raises(Stop):
+        run_demo(work, DemoConfig(preset="tiny", methods=("fmgs",)), progress=False)
+    with pytest.raises(Stop):
+        run_demo(work, DemoConfig(preset="tiny", methods=("m3",), fit_steps=7), progress=False)
+    (m1, kw1), (m2, kw2) = seen
+    assert m1 == "fmgs" and {k: kw1[k] for k in FIT_BUDGET["fmgs"]} == FIT_BUDGET["fmgs"]
+    assert kw1["pyramid_tile_input"] == 96 and kw1["steps"] == FIT_BUDGET["fmgs"]["steps"]
+    assert m2 == "m3" and kw2["steps"] == 7 and kw2["lr_queries"] == FIT_BUDGET["m3"]["lr_queries"]
