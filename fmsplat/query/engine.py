@@ -343,7 +343,7 @@ class QueryEngine:
         if render is None:  # render and relevancy in one step (see relevancy_fast)
             rel_t, render = self.relevancy_fast(camera, [text], size)
             rel = rel_t[0].cpu()
-            t2 = t3 = time.perf_counter()
+            t3 = time.perf_counter()
             timing["render_relevancy"] = 1e3 * (t3 - t1)
         else:
             t2 = time.perf_counter()
