@@ -121,7 +121,8 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
                    rgb: bool = True) -> dict:
     """Evaluate the field of `method` (default: the newest) in `scene_dir` on the labels of `data`
     (default: the scene's dataset); writes eval.json, eval.md and panels under `out_dir` (default
-    SCENE/eval/<method>/, SCENE/eval/<method>-<space>/ when `space` is given; `out_dir=False` writes nothing) and returns the result dict.
+    SCENE/eval/<method>/, or SCENE/eval/<method>-<space>/ when `space` is given; `out_dir=False`
+    writes nothing) and returns the result dict.
 
     `field` evaluates an already built FeatureField instead of loading one (tests, notebooks).
     `teacher`, `fidelity`, `rgb`, `panels` and `latency_repeats=0` switch parts off for quick runs."""

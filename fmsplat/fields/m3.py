@@ -27,7 +27,8 @@ On a CPU budget: with the paper's query learning rate 5e-4 a query moves at most
 a few hundred or thousand steps barely leave the N(0, 1) initialisation; short runs need a larger
 rate (``--opt lr_queries=0.05``). Measured on the bench preset (bench/README.md, "Feature fields"),
 400 steps at half-resolution renders: lr 5e-4 localises 26.7% of the labels (mIoU 1.8%), lr 0.05
-60.0% (mIoU 33.0%). The default stays the paper's; `fmsplat demo` uses 0.05 (fmsplat.demo.FIT_BUDGET). Memory banks: ``bank_method`` is
+60.0% (mIoU 33.0%). The default stays the paper's; `fmsplat demo` uses 0.05 (fmsplat.demo.FIT_BUDGET).
+Memory banks: ``bank_method`` is
 Algorithm 1 (official; O(P²) in the number of pixel features P) by default; ``fast`` builds an
 equally tight bank (entries pairwise below tau) that covers every feature, several times faster and
 in bounded memory, and grows with new views (fmsplat.fields.memory, bench/memory.py). Banks are

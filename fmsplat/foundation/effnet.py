@@ -268,6 +268,13 @@ class EffNetLabelsExtractor(_EffNetBase):
         self.class_bias = self.model._fc.bias.detach().cpu().float()
         self.class_names = imagenet_class_names()
 
+    def _logits(self, feats: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits of (B, 1280, h, w) or (N, 1280) backbone features (as EffNetExtractor.class_logits)."""
+        feats = feats.cpu().float()
+        if feats.ndim == 4:
+            return torch.einsum("bdhw,cd->bchw", feats, self.class_rows) + self.class_bias[None, :, None, None]
+        return feats @ self.class_rows.T + self.class_bias
+
     def _paint(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, 1000, h, w) or (N, 1000) logits -> the label embeddings of their top classes."""
         prob, top = torch.softmax(logits, dim=1).max(dim=1)
@@ -276,25 +283,24 @@ class EffNetLabelsExtractor(_EffNetBase):
         return emb.permute(0, 3, 1, 2).contiguous() if emb.ndim == 4 else emb
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        feats = self.model.extract_features(x).cpu().float()
-        logits = torch.einsum("bdhw,cd->bchw", feats, self.class_rows) + self.class_bias[None, :, None, None]
-        return self._paint(logits)
+        return self._paint(self._logits(self.model.extract_features(x)))
+
+    def _backbone(self, images) -> torch.Tensor:
+        """(B, 1280, h, w) backbone features of raw images, batched."""
+        x = self._prepare(images)
+        return torch.cat([self.model.extract_features(x[i : i + self.batch_size].to(self.device)).cpu()
+                          for i in range(0, len(x), self.batch_size)])
 
     @torch.no_grad()
     def labels(self, images) -> list[list[list[str]]]:
         """The painted label names per image, row and column (for inspection)."""
-        x = self._prepare(images)
-        feats = self.model.extract_features(x.to(self.device)).cpu().float()
-        top = (torch.einsum("bdhw,cd->bchw", feats, self.class_rows) + self.class_bias[None, :, None, None]).argmax(1)
+        top = self._logits(self._backbone(images)).argmax(1)
         return [[[self.class_names[int(c)] for c in row] for row in img] for img in top]
 
     @torch.no_grad()
     def encode_pooled(self, images) -> torch.Tensor:
         """(B, 384): the embedding of the whole image's label (the classifier on the pooled map)."""
-        x = self._prepare(images)
-        pooled = torch.cat([self.model.extract_features(x[i : i + self.batch_size].to(self.device)).cpu().float().mean((2, 3))
-                            for i in range(0, len(x), self.batch_size)])
-        return self._paint(pooled @ self.class_rows.T + self.class_bias)
+        return self._paint(self._logits(self._backbone(images).mean((2, 3))))
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(T, 384) unit sentence embeddings: the painted labels' own space."""

@@ -61,23 +61,21 @@ def relevancy(
     texts = torch.cat([q, neg])
     if normalize:
         texts = F.normalize(texts, dim=-1)
-    dots = texts @ flat  # (Q + K, P)
-    nq = q.shape[0]
-    if not normalize:
-        rel = torch.sigmoid(temperature * (dots[:nq] - dots[nq:].amax(dim=0)[None])).reshape(nq, *shape)
-        return rel[0] if single else rel
-    rel = relevancy_from_dots(dots.reshape(-1, *shape), squared_norms(flat).reshape(shape), nq, temperature)
+    dots = (texts @ flat).reshape(-1, *shape)  # (Q + K, ...)
+    sq = squared_norms(flat).reshape(shape) if normalize else None
+    rel = relevancy_from_dots(dots, sq, q.shape[0], temperature)
     return rel[0] if single else rel
 
 
-def relevancy_from_dots(dots: torch.Tensor, squared_norm: torch.Tensor, n_queries: int,
+def relevancy_from_dots(dots: torch.Tensor, squared_norm: torch.Tensor | None, n_queries: int,
                         temperature: float = LERF_TEMPERATURE) -> torch.Tensor:
     """LERF relevancy from the dot products of *unit* texts with (unnormalised) features.
 
     dots: (Q + K, ...) — the Q queries first, then the K negatives; squared_norm: (...) the features'
-    squared norms. Returns (Q, ...). This is what a field can compute without decoding its features
-    to the model's full dimension (FeatureField.render_text_dots)."""
-    cos = dots / squared_norm.clamp_min(0).sqrt().clamp_min(1e-12)
+    squared norms (None: the dots are already the similarities). Returns (Q, ...). This is what a
+    field can compute without decoding its features to the model's full dimension
+    (FeatureField.render_text_dots)."""
+    cos = dots if squared_norm is None else dots / squared_norm.clamp_min(0).sqrt().clamp_min(1e-12)
     return torch.sigmoid(temperature * (cos[:n_queries] - cos[n_queries:].amax(dim=0)[None]))
 
 
@@ -111,7 +109,7 @@ def relevancy_upsampled(
     if tuple(feats.shape[1:]) == (H, W):  # nothing to upsample: one pass
         flat = feats.reshape(d, -1).float()
         dots = (texts @ flat).reshape(-1, H, W)
-        sq = flat.square().sum(0).reshape(H, W)
+        sq = squared_norms(flat).reshape(H, W)
         chunks = range(0)
     else:
         dots = torch.zeros(texts.shape[0], H, W, device=feats.device)
@@ -123,7 +121,5 @@ def relevancy_upsampled(
             part = F.interpolate(part[None], size=(H, W), mode="bilinear", align_corners=False)[0]
         dots += torch.einsum("chw,tc->thw", part, texts[:, c:c + chunk])
         sq += part.square().sum(0)
-    cos = dots / sq.sqrt().clamp_min(1e-12)
-    nq = q.shape[0]
-    rel = torch.sigmoid(temperature * (cos[:nq] - cos[nq:].amax(dim=0)[None]))
+    rel = relevancy_from_dots(dots, sq, q.shape[0], temperature)
     return rel[0] if single else rel
