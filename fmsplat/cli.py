@@ -47,26 +47,119 @@ def make_scene_cmd(
 @app.command()
 def train(
     data: str = typer.Argument(..., help="Dataset: transforms.json (or its folder) or a COLMAP folder."),
-    out: str = typer.Option(..., "--out", "-o", help="Scene directory to write (gaussians.ply, scene.json, metrics.json)."),
-    downscale: float = typer.Option(1.0, help="Image downscale factor (8 = 1/8 resolution)."),
-    steps: int = typer.Option(3000, help="Optimisation steps; the 3DGS schedule is scaled to this."),
-    sh_degree: int = typer.Option(3, help="Maximum spherical-harmonics degree (0-3)."),
-    test_every: int = typer.Option(8, help="Hold out every N-th view for evaluation (0: none)."),
-    max_gaussians: int = typer.Option(300_000, help="Densification stops adding Gaussians at this count."),
-    seed: int = typer.Option(0, help="Random seed."),
+    out: str = typer.Option(..., "--out", "-o", help="Scene directory to write (gaussians.ply, scene.json, metrics.json, renders/, sfm/)."),
+    downscale: float = typer.Option(None, help="Image downscale factor (8 = 1/8 resolution); default: the smallest "
+                                    "power of two that brings a view to 0.1 megapixel or less (the fox: 8)."),
+    steps: int = typer.Option(None, help="Optimisation steps; the schedule is scaled to this (default: TrainConfig's)."),
+    init: str = typer.Option(None, "--init", help="Initial Gaussians: auto (the dataset's points, else triangulated "
+                             "from its poses with pycolmap, else random in the view frusta), points, sfm, frustum, box."),
+    strategy: str = typer.Option(None, "--strategy", help="Densification: mcmc (relocate dead Gaussians, grow to "
+                                 "--max-gaussians, position noise; Kheradmand et al. 2024) or 3dgs (clone/split/prune, "
+                                 "opacity resets; Kerbl et al. 2023). Default: TrainConfig's."),
+    max_gaussians: int = typer.Option(None, help="Gaussian budget: 3dgs stops densifying here, mcmc grows to it."),
+    sh_degree: int = typer.Option(None, help="Maximum spherical-harmonics degree (0-3)."),
+    test_every: int = typer.Option(None, help="Hold out every N-th view for evaluation (0: none)."),
+    eval_every: int = typer.Option(None, help="Score the held-out views every N steps (metrics.json 'curve')."),
+    seed: int = typer.Option(None, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
 ) -> None:
-    """Train a 3D Gaussian Splatting scene from posed photos (CPU, numba rasterizer)."""
+    """Train a 3D Gaussian Splatting scene from posed photos (CPU, numba rasterizer); writes held-out
+    render | photo | error panels to OUT/renders/test/."""
     from fmsplat.reconstruct import TrainConfig, train_gaussians
+    from fmsplat.scene import DatasetError
 
-    cfg = TrainConfig(steps=steps, downscale=downscale, sh_degree=sh_degree, test_every=test_every,
-                      max_gaussians=max_gaussians, seed=seed)
-    metrics = train_gaussians(data, out, cfg, resume=resume)
+    given = dict(downscale=downscale, steps=steps, init=init, strategy=strategy, max_gaussians=max_gaussians,
+                 sh_degree=sh_degree, test_every=test_every, eval_every=eval_every, seed=seed)
+    try:
+        cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValueError as exc:  # an invalid option: a usage error, not a traceback
+        raise typer.BadParameter(str(exc)) from exc
+    try:
+        metrics = train_gaussians(data, out, cfg, resume=resume)
+    except (DatasetError, FileNotFoundError) as err:
+        typer.echo(f"fmsplat train: {err}", err=True)
+        raise typer.Exit(1)
     test = metrics["test"]
-    summary = f"{metrics['num_gaussians']} Gaussians"
+    summary = f"{metrics['num_gaussians']} Gaussians in {metrics['train_seconds']:.0f} s"
     if test.get("views"):
         summary += f", held-out PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.3f} on {test['views']} views"
     typer.echo(f"{out}: {summary}")
+    if metrics.get("panels"):
+        typer.echo(f"look at: {Path(out) / metrics['panels'][0]} (render | photo | error; {len(metrics['panels'])} in "
+                   f"{Path(out) / 'renders' / 'test'})")
+
+
+def _parse_views(spec: str, dataset) -> list[int]:
+    """--views: test, train, all or comma-separated view indices -> dataset indices."""
+    named = {"test": dataset.test_indices, "train": dataset.train_indices, "all": list(range(len(dataset)))}
+    if spec in named:
+        if not named[spec]:
+            raise typer.BadParameter(f"the dataset has no {spec} views (test_every={dataset.test_every}); "
+                                     "pass --views train|all|0,5,9", param_hint="--views")
+        return list(named[spec])
+    try:
+        picks = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"'{spec}' is not test, train, all or a list of view indices", param_hint="--views")
+    bad = [i for i in picks if not 0 <= i < len(dataset)]
+    if bad or not picks:
+        raise typer.BadParameter(f"view(s) {bad or spec!r} do not exist (the dataset has {len(dataset)} views)",
+                                 param_hint="--views")
+    return picks
+
+
+@app.command()
+def render(
+    scene: str = typer.Argument(..., help="Trained scene directory (fmsplat train)."),
+    views: str = typer.Option(None, "--views", help="Panels render|photo|error of test, train, all or views 0,5,9 "
+                              "(default: test, unless --path is given)."),
+    path: str = typer.Option(None, "--path", help="Also render a video along a camera path: orbit or interpolate."),
+    frames: int = typer.Option(120, "--frames", help="Video frames."),
+    fps: float = typer.Option(30.0, "--fps", help="Video frame rate."),
+    png_frames: bool = typer.Option(False, "--png-frames", help="Also write the video's frames as PNGs."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/renders/)."),
+    downscale: float = typer.Option(None, "--downscale", help="Image downscale (default: the scene's)."),
+) -> None:
+    """Render a trained scene for people: render|photo|error panels of views, or a video along a path."""
+    from pathlib import Path
+
+    from fmsplat.fields.base import FieldError, open_scene
+    from fmsplat.reconstruct.renders import (interpolated_path, orbit_path, render_video, scene_background,
+                                             write_view_panels)
+    from fmsplat.scene import DatasetError, load_dataset
+
+    if path is not None and path not in ("orbit", "interpolate"):
+        raise typer.BadParameter(f"'{path}' is not orbit or interpolate", param_hint="--path")
+    if frames < 1 or not fps > 0:
+        raise typer.BadParameter("--frames must be >= 1 and --fps positive")
+    try:
+        bundle = open_scene(scene)
+        dataset = bundle.dataset
+        if downscale is not None and downscale != dataset.downscale:
+            # same dataset and split as the scene, at another resolution (images load lazily)
+            dataset = load_dataset(dataset.source, downscale=downscale, test_every=dataset.test_every)
+    except (FieldError, DatasetError) as err:
+        typer.echo(f"fmsplat render: {err}", err=True)
+        raise typer.Exit(1)
+    out_dir = Path(out) if out is not None else Path(scene) / "renders"
+    background = scene_background(bundle.meta)
+    model = bundle.gaussians
+    written = []
+    if views is not None or path is None:
+        picks = _parse_views(views or "test", dataset)
+        held_out = set(dataset.test_indices)
+        # panels go to test/ or train/ by the view's split, as fmsplat train writes test/
+        for split, members in (("test", [i for i in picks if i in held_out]), ("train", [i for i in picks if i not in held_out])):
+            written += write_view_panels(model, dataset, members, out_dir / split, background)
+    if path is not None:
+        make = orbit_path if path == "orbit" else interpolated_path
+        cams = make(dataset.cameras, frames)
+        written.append(render_video(model, cams, out_dir / f"{path}.mp4", fps, background,
+                                    frames_dir=out_dir / path if png_frames else None))
+        if png_frames:
+            written.append(out_dir / path / "frame_*.png")
+    for p in written:
+        typer.echo(str(p))
 
 
 @app.command()

@@ -4,7 +4,7 @@ Files, under OUT (default SCENE/queries/<method>/), named after the query (`espr
 
 - `<slug>_relevancy.png`  colour-mapped relevancy over the view's image, argmax marked;
 - `<slug>_mask.png`       the LangSplat-protocol mask (white = object);
-- `<slug>_overlay.png`    image | relevancy | mask panel;
+- `<slug>_overlay.png`    3DGS render | photo | relevancy over the render | mask panel;
 - `<slug>.ply`            the selected Gaussians, a 3DGS PLY of their own;
 - `<slug>.json`           2D location, 3D points (lifted and from the Gaussians), selection, timing.
 """
@@ -21,6 +21,7 @@ from fmsplat.fields.base import FieldError
 from fmsplat.query.engine import QueryEngine, export_selection
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 from fmsplat.query.viz import draw_marker, hstack, mask_overlay, relevancy_overlay, resize_map, write_png
+from fmsplat.reconstruct.renders import render_image, scene_background
 
 
 def slugify(text: str) -> str:
@@ -72,11 +73,15 @@ def run_query(scene, text: str, view: int | None = None, method: str | None = No
         rel_img, mask_img = result.relevancy, result.mask
     px, py = (result.pixel[0] + 0.5) * sx - 0.5, (result.pixel[1] + 0.5) * sy - 0.5
     overlay = draw_marker(relevancy_overlay(image, rel_img), px, py)
+    # the answer drawn on the field's own 3DGS render beside the photo: a failed reconstruction or
+    # a misplaced answer shows at once
+    render = render_image(field_.gaussians, camera, scene_background(bundle.meta))
+    panel = [render, image, draw_marker(relevancy_overlay(render, rel_img), px, py), mask_overlay(render, mask_img)]
     files = {
         "relevancy": write_png(out / f"{slug}_relevancy.png", overlay),
         "mask": write_png(out / f"{slug}_mask.png", result.mask),
         "overlay": write_png(out / f"{slug}_overlay.png",
-                             hstack([image, overlay, mask_overlay(image, mask_img)], titles=["image", text, "mask"])),
+                             hstack(panel, titles=["3DGS render", "photo", text, "mask"])),
     }
     record = result.to_json()
     if result.selection.count:

@@ -6,13 +6,13 @@ written as PNG atomically (fmsplat.atomic).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from fmsplat import atomic
+# The generic helpers live with reconstruct's renders (below query in the pipeline); re-exported here.
+from fmsplat.reconstruct.renders import apply_palette, hstack, to_uint8, write_png
+from fmsplat.reconstruct.renders import as_numpy as _np
 
 # Relevancy colour map: dark blue (low) -> blue -> cyan -> yellow -> red (high).
 _STOPS = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
@@ -25,33 +25,9 @@ _COLOURS = np.array([
 ])
 
 
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def to_uint8(image) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] (or uint8) -> uint8 (H, W, 3)."""
-    a = _np(image)
-    if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
-        a = np.moveaxis(a, 0, -1)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) image, got shape {a.shape}")
-    if a.dtype == np.uint8:
-        return a
-    return (np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def colormap(values, vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
     """(H, W) values -> (H, W, 3) float colours; range [vmin, vmax] (default: the map's own)."""
-    v = _np(values).astype(np.float64)
-    if v.ndim != 2:
-        raise ValueError(f"colormap expects an (H, W) map, got shape {v.shape}")
-    lo = float(v.min()) if vmin is None else float(vmin)
-    hi = float(v.max()) if vmax is None else float(vmax)
-    t = np.clip((v - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
-    return np.stack([np.interp(t, _STOPS, _COLOURS[:, c]) for c in range(3)], axis=-1)
+    return apply_palette(values, (_STOPS, _COLOURS), vmin, vmax)
 
 
 def resize_map(values, shape: tuple[int, int]) -> np.ndarray:
@@ -116,43 +92,6 @@ def draw_boxes(image: np.ndarray, boxes, colour=(255, 255, 0)) -> np.ndarray:
     for b in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
         d.rectangle([float(b[0]), float(b[1]), float(b[2]), float(b[3])], outline=tuple(colour), width=1)
     return np.asarray(pil)
-
-
-def hstack(images, gap: int = 4, titles: list[str] | None = None) -> np.ndarray:
-    """Images side by side (heights padded to the tallest) with an optional title strip above each."""
-    arrs = [to_uint8(im) for im in images]
-    if not arrs:
-        raise ValueError("hstack: no images")
-    h = max(a.shape[0] for a in arrs)
-    top = 14 if titles else 0
-    width = sum(a.shape[1] for a in arrs) + gap * (len(arrs) - 1)
-    out = np.full((h + top, width, 3), 255, np.uint8)
-    x = 0
-    for a in arrs:
-        out[top:top + a.shape[0], x:x + a.shape[1]] = a
-        x += a.shape[1] + gap
-    if titles:
-        pil = Image.fromarray(out)
-        d = ImageDraw.Draw(pil)
-        x = 0
-        for a, t in zip(arrs, titles):
-            d.text((x + 2, 1), str(t), fill=(0, 0, 0))
-            x += a.shape[1] + gap
-        out = np.asarray(pil)
-    return out
-
-
-def write_png(path, image) -> Path:
-    """Write an (H, W, 3) image or an (H, W) bool/uint8 mask as PNG, atomically."""
-    a = _np(image)
-    if a.ndim == 2:
-        a = (a.astype(bool).astype(np.uint8) * 255) if a.dtype != np.uint8 else a
-        pil = Image.fromarray(np.ascontiguousarray(a))
-    else:
-        pil = Image.fromarray(to_uint8(a))
-    path = Path(path)
-    atomic.write_with(path, lambda tmp: pil.save(tmp, format="PNG"))
-    return path
 
 
 __all__ = ["colormap", "draw_boxes", "draw_marker", "hstack", "mask_overlay", "relevancy_overlay", "resize_map",

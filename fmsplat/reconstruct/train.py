@@ -21,11 +21,14 @@ from tqdm import tqdm
 from fmsplat import __version__, atomic
 from fmsplat.gaussians import SH_C0, SH_C1, SH_C2, SH_C3, GaussianModel, num_sh_coeffs
 from fmsplat.gaussians.losses import psnr, rgb_loss, ssim
+from fmsplat.reconstruct.init import INITS, initial_gaussians
 from fmsplat.reconstruct.densify import DensityControl, reset_opacity
+from fmsplat.reconstruct.mcmc import MCMCConfig, MCMCStrategy
 from fmsplat.render import rasterize
 from fmsplat.scene import SceneDataset, load_dataset
 
 REFERENCE_STEPS = 30_000  # the schedule of the original code is given for this many steps
+STRATEGIES = ("3dgs", "mcmc")
 CHECKPOINT = "checkpoints/train.pt"
 
 
@@ -34,7 +37,9 @@ class TrainConfig:
     """Every field has the 3DGS default (scaled to `steps` where the schedule is in steps)."""
 
     steps: int = 3000
-    downscale: float = 1.0
+    # Image downscale (8 = 1/8 resolution); None: the smallest power of two that brings every view
+    # to 0.1 megapixel or less (scene.dataset.auto_downscale; the fox's 1080x1920 -> 8).
+    downscale: float | None = None
     test_every: int = 8
     sh_degree: int = 3
     seed: int = 0
@@ -48,6 +53,10 @@ class TrainConfig:
     lr_opacities: float = 5e-2
     lr_scales: float = 5e-3
     lr_quats: float = 1e-3
+    # Densification strategy: "3dgs" (clone/split/prune with opacity resets, Kerbl et al. 2023)
+    # or "mcmc" (relocation, growth to max_gaussians and position noise, Kheradmand et al. 2024;
+    # see reconstruct/mcmc.py, whose other settings keep their defaults there).
+    strategy: str = "3dgs"
     # density control (3DGS: from 500 to 15000, every 100, opacity reset every 3000 of 30000)
     densify_from: float = 500 / REFERENCE_STEPS
     densify_until: float = 15_000 / REFERENCE_STEPS
@@ -61,14 +70,22 @@ class TrainConfig:
     sh_increase_every: float = 1000 / REFERENCE_STEPS
     grad_threshold: float = 2e-4
     percent_dense: float = 0.01
-    prune_opacity: float = 0.005
+    prune_opacity: float = 0.005  # opacity of dead Gaussians: pruned (3dgs), relocated (mcmc)
     max_screen_size: float = 20.0  # px, pruned after the first opacity reset
     max_world_size: float = 0.1  # x scene extent, pruned after the first opacity reset
-    max_gaussians: int = 300_000
+    max_gaussians: int = 300_000  # 3dgs: densification stops here; mcmc: grows to it (cap_max)
+    # Initial Gaussians: auto (the dataset's points, else triangulated with pycolmap from the known
+    # poses, else random in the view frusta), points, sfm, frustum, box (random in the camera
+    # centres' box: the old default, misses scenes seen from outside; see reconstruct/init.py).
+    init: str = "auto"
     init_random_points: int = 20_000
     init_opacity: float = 0.1
     checkpoint_every: int = 500
     train_eval_views: int = 8  # training views scored at the end (evenly spaced), 0: none
+    # Score the held-out views every this many steps (metrics.json "curve": PSNR against steps and
+    # seconds; bench/reconstruct.py prints it), 0: only at the end. Evaluation time is not counted
+    # in train_seconds.
+    eval_every: int = 0
     # torch's intra-op threads while training (0: leave torch's setting). The per-step tensors are
     # small and torch's OpenMP pool fights the numba rasterizer's threads: on the 2-core machine
     # one torch thread made steps 3-6x faster (numba keeps all its threads).
@@ -79,17 +96,41 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.steps must be >= 1, got {self.steps}")
         if not 0 <= self.sh_degree <= 3:
             raise ValueError(f"TrainConfig.sh_degree must be in 0..3, got {self.sh_degree}")
+        if self.downscale is not None and not self.downscale > 0:
+            raise ValueError(f"TrainConfig.downscale must be positive, got {self.downscale}")
+        if self.eval_every < 0:
+            raise ValueError(f"TrainConfig.eval_every must be >= 0, got {self.eval_every}")
         if self.checkpoint_every < 1:
             raise ValueError(f"TrainConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if len(tuple(self.background)) != 3:
             raise ValueError(f"TrainConfig.background must be an RGB triple, got {self.background!r}")
         self.background = tuple(float(c) for c in self.background)
+        if self.init not in INITS:
+            raise ValueError(f"TrainConfig.init must be one of {', '.join(map(repr, INITS))}, got {self.init!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"TrainConfig.strategy must be one of {', '.join(map(repr, STRATEGIES))}, "
+                             f"got {self.strategy!r}")
+        if self.strategy == "mcmc":
+            if self.max_gaussians < 1:
+                raise ValueError(f"TrainConfig.max_gaussians (the MCMC cap) must be >= 1, got {self.max_gaussians}")
+            self.mcmc_config()  # validates the rest
+
+    def mcmc_config(self) -> MCMCConfig:
+        """The MCMC settings of this run: gsplat's defaults with the refinement iterations scaled
+        to `steps`, the cap max_gaussians and the death threshold prune_opacity."""
+        return MCMCConfig(cap_max=self.max_gaussians, min_opacity=self.prune_opacity).scaled(self.steps, REFERENCE_STEPS)
 
     def schedule(self) -> dict:
         """Step numbers of the scaled schedule, 1-based as in the original code: at iteration
         `it` (= step + 1) the SH degree is it // sh_increase_every; see is_refine_step and
-        is_reset_step for density control."""
+        is_reset_step for density control. With strategy "mcmc": the SH schedule and MCMC's
+        refinement iterations (relocate and grow after refine_start < it < refine_stop, every
+        refine_every)."""
         s = self.steps
+        if self.strategy == "mcmc":
+            m = self.mcmc_config()
+            return {"refine_start": m.refine_start_iter, "refine_stop": m.refine_stop_iter,
+                    "refine_every": m.refine_every, "sh_increase_every": max(1, round(self.sh_increase_every * s))}
         # Refinement every 100 of 30k steps; short runs refine relatively 4x as often (at least
         # every 10 steps) so that densification still gets a few dozen rounds.
         every = max(10, min(self.densify_every, round(self.densify_every * s / REFERENCE_STEPS * 4)))
@@ -130,13 +171,13 @@ def _versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _init_model(data: SceneDataset, cfg: TrainConfig) -> GaussianModel:
-    if data.points is not None and len(data.points) >= 4:
-        colors = data.point_colors if data.point_colors is not None else np.full_like(data.points, 0.5)
-        return GaussianModel.from_points(data.points, colors, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity)
-    lo, hi = data.bounds()
-    return GaussianModel.random(cfg.init_random_points, lo, hi, sh_degree=cfg.sh_degree, seed=cfg.seed,
-                                init_opacity=cfg.init_opacity)
+def _init_model(data: SceneDataset, cfg: TrainConfig, out_dir: Path | None = None,
+                progress: bool = False) -> tuple[GaussianModel, dict]:
+    """The initial Gaussians for cfg.init and what was done (scene.json's "init"); SfM work
+    files go to out_dir/sfm."""
+    return initial_gaussians(data, cfg.init, cfg.init_random_points, cfg.sh_degree, cfg.init_opacity,
+                             seed=cfg.seed, sfm_dir=None if out_dir is None else Path(out_dir) / "sfm",
+                             progress=progress)
 
 
 def _tensors_from_model(model: GaussianModel) -> dict:
@@ -272,7 +313,7 @@ def evaluate_views(model: GaussianModel, data: SceneDataset, indices, background
 
 
 # Fields that may change between a run and its resumption without changing the result.
-_RESUME_FREE = ("checkpoint_every", "train_eval_views", "torch_threads")
+_RESUME_FREE = ("checkpoint_every", "train_eval_views", "torch_threads", "eval_every")
 
 
 def _config_dict(cfg: TrainConfig) -> dict:
@@ -307,6 +348,17 @@ def _load_checkpoint(path: Path) -> dict:
         raise RuntimeError(f"{path}: cannot read the training checkpoint ({exc}); delete it to start afresh") from exc
 
 
+def _describe_init(info: dict) -> str:
+    kind = info.get("kind")
+    if kind == "sfm":
+        r = info["sfm"]
+        return (f"{info['points']} points triangulated from {r['views']} posed views"
+                + (" (cached)" if r.get("reused") else f" in {sum(r['seconds'].values()):.0f} s"))
+    text = {"points": "the dataset's points", "frustum": "random points in the view frusta",
+            "box": "random points in the camera box"}.get(kind, str(kind))
+    return text + (f"; {info['fallback_reason']}" if info.get("fallback_reason") else "")
+
+
 def _train_eval_indices(data: SceneDataset, k: int) -> list[int]:
     train = data.train_indices
     if k <= 0 or not train:
@@ -337,13 +389,22 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
     ckpt_path = out_dir / CHECKPOINT
     if data is None:
         data = load_dataset(data_path, downscale=cfg.downscale, test_every=cfg.test_every, background=cfg.background)
+        if cfg.downscale is None and progress:
+            cam = data.cameras[0]
+            tqdm.write(f"{data.source}: training at 1/{data.downscale:g} resolution ({cam.width}x{cam.height}), "
+                       "chosen for this CPU; pass --downscale to change it")
     if not data.train_indices:
         raise ValueError(f"{data.source}: no training views (all {len(data)} views are held out)")
     extent = max(data.extent, 1e-3)
     sched = cfg.schedule()
-    control = DensityControl(0, extent, grad_threshold=cfg.grad_threshold, percent_dense=cfg.percent_dense,
-                             min_opacity=cfg.prune_opacity, max_screen_size=cfg.max_screen_size,
-                             max_world_size=cfg.max_world_size, max_gaussians=cfg.max_gaussians)
+    # One of the two strategies drives the Gaussian count; the other is None.
+    control = mcmc = None
+    if cfg.strategy == "mcmc":
+        mcmc = MCMCStrategy(cfg.mcmc_config())
+    else:
+        control = DensityControl(0, extent, grad_threshold=cfg.grad_threshold, percent_dense=cfg.percent_dense,
+                                 min_opacity=cfg.prune_opacity, max_screen_size=cfg.max_screen_size,
+                                 max_world_size=cfg.max_world_size, max_gaussians=cfg.max_gaussians)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed + 1)
     order: list[int] = []
@@ -353,16 +414,19 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         state = _load_checkpoint(ckpt_path)
         _check_same_run(ckpt_path, json.loads(state["config"]), json.loads(state["data"]), cfg, data)
         start = int(state["step"])
+        init_info = json.loads(state.get("init", "{}"))
         params = {k: torch.nn.Parameter(v.clone()) for k, v in state["params"].items()}
         optimizer = _make_optimizer(params, cfg, extent)
         for k, s in state["optimizer"].items():
             optimizer.state[params[k]] = {key: val.clone() for key, val in s.items()}
-        control.grad_accum, control.count, control.max_radii = (
-            state["stats"]["grad_accum"], state["stats"]["count"], state["stats"]["max_radii"])
+        if control is not None:
+            control.grad_accum, control.count, control.max_radii = (
+                state["stats"]["grad_accum"], state["stats"]["count"], state["stats"]["max_radii"])
         rng.bit_generator.state = json.loads(state["rng"])
         generator.set_state(state["generator"])
         order = [int(i) for i in state["order"]]
         loss_ema = state["loss_ema"]
+        curve = list(state.get("curve", []))
         elapsed_before = float(state["elapsed"])
         if progress:
             tqdm.write(f"{out_dir}: resuming from the checkpoint at step {start} of {cfg.steps}")
@@ -380,12 +444,17 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
             warnings.warn(f"{ckpt_path}: an earlier run's checkpoint exists; starting afresh will replace it "
                           "(pass resume=True / --resume to continue it)", stacklevel=2)
         torch.manual_seed(cfg.seed)
-        model = _init_model(data, cfg)
+        model, init_info = _init_model(data, cfg, out_dir, progress)
+        if progress:
+            tqdm.write(f"{out_dir}: starting from {len(model)} Gaussians ({_describe_init(init_info)})")
         params = _params_from_model(model)
         optimizer = _make_optimizer(params, cfg, extent)
-        control.reset_stats(len(model))
+        if control is not None:
+            control.reset_stats(len(model))
+        curve = []
     bg = torch.as_tensor(cfg.background, dtype=torch.float32)
     valid_masks: dict[int, torch.Tensor | None] = {}
+    eval_seconds = 0.0
 
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="3DGS", disable=not progress,
@@ -396,9 +465,10 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
             order = [int(j) for j in rng.permutation(data.train_indices)]
         i = order.pop()
         cam = data.cameras[i]
+        means_lr = _means_lr(it, cfg, extent)
         for group in optimizer.param_groups:
             if group["name"] == "means":
-                group["lr"] = _means_lr(it, cfg, extent)
+                group["lr"] = means_lr
         sh_active = min(cfg.sh_degree, it // sched["sh_increase_every"])
 
         res = render_view(params, cam, sh_active, bg)
@@ -406,39 +476,56 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
             valid_masks[i] = _valid(data, i)
         gt = _fill_invalid(_image(data, i), res.image, valid_masks[i])
         loss = rgb_loss(res.image, gt, cfg.ssim_weight)
+        if mcmc is not None:
+            loss = loss + mcmc.regularisation(params)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if it < sched["densify_until"]:
+        if control is not None and it < sched["densify_until"]:
             control.observe(res.means2d.grad, res.radii, cam.width, cam.height)
         optimizer.step()
 
-        if is_refine_step(sched, it):
-            control.refine(params, optimizer, prune_large=it > sched["reset_every"], generator=generator)
-        if is_reset_step(sched, it):
-            reset_opacity(params, optimizer)
+        if mcmc is not None:
+            # Relocate and grow at refinement iterations, position noise at every one; no resets.
+            mcmc.step(params, optimizer, it, means_lr, generator)
+        else:
+            if is_refine_step(sched, it):
+                control.refine(params, optimizer, prune_large=it > sched["reset_every"], generator=generator)
+            if is_reset_step(sched, it):
+                reset_opacity(params, optimizer)
 
         loss_value = loss.item()
         loss_ema = loss_value if loss_ema is None else 0.9 * loss_ema + 0.1 * loss_value
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss_ema:.4f}", psnr=f"{float(psnr(res.image.detach(), gt)):.2f}",
                             n=params["means"].shape[0], sh=sh_active)
+        if cfg.eval_every and (it % cfg.eval_every == 0 or it == cfg.steps) and data.test_indices:
+            t_eval = time.perf_counter()
+            scores = evaluate_views(model_from_params(params, sh_active), data, data.test_indices, cfg.background)
+            eval_seconds += time.perf_counter() - t_eval
+            curve.append({"step": it, "psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4),
+                          "gaussians": int(params["means"].shape[0]),
+                          "seconds": round(elapsed_before + time.perf_counter() - t0 - eval_seconds, 2)})
         if it % cfg.checkpoint_every == 0 and it < cfg.steps:
             _save_checkpoint(ckpt_path, {
                 "step": it,
                 "params": {k: v.detach() for k, v in params.items()},
                 "optimizer": {k: {s: optimizer.state[v][s] for s in ("exp_avg", "exp_avg_sq", "step")}
                               for k, v in params.items() if v in optimizer.state},
-                "stats": {"grad_accum": control.grad_accum, "count": control.count, "max_radii": control.max_radii},
+                # MCMC keeps no statistics: its randomness is the generator's, saved below.
+                "stats": ({"grad_accum": control.grad_accum, "count": control.count, "max_radii": control.max_radii}
+                          if control is not None else {}),
                 "rng": json.dumps(rng.bit_generator.state),
                 "generator": generator.get_state(),
                 "order": list(order),
                 "loss_ema": loss_ema,
-                "elapsed": elapsed_before + time.perf_counter() - t0,
+                "curve": curve,
+                "elapsed": elapsed_before + time.perf_counter() - t0 - eval_seconds,
                 "config": json.dumps(_config_dict(cfg)),
                 "data": json.dumps(_data_identity(data)),
+                "init": json.dumps(init_info),
             })
     bar.close()
-    train_seconds = elapsed_before + time.perf_counter() - t0
+    train_seconds = elapsed_before + time.perf_counter() - t0 - eval_seconds
 
     model = model_from_params(params, cfg.sh_degree)
     t_eval = time.perf_counter()
@@ -448,6 +535,7 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         "num_gaussians": len(model),
         "steps": cfg.steps,
         "resumed_from_step": start or None,
+        "curve": curve,
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(time.perf_counter() - t_eval, 2),
     }
@@ -461,10 +549,18 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         "provenance": data.provenance(),
         "train_config": _config_dict(cfg),
         "schedule": sched,
+        "init": init_info,
         "scene_extent": extent,
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    # render | photo | error pictures of a few held-out views: a failed reconstruction shows at a
+    # glance. Imported here: renders imports this module.
+    from fmsplat.reconstruct.renders import evenly_spaced, write_view_panels
+
+    panels = write_view_panels(model, data, evenly_spaced(data.test_indices, 4), out_dir / "renders" / "test",
+                               cfg.background)
+    metrics["panels"] = [p.relative_to(out_dir).as_posix() for p in panels]  # relative: scene dirs move
     atomic.write_json(out_dir / "metrics.json", metrics)
     atomic.write_json(out_dir / "scene.json", scene)
     if ckpt_path.exists():

@@ -91,3 +91,27 @@ class Camera:
             "viewmat": self.viewmat.tolist(),
             "image_path": str(self.image_path) if self.image_path else None,
         }
+
+
+def look_at_point(cameras: list[Camera], strict: bool = True) -> np.ndarray | None:
+    """The point closest, in least squares, to every camera's optical axis: where a capture that
+    circles an object looks. Minimises sum_i |(I - a_i a_i^T)(p - c_i)|^2 over p (a_i the unit
+    +z of camera i, c_i its centre), plus a tiny pull towards the mean centre so that directions
+    no axis constrains still get a value.
+
+    strict: None when the axes are (nearly) parallel or the point lies behind most cameras
+    (forward-facing and inside-out captures look at no single point); otherwise the solution
+    is returned whatever it is (a camera path needs some centre)."""
+    centers = np.stack([c.center for c in cameras])
+    axes = np.stack([c.viewmat[2, :3] for c in cameras])
+    proj = np.eye(3)[None] - axes[:, :, None] * axes[:, None, :]
+    eps = 1e-9 * len(centers)
+    A = proj.sum(0) + eps * np.eye(3)
+    b = np.einsum("nij,nj->i", proj, centers) + eps * centers.mean(0)
+    point = np.linalg.solve(A, b)
+    if not strict:
+        return point
+    if np.linalg.cond(proj.sum(0)) > 1e6:
+        return None
+    in_front = np.einsum("ni,ni->n", point[None] - centers, axes) > 0
+    return point if in_front.mean() > 0.5 else None

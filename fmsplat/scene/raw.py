@@ -21,3 +21,5 @@ class RawScene:
     points: np.ndarray | None = None
     point_colors: np.ndarray | None = None
     extra_files: list[Path] = field(default_factory=list)
+    # (lo, hi) world-space box the format declares the scene to lie in (instant-ngp's aabb_scale)
+    scene_box: tuple[np.ndarray, np.ndarray] | None = None

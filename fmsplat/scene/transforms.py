@@ -162,7 +162,33 @@ def read_transforms(json_path: Path) -> RawScene:
         points=points,
         point_colors=colors,
         extra_files=extra_files,
+        scene_box=ngp_scene_box(meta, json_path),
     )
+
+
+def ngp_scene_box(meta: dict, json_path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """The world-space box instant-ngp's `aabb_scale` declares, or None without the key.
+
+    instant-ngp maps a transforms.json point p to (p_y, p_z, p_x) * scale + offset (defaults
+    0.33 and 0.5) and bounds the scene by the cube of side aabb_scale centred at 0.5 in that
+    space; undone here, that is a cube of side aabb_scale / scale."""
+    if "aabb_scale" not in meta:
+        return None
+    try:
+        aabb = float(meta["aabb_scale"])
+        scale = float(meta.get("scale", 0.33))
+        offset = np.asarray(meta.get("offset", [0.5, 0.5, 0.5]), dtype=np.float64).reshape(3)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{json_path}: 'aabb_scale', 'scale' and 'offset' must be numbers "
+                           f"(offset three of them)") from None
+    if not (math.isfinite(aabb) and aabb > 0 and math.isfinite(scale) and scale > 0 and np.isfinite(offset).all()):
+        raise DatasetError(f"{json_path}: 'aabb_scale' and 'scale' must be positive and finite, "
+                           f"got aabb_scale {meta['aabb_scale']!r}, scale {meta.get('scale', 0.33)!r}")
+    # ngp axes (x, y, z) hold world (y, z, x): the box centre back in world axes.
+    centre_ngp = (0.5 - offset) / scale
+    centre = np.array([centre_ngp[2], centre_ngp[0], centre_ngp[1]])
+    half = 0.5 * aabb / scale
+    return centre - half, centre + half
 
 
 def read_point_ply(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
