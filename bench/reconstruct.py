@@ -3,6 +3,7 @@
     python bench/reconstruct.py /work/shared/data/fox --downscale 8 --steps 1000
     python bench/reconstruct.py DATA --only sfm-mcmc,sfm-3dgs --eval-every 100
     python bench/reconstruct.py DATA --inits frustum,box --strategies mcmc
+    python bench/reconstruct.py /tmp/bench-room/data --inits points --steps 1500 --max-gaussians 60000 --sh-degree 2
 
 Each variant (initialisation x strategy) trains with `fmsplat train`'s trainer into its own folder
 under --work (default /tmp/fmsplat-bench-reconstruct/<dataset>/<variant>/), scoring the held-out
@@ -38,6 +39,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated variants <init>-<strategy>")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--max-gaussians", type=int, default=None)
+    ap.add_argument("--sh-degree", type=int, default=None)
     ap.add_argument("--work", default=None)
     args = ap.parse_args()
 
@@ -49,6 +51,8 @@ def main() -> None:
     extra = {} if args.max_gaussians is None else {"max_gaussians": args.max_gaussians}
     if args.steps is not None:
         extra["steps"] = args.steps
+    if args.sh_degree is not None:
+        extra["sh_degree"] = args.sh_degree
     rows = []
     sfm_source: Path | None = None
     for name in variants:
@@ -68,7 +72,7 @@ def main() -> None:
             print(f"{name}: read back from {metrics_path}", file=sys.stderr)
         else:
             t = time.perf_counter()
-            metrics = train_gaussians(data_path, out, cfg, resume=True)
+            metrics = train_gaussians(data_path, out, cfg, resume=(out / "checkpoints" / "train.pt").exists())
             print(f"{name}: {time.perf_counter() - t:.0f} s wall", file=sys.stderr)
         scene = json.loads((out / "scene.json").read_text())
         rows.append((name, metrics, scene))

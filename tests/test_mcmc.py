@@ -261,7 +261,8 @@ def test_config_scaling_and_validation():
     m = tc.mcmc_config()
     assert m.cap_max == 5000 and m.min_opacity == tc.prune_opacity and m.refine_every == 10
     assert tc.schedule() == {"refine_start": 50, "refine_stop": 2500, "refine_every": 10, "sh_increase_every": 100}
-    assert TrainConfig().strategy == "3dgs" and "densify_until" in TrainConfig().schedule()
+    assert TrainConfig().strategy == "mcmc" and "refine_every" in TrainConfig().schedule()
+    assert "densify_until" in TrainConfig(strategy="3dgs").schedule()
     with pytest.raises(ValueError, match="strategy must be one of '3dgs', 'mcmc', got 'mcm'"):
         TrainConfig(strategy="mcm")
     with pytest.raises(ValueError, match="max_gaussians"):

@@ -135,6 +135,21 @@ def test_orbit_cameras_look_at_the_target_at_the_mean_radius_and_height():
         assert cam.viewmat[1, 2] < 0, "image rows run downwards (camera y against world up)"
 
 
+def test_orbit_of_a_capture_that_covers_an_arc_stays_on_that_arc():
+    """Cameras over 90 degrees in front of a wall-mounted object: the path must not go round
+    behind the wall, and must reach both ends of the arc."""
+    target = np.zeros(3)
+    angles = np.deg2rad(np.linspace(-45, 45, 10))
+    cams = [look_at_camera(np.array([4 * np.cos(a), 4 * np.sin(a), 1.0]), target, K, 64, 48) for a in angles]
+    path = orbit_path(cams, 40)
+    az = np.rad2deg(np.arctan2([c.center[1] for c in path], [c.center[0] for c in path]))
+    assert az.min() == pytest.approx(-45, abs=1) and az.max() == pytest.approx(45, abs=1)
+    centers = np.stack([c.center for c in path])
+    steps = np.linalg.norm(np.diff(np.vstack([centers, centers[:1]]), axis=0), axis=1)
+    # a sine sweep over 90 degrees at radius 4 moves at most 4 * (pi/4) * (2 pi / 40) per frame
+    assert steps.max() < 1.05 * 4 * (np.pi / 4) * (2 * np.pi / 40), "smooth, and the loop closes"
+
+
 def test_interpolated_path_passes_through_the_cameras_at_their_frames():
     target = np.zeros(3)
     eyes = [np.array([3.0, 0, 1]), np.array([2, 2, 1.5]), np.array([0, 3, 1]), np.array([-2, 2, 2]), np.array([-3, 0, 1])]

@@ -155,21 +155,21 @@ def test_opacity_reset_caps_opacity_and_clears_only_its_moments():
 
 
 def test_scaled_schedule():
-    s = TrainConfig(steps=30_000).schedule()
+    s = TrainConfig(strategy="3dgs", steps=30_000).schedule()
     assert s == {"densify_from": 500, "densify_until": 15_000, "densify_every": 100, "reset_every": 3000,
                  "sh_increase_every": 1000}
-    s = TrainConfig(steps=3000).schedule()
+    s = TrainConfig(strategy="3dgs", steps=3000).schedule()
     assert s["densify_until"] == 1500 and s["sh_increase_every"] == 100
     assert s["densify_from"] < s["reset_every"] < s["densify_until"]
     assert s["reset_every"] >= 3 * s["densify_every"]
     # Opacity resets never come closer than the ~300 steps the opacities need to recover.
-    assert TrainConfig(steps=3000).schedule()["reset_every"] == 300
+    assert TrainConfig(strategy="3dgs", steps=3000).schedule()["reset_every"] == 300
     # Too short for that: one reset half-way through densification (so size pruning starts).
-    s = TrainConfig(steps=600).schedule()
+    s = TrainConfig(strategy="3dgs", steps=600).schedule()
     assert s["reset_every"] == 150 and s["densify_until"] == 300
 
     def resets(steps):
-        sched = TrainConfig(steps=steps).schedule()
+        sched = TrainConfig(strategy="3dgs", steps=steps).schedule()
         return [it for it in range(1, steps + 1) if is_reset_step(sched, it)]
 
     # Every reset is followed by a full interval of refinement, as in the original.
@@ -178,11 +178,11 @@ def test_scaled_schedule():
     assert resets(2000) == [300, 600]
     assert resets(1000) == [250]
     assert resets(600) == [150]
-    sched = TrainConfig(steps=30_000).schedule()
+    sched = TrainConfig(strategy="3dgs", steps=30_000).schedule()
     refine = [it for it in range(1, 30_001) if is_refine_step(sched, it)]
     assert refine[0] == 600 and refine[-1] == 14_900 and len(refine) == 144
     with pytest.raises(ValueError, match="steps"):
-        TrainConfig(steps=0)
+        TrainConfig(strategy="3dgs", steps=0)
 
 
 def test_gsplat_backend_screen_gradient_proxy():
@@ -245,7 +245,8 @@ def blob(tmp_path_factory) -> Path:
 
 
 def blob_config(**kw) -> TrainConfig:
-    base = dict(steps=120, sh_degree=1, test_every=4, init="box", init_random_points=300, checkpoint_every=50, seed=1)
+    base = dict(steps=120, sh_degree=1, test_every=4, init="box", strategy="3dgs", init_random_points=300,
+                checkpoint_every=50, seed=1)
     base.update(kw)
     return TrainConfig(**base)
 

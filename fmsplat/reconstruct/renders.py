@@ -276,6 +276,9 @@ def _path_cameras(viewmats: np.ndarray, Ks, width: int, height: int, prefix: str
             for k, v in enumerate(viewmats)]
 
 
+ORBIT_MAX_GAP = np.deg2rad(60.0)  # an azimuth gap wider than this: sweep the covered arc instead
+
+
 def orbit_path(cameras, n_frames: int) -> list[Camera]:
     """`n_frames` cameras on a circle around the point the dataset cameras look at (scene.cameras.look_at_point),
     all looking at it, with the first camera's intrinsics and image size.
@@ -283,7 +286,9 @@ def orbit_path(cameras, n_frames: int) -> list[Camera]:
     Up is the mean of the cameras' up vectors; the circle lies at the cameras' mean height above
     the target along up, with their mean horizontal distance as radius, starting at the first
     camera's azimuth and going once round (the last frame stops one step short of the first, so
-    the video loops)."""
+    the video loops). A capture that covers only an arc (an object on a wall, a façade: the
+    cameras' azimuths leave a gap wider than ORBIT_MAX_GAP) is not circled into the unseen side:
+    the path sweeps to and fro over the arc the cameras cover, smoothly (sine), and loops too."""
     cameras = list(cameras)
     if not cameras:
         raise ValueError("orbit_path: no cameras")
@@ -303,7 +308,20 @@ def orbit_path(cameras, n_frames: int) -> list[Camera]:
     e1 = flat[0] if np.linalg.norm(flat[0]) > 1e-9 * radius else flat[np.argmax(np.linalg.norm(flat, axis=1))]
     e1 = e1 / np.linalg.norm(e1)
     e2 = np.cross(up, e1)
-    theta = 2.0 * np.pi * np.arange(n_frames) / n_frames
+    phase = 2.0 * np.pi * np.arange(n_frames) / n_frames
+    azimuth = np.sort(np.arctan2(flat @ e2, flat @ e1))
+    gaps = np.diff(np.concatenate([azimuth, azimuth[:1] + 2.0 * np.pi]))
+    widest = int(np.argmax(gaps))
+    second = np.partition(gaps, -2)[-2] if len(gaps) > 1 else 0.0
+    # One gap much wider than any other: an arc. Evenly spread cameras (all gaps alike) circle.
+    if gaps[widest] > ORBIT_MAX_GAP and gaps[widest] > 3.0 * second:
+        # The covered arc runs from the camera after the widest gap to the one before it.
+        lo = azimuth[(widest + 1) % len(azimuth)]
+        span = 2.0 * np.pi - gaps[widest]
+        mid = lo + 0.5 * span
+        theta = mid + 0.5 * span * np.sin(phase)
+    else:
+        theta = phase
     eyes = target + heights.mean() * up + radius * (np.cos(theta)[:, None] * e1 + np.sin(theta)[:, None] * e2)
     views = _look_at_viewmats(eyes, np.broadcast_to(target, eyes.shape), up)
     first = cameras[0]
