@@ -33,20 +33,58 @@ def make_scene_cmd(
     preset: str = typer.Option("tiny", "--preset", help="Scene preset: tiny (CI) or bench."),
     seed: int = typer.Option(0, "--seed", help="Random seed (layout, textures, cameras)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT."),
+    video: bool = typer.Option(False, "--video", help="Instead: OUT/video.mp4 along a smooth closed path through the "
+                               "room, with its true poses in OUT/transforms.json (input for fmsplat process-data)."),
+    frames: int = typer.Option(120, "--frames", help="--video: number of frames."),
+    fps: float = typer.Option(30.0, "--fps", help="--video: frame rate."),
+    width: int = typer.Option(None, "--width", help="Image width (default: the preset's; --video: 320)."),
+    height: int = typer.Option(None, "--height", help="Image height (default: the preset's; --video: 240)."),
 ) -> None:
-    """Generate a labelled synthetic room scene (transforms.json dataset with labels/ and objects.json)."""
+    """Generate a labelled synthetic room scene (transforms.json dataset with labels/ and objects.json),
+    or with --video a video of it with its true camera path."""
     import time
 
-    from fmsplat.scene.synthetic import make_scene
+    from fmsplat.scene.synthetic import make_scene, make_video
 
+    size = {k: v for k, v in (("width", width), ("height", height)) if v is not None}
     start = time.perf_counter()
-    path = make_scene(out, preset=preset, seed=seed, overwrite=overwrite)
+    try:
+        if video:
+            path = make_video(out, preset=preset, seed=seed, frames=frames, fps=fps, overwrite=overwrite, progress=True,
+                              **size)
+        else:
+            path = make_scene(out, preset=preset, seed=seed, overwrite=overwrite, **size)
+    except (ValueError, FileExistsError) as err:
+        typer.echo(f"fmsplat make-scene: {err}", err=True)
+        raise typer.Exit(1)
     typer.echo(f"{path}  ({preset}, seed {seed}, {time.perf_counter() - start:.1f} s)")
+
+
+@app.command("process-data")
+def process_data_cmd(
+    src: str = typer.Argument(..., help="A video file (mp4, mov, webm, mkv) or a folder of photos (jpg, png, ...)."),
+    out: str = typer.Option(..., "--out", "-o", help="Dataset folder to write (images/, sparse/0/, database.db, report.json)."),
+    frames: int = typer.Option(100, "--frames", help="Video: frames to keep, spread over its length (blurred ones dropped)."),
+    max_size: int = typer.Option(960, "--max-size", help="Longest image side in pixels (larger frames/photos are shrunk)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an OUT made from another source or settings."),
+) -> None:
+    """Pose a video or unposed photos by structure from motion (pycolmap, CPU) into a dataset for fmsplat train.
+
+    A killed run resumes where it stopped (frames, features and matches are kept beside OUT)."""
+    from fmsplat.scene.capture import CaptureConfig, process_data, summary
+
+    try:
+        report = process_data(src, out, CaptureConfig(frames=frames, max_size=max_size), overwrite=overwrite)
+    except (ValueError, FileExistsError) as err:  # ValueError covers DatasetError, CaptureError and bad options
+        typer.echo(f"fmsplat process-data: {err}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{out}: {summary(report)}")
 
 
 @app.command()
 def train(
-    data: str = typer.Argument(..., help="Dataset: transforms.json (or its folder) or a COLMAP folder."),
+    data: str = typer.Argument(..., help="Dataset: transforms.json (or its folder) or a COLMAP folder; or a video "
+                                "or a photo folder, posed first by fmsplat process-data into OUT/data."),
     out: str = typer.Option(..., "--out", "-o", help="Scene directory to write (gaussians.ply, scene.json, metrics.json, renders/, sfm/)."),
     downscale: float = typer.Option(None, help="Image downscale factor (8 = 1/8 resolution); default: the smallest "
                                     "power of two that brings a view to 0.1 megapixel or less (the fox: 8)."),
@@ -65,8 +103,12 @@ def train(
 ) -> None:
     """Train a 3D Gaussian Splatting scene from posed photos (CPU, numba rasterizer); writes held-out
     render | photo | error panels to OUT/renders/test/."""
+    from pathlib import Path
+
     from fmsplat.reconstruct import TrainConfig, train_gaussians
     from fmsplat.scene import DatasetError
+    from fmsplat.scene.capture import process_data, source_kind
+    from fmsplat.scene.capture import summary as capture_summary
 
     given = dict(downscale=downscale, steps=steps, init=init, strategy=strategy, max_gaussians=max_gaussians,
                  sh_degree=sh_degree, test_every=test_every, eval_every=eval_every, seed=seed)
@@ -75,12 +117,18 @@ def train(
     except ValueError as exc:  # an invalid option: a usage error, not a traceback
         raise typer.BadParameter(str(exc)) from exc
     try:
+        if source_kind(data) is not None:  # a capture: posed into OUT/data first, reused when unchanged
+            report = process_data(data, Path(out) / "data", overwrite=True)
+            typer.echo(f"{Path(out) / 'data'}: {capture_summary(report)}")
+            data = str(Path(out) / "data")
         metrics = train_gaussians(data, out, cfg, resume=resume)
     except (DatasetError, FileNotFoundError) as err:
         typer.echo(f"fmsplat train: {err}", err=True)
         raise typer.Exit(1)
     test = metrics["test"]
-    summary = f"{metrics['num_gaussians']} Gaussians in {metrics['train_seconds']:.0f} s"
+    summary = f"{metrics['num_gaussians']} Gaussians"
+    if metrics.get("train_seconds") is not None:
+        summary += f" in {metrics['train_seconds']:.0f} s"
     if test.get("views"):
         summary += f", held-out PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.3f} on {test['views']} views"
     typer.echo(f"{out}: {summary}")

@@ -10,6 +10,11 @@ Entry point: `triangulate_dataset(data, work_dir, SfmConfig())` -> `SparseCloud`
 keeps COLMAP's database, the images it read, the sparse model (`sparse/`, readable by any COLMAP
 tool and by fmsplat's COLMAP reader) and `points.ply`; a finished run is reused when its inputs
 and settings match (`report.json`), an unfinished one starts afresh.
+
+Second entry: `reconstruct_unposed(image_dir, work_dir, UnposedSfmConfig())` poses images nobody
+posed (a video's frames, a photo folder; scene/capture.py prepares them): SIFT, sequential matching
+with retrieved loop candidates or exhaustive matching, incremental mapping, the largest model
+written as sparse/0. `pose_errors` scores poses against a reference after a similarity (Umeyama).
 """
 
 from __future__ import annotations
@@ -41,6 +46,11 @@ class SfmConfig:
     max_features: int = 4096
     """SIFT features per image (COLMAP's default is 8192; half keeps matching fast and is plenty
     for an initialisation)."""
+    first_octave: int | None = None
+    """SIFT's first octave. -1 (COLMAP's default) detects on the image upsampled 2x: on the fox at
+    540x960 that took 4.7x the extraction time and 5x the matching time of 0 for 2.2x the
+    points, which an initialisation does not need. None: 0 for images whose longest side is at
+    least LARGE_SIFT_SIDE, -1 below (small views need the upsampling to find enough features)."""
     neighbours: int = 15
     """Each view is matched with this many others, the closest in position and viewing direction
     (poses are known); 0 matches every pair (exhaustive)."""
@@ -150,13 +160,12 @@ def triangulate_dataset(data, work_dir, cfg: SfmConfig | None = None, indices=No
 
     t = time.perf_counter()
     db_path = work / "database.db"
-    extraction = pycolmap.FeatureExtractionOptions()
-    extraction.sift.max_num_features = cfg.max_features
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = "PINHOLE"
     pycolmap.extract_features(db_path, work / "images", image_names=names,
                               camera_mode=pycolmap.CameraMode.PER_IMAGE, reader_options=reader,
-                              extraction_options=extraction)
+                              extraction_options=_extraction_options(pycolmap, cfg.max_features,
+                                                                     first_octave(cfg, sfm_data, indices)))
     db = pycolmap.Database.open(db_path)
     try:
         db_images = {im.name: im for im in db.read_all_images()}
@@ -282,6 +291,25 @@ def _load_finished(work: Path, key: str, box) -> SparseCloud | None:
                                  report), cfg, box)
 
 
+LARGE_SIFT_SIDE = 800
+
+
+def first_octave(cfg: SfmConfig, data, indices) -> int:
+    """cfg.first_octave, or when None the automatic choice for these views' size."""
+    if cfg.first_octave is not None:
+        return cfg.first_octave
+    side = max(max(data.cameras[i].width, data.cameras[i].height) for i in indices)
+    return 0 if side >= LARGE_SIFT_SIDE else -1
+
+
+def _extraction_options(pycolmap, max_features: int, first_octave: int = -1):
+    """SIFT settings shared by both SfM entries: COLMAP's defaults with a feature budget."""
+    extraction = pycolmap.FeatureExtractionOptions()
+    extraction.sift.max_num_features = max_features
+    extraction.sift.first_octave = first_octave
+    return extraction
+
+
 def _quiet_colmap(pycolmap) -> None:
     """COLMAP logs every image and pair on stderr, and warns about its own thread settings; keep
     errors only (failures surface as exceptions or as counts in the report)."""
@@ -291,4 +319,373 @@ def _quiet_colmap(pycolmap) -> None:
         pass
 
 
-__all__ = ["SfmConfig", "SparseCloud", "sfm_downscale", "triangulate_dataset", "view_pairs"]
+
+# ------------------------------------------------------------------------------ unposed images
+UNPOSED_STATE = "sfm_state.json"
+
+
+@dataclass
+class UnposedSfmConfig:
+    """Settings of full SfM on images without poses (a video's frames or a photo folder)."""
+
+    max_features: int = 8192
+    """SIFT features per image (COLMAP's default: unknown poses need every match they can get)."""
+    camera_model: str = "SIMPLE_RADIAL"
+    """One camera shared by all images (one video, or photos of one size); SIMPLE_RADIAL is
+    COLMAP's default, and the dataset reader undistorts its k1 on load."""
+    exhaustive_max: int = 100
+    """Unordered photo sets up to this size match every pair; larger sets, and videos, match
+    neighbours in order plus retrieved loop candidates."""
+    overlap: int = 10
+    """Sequential matching: each image with the next `overlap` images ..."""
+    quadratic_overlap: bool = True
+    """... and with those 2^k images further on (COLMAP's quadratic overlap)."""
+    loop_candidates: int = 5
+    """Per image, this many of the most similar images further away than the overlap (bag of
+    visual words built from the images' own SIFT descriptors: no vocabulary download)."""
+    min_posed_fraction: float = 0.5
+    """Fewer posed images than this fraction (or than 3) is an error, not a dataset."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_features < 64:
+            raise ValueError(f"UnposedSfmConfig.max_features must be >= 64, got {self.max_features}")
+        if self.overlap < 1:
+            raise ValueError(f"UnposedSfmConfig.overlap must be >= 1, got {self.overlap}")
+        if self.loop_candidates < 0 or self.exhaustive_max < 0:
+            raise ValueError("UnposedSfmConfig.loop_candidates and exhaustive_max must be >= 0")
+        if not 0.0 <= self.min_posed_fraction <= 1.0:
+            raise ValueError(f"UnposedSfmConfig.min_posed_fraction must be in [0, 1], got {self.min_posed_fraction}")
+
+
+def sequential_pairs(n: int, overlap: int, quadratic: bool = True) -> list[tuple[int, int]]:
+    """Pairs (i < j) of an ordered sequence: j - i <= overlap, and j - i = 2^k when quadratic."""
+    offsets = set(range(1, overlap + 1))
+    if quadratic:
+        offsets |= {1 << k for k in range(overlap)}
+    return sorted((i, i + d) for d in offsets if d < n for i in range(n - d))
+
+
+def retrieval_pairs(descriptors: list[np.ndarray], k: int, min_gap: int = 0, words: int = 256,
+                    seed: int = 0) -> list[tuple[int, int]]:
+    """Each image's `k` most similar others (|i - j| > min_gap) by tf-idf bags of visual words.
+
+    The vocabulary is clustered (k-means) from the images' own descriptors, so loop candidates need
+    no vocabulary tree download; a video of a hundred frames is clustered in about a second."""
+    n = len(descriptors)
+    if n < 2 or k <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    sample = np.concatenate([d[rng.permutation(len(d))[:256]] for d in descriptors if len(d)]).astype(np.float32)
+    words = int(min(words, max(2, len(sample) // 20)))
+    if len(sample) < words:
+        return []
+    centres = sample[rng.choice(len(sample), words, replace=False)]
+    for _ in range(10):  # Lloyd iterations: enough for retrieval, whose ranking is robust to the vocabulary
+        assign = _nearest(sample, centres)
+        sums = np.zeros_like(centres)
+        np.add.at(sums, assign, sample)
+        counts = np.bincount(assign, minlength=words)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+    hist = np.stack([np.bincount(_nearest(d.astype(np.float32), centres), minlength=words) if len(d)
+                     else np.zeros(words, np.int64) for d in descriptors]).astype(np.float64)
+    idf = np.log(n / np.maximum((hist > 0).sum(0), 1))
+    tfidf = hist / np.maximum(hist.sum(1, keepdims=True), 1) * idf
+    tfidf /= np.maximum(np.linalg.norm(tfidf, axis=1, keepdims=True), 1e-12)
+    sim = tfidf @ tfidf.T
+    idx = np.arange(n)
+    sim[np.abs(idx[:, None] - idx[None]) <= min_gap] = -np.inf
+    best = np.argsort(-sim, axis=1)[:, :k]
+    return sorted({(min(i, int(j)), max(i, int(j))) for i in range(n) for j in best[i] if np.isfinite(sim[i, j])})
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre for each row of x (chunked: bounded memory)."""
+    c2 = (centres**2).sum(1)
+    out = np.empty(len(x), np.int64)
+    for a in range(0, len(x), 16384):
+        out[a:a + 16384] = np.argmin(c2[None] - 2.0 * x[a:a + 16384] @ centres.T, axis=1)
+    return out
+
+
+def _unposed_key(names: list[str], image_dir: Path, cfg: UnposedSfmConfig, ordered: bool) -> str:
+    digest = hashlib.sha256(json.dumps({"config": asdict(cfg), "ordered": ordered, "names": names}).encode())
+    for name in names:
+        digest.update(str((image_dir / name).stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None, ordered: bool = False,
+                        progress: bool = True, where=None) -> dict:
+    """Poses and points for the images in `image_dir` by incremental SfM (pycolmap, CPU).
+
+    `ordered` (a video's frames, in name order) matches each image with its neighbours in the
+    sequence plus retrieved loop candidates; unordered sets up to cfg.exhaustive_max images match
+    every pair. The largest reconstruction is written to work_dir/sparse/0 (COLMAP binary; beside
+    an images/ folder it is a dataset fmsplat's COLMAP reader loads). COLMAP's database stays in
+    work_dir/database.db with the stages done (sfm_state.json): a killed run redoes neither
+    feature extraction nor the matching it finished. Returns the report: frames in, frames posed,
+    points, mean reprojection error, seconds per stage. `where` names the source in errors.
+    Raises DatasetError when fewer than cfg.min_posed_fraction of the images (or < 3) are posed."""
+    import pycolmap
+
+    cfg = cfg or UnposedSfmConfig()
+    image_dir, work = Path(image_dir), Path(work_dir)
+    where = where or image_dir
+    names = sorted(p.name for p in image_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    n = len(names)
+    if n < 3:
+        raise DatasetError(f"{where}: structure from motion needs at least 3 images, got {n}")
+    key = _unposed_key(names, image_dir, cfg, ordered)
+    state_path, db_path = work / UNPOSED_STATE, work / "database.db"
+    state = _read_json(state_path)
+    if state.get("key") != key:  # other images or settings: the database cannot be trusted
+        for stale in (db_path, state_path):
+            stale.unlink(missing_ok=True)
+        state = {"key": key, "seconds": {}}
+    work.mkdir(parents=True, exist_ok=True)
+    _quiet_colmap(pycolmap)
+    reused = [stage for stage in ("features", "pairs", "matching") if state.get(stage)]
+
+    def mark(stage: str, seconds: float, **extra) -> None:
+        state[stage] = True
+        state["seconds"][stage] = round(state["seconds"].get(stage, 0.0) + seconds, 2)
+        state.update(extra)
+        atomic.write_json(state_path, state)
+
+    # Features, in batches: a progress bar, and a killed run keeps what is in the database (COLMAP
+    # skips images it has). Later batches join the first batch's camera: one camera for all.
+    if not state.get("features"):
+        t = time.perf_counter()
+        batch = max(4, -(-n // 20))
+        bar = tqdm(total=n, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
+        for a in range(0, n, batch):
+            reader = pycolmap.ImageReaderOptions()
+            reader.camera_model = cfg.camera_model
+            camera_id = _first_camera_id(pycolmap, db_path)
+            if camera_id is not None:
+                reader.existing_camera_id = camera_id
+            pycolmap.extract_features(db_path, image_dir, image_names=names[a:a + batch],
+                                      camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                                      extraction_options=_extraction_options(pycolmap, cfg.max_features))
+            bar.update(len(names[a:a + batch]))
+        bar.close()
+        mark("features", time.perf_counter() - t)
+
+    db = pycolmap.Database.open(db_path)
+    try:
+        images = {im.name: im for im in db.read_all_images()}
+        missing = [name for name in names if name not in images]
+        if missing:
+            raise DatasetError(f"{where}: COLMAP could not read {len(missing)} of {n} images (first: {missing[0]})")
+        keypoints = [int(db.num_keypoints_for_image(images[name].image_id)) for name in names]
+        pairs_file = work / "pairs.txt"
+        if not (state.get("pairs") and pairs_file.is_file()):
+            t = time.perf_counter()
+            if not ordered and n <= cfg.exhaustive_max:
+                pairs, mode = [(i, j) for i in range(n) for j in range(i + 1, n)], "exhaustive"
+            else:
+                descriptors = [_descriptor_array(db.read_descriptors(images[name].image_id)) for name in names]
+                overlap = cfg.overlap if ordered else cfg.overlap // 2
+                loops = retrieval_pairs(descriptors, cfg.loop_candidates if ordered else 4 * cfg.loop_candidates,
+                                        min_gap=overlap, seed=cfg.seed)
+                pairs = sorted(set(sequential_pairs(n, overlap, cfg.quadratic_overlap and ordered)) | set(loops))
+                mode = "sequential+loops" if ordered else "neighbours+retrieval"
+            atomic.write_text(pairs_file, "".join(f"{names[a]} {names[b]}\n" for a, b in pairs))
+            mark("pairs", time.perf_counter() - t, matching_mode=mode, num_pairs=len(pairs))
+    finally:
+        db.close()
+
+    # Matching in chunks of the pair list, each chunk recorded when done (COLMAP also skips pairs
+    # it has already matched). Few chunks: each call costs about a second of set-up.
+    lines = pairs_file.read_text().splitlines(keepends=True)
+    chunk = max(200, -(-len(lines) // 10))
+    done = int(state.get("matched_pairs", 0))
+    if not state.get("matching"):
+        t = time.perf_counter()
+        bar = tqdm(total=len(lines), initial=done, desc="matching", unit="pair", disable=not progress,
+                   dynamic_ncols=True)
+        for a in range(done, len(lines), chunk):
+            chunk_file = work / "pairs_chunk.txt"
+            chunk_file.write_text("".join(lines[a:a + chunk]))
+            pairing = pycolmap.ImportedPairingOptions()
+            pairing.match_list_path = chunk_file
+            pycolmap.match_image_pairs(db_path, pairing_options=pairing)
+            state["matched_pairs"] = min(len(lines), a + chunk)
+            state["seconds"]["matching"] = round(state["seconds"].get("matching", 0.0) + time.perf_counter() - t, 2)
+            t = time.perf_counter()
+            atomic.write_json(state_path, state)
+            bar.update(len(lines[a:a + chunk]))
+        bar.close()
+        (work / "pairs_chunk.txt").unlink(missing_ok=True)
+        mark("matching", 0.0)
+
+    t = time.perf_counter()
+    options = pycolmap.IncrementalPipelineOptions()
+    db = pycolmap.Database.open(db_path)
+    try:  # pairs with a two-view geometry the mapper can use (the database also keeps failed ones)
+        _, geometries = db.read_two_view_geometries()
+        verified_pairs = sum(int(g.config) >= 2 and len(g.inlier_matches) >= options.min_num_matches for g in geometries)
+    finally:
+        db.close()
+    options.random_seed = cfg.seed
+    options.mapper.random_seed = cfg.seed
+    options.triangulation.random_seed = cfg.seed
+    options.min_model_size = int(min(options.min_model_size, max(3, n // 2)))  # small photo sets count too
+    raw = work / "mapping"
+    shutil.rmtree(raw, ignore_errors=True)
+    raw.mkdir()
+    bar = tqdm(total=n, desc="mapping", unit="img", disable=not progress, dynamic_ncols=True)
+    failure = ""
+    level = getattr(pycolmap.logging, "minloglevel", None)
+    if level is not None:  # "failed to create any sparse model" is said by the error raised below
+        pycolmap.logging.minloglevel = 3
+    try:
+        models = pycolmap.incremental_mapping(db_path, image_dir, raw, options,
+                                              initial_image_pair_callback=lambda: bar.update(2),
+                                              next_image_callback=lambda: bar.update(1))
+    except (RuntimeError, ValueError) as exc:  # COLMAP gives up (no image pair to start from): nothing posed
+        models, failure = {}, f"; COLMAP: {exc}"
+    finally:
+        bar.close()
+        if level is not None:
+            pycolmap.logging.minloglevel = level
+    shutil.rmtree(raw, ignore_errors=True)  # every model COLMAP found; only the largest is kept
+    mapping_seconds = time.perf_counter() - t
+    best = max(models.values(), key=lambda r: r.num_reg_images(), default=None)
+    posed = 0 if best is None else int(best.num_reg_images())
+    needed = max(3, int(np.ceil(cfg.min_posed_fraction * n)))
+    if posed < needed:
+        raise DatasetError(
+            f"{where}: {posed} of {n} frames posed: too little texture or motion (needs {needed}; pairs with a "
+            f"geometry: {verified_pairs} of {len(lines)} matched{failure}). Try: more frames (--frames), a slower camera or more overlap "
+            "between photos, a scene with more texture; the features and matches are kept for a rerun")
+    t = time.perf_counter()
+    model_dir = work / "sparse" / "0"
+    shutil.rmtree(work / "sparse", ignore_errors=True)
+    model_dir.mkdir(parents=True)
+    best.write_binary(str(model_dir))
+    writing_seconds = time.perf_counter() - t
+    camera = next(iter(best.cameras.values()))
+    posed_names = sorted(best.images[i].name for i in best.reg_image_ids())
+    return {
+        "frames_in": n,
+        "frames_posed": posed,
+        "not_posed": sorted(set(names) - set(posed_names)),
+        "models": len(models),
+        "points": int(best.num_points3D()),
+        "mean_reprojection_error": float(best.compute_mean_reprojection_error()),
+        "mean_track_length": float(best.compute_mean_track_length()),
+        "keypoints_median": float(np.median(keypoints)),
+        "matching": state.get("matching_mode"),
+        "pairs": len(lines),
+        "verified_pairs": verified_pairs,
+        "camera": {"model": camera.model.name, "width": int(camera.width), "height": int(camera.height),
+                   "params": [float(v) for v in camera.params]},
+        "seconds": {**{k: state["seconds"].get(k, 0.0) for k in ("features", "pairs", "matching")},
+                    "mapping": round(mapping_seconds, 2), "writing": round(writing_seconds, 2)},
+        "reused": reused,
+        "config": asdict(cfg),
+        "pycolmap": pycolmap.__version__,
+    }
+
+
+def _first_camera_id(pycolmap, db_path: Path) -> int | None:
+    if not db_path.is_file():
+        return None
+    db = pycolmap.Database.open(db_path)
+    try:
+        cameras = db.read_all_cameras()
+        return int(cameras[0].camera_id) if cameras else None
+    finally:
+        db.close()
+
+
+def _descriptor_array(descriptors) -> np.ndarray:
+    """(n, 128) descriptors from what Database.read_descriptors returns (an array, or an object
+    holding one in .data, depending on the pycolmap version)."""
+    return np.asarray(getattr(descriptors, "data", descriptors)).reshape(-1, 128)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ------------------------------------------------------------------------------ pose evaluation
+def umeyama(src, dst, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
+    """Least-squares similarity (scale, R, t) with dst ≈ scale * R @ src + t (Umeyama 1991)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or len(src) < 3:
+        raise ValueError(f"umeyama: needs two (N>=3, D) arrays of one shape, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    xs, xd = src - mu_s, dst - mu_d
+    U, D, Vt = np.linalg.svd(xd.T @ xs / len(src))
+    S = np.ones(len(D))
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:  # a reflection is no rotation
+        S[-1] = -1.0
+    R = U @ np.diag(S) @ Vt
+    var = (xs**2).sum() / len(src)
+    scale = float((D * S).sum() / var) if with_scale else 1.0
+    return scale, R, mu_d - scale * R @ mu_s
+
+
+def pose_errors(estimated: dict, truth: dict) -> dict:
+    """Compare world-to-camera poses {name: (4, 4)} on the names both have: the estimate is
+    brought onto the truth by the similarity that best aligns the camera centres (Umeyama); then
+    per view the rotation error (degrees) and the centre error as a fraction of the diameter of
+    the true centres (largest distance between two of them)."""
+    names = sorted(set(estimated) & set(truth))
+    if len(names) < 3:
+        raise ValueError(f"pose_errors: {len(names)} views in common, need at least 3")
+    est = np.stack([np.asarray(estimated[k], np.float64) for k in names])
+    tru = np.stack([np.asarray(truth[k], np.float64) for k in names])
+    c_est = -np.einsum("nji,nj->ni", est[:, :3, :3], est[:, :3, 3])
+    c_tru = -np.einsum("nji,nj->ni", tru[:, :3, :3], tru[:, :3, 3])
+    scale, R, t = umeyama(c_est, c_tru)
+    aligned = scale * c_est @ R.T + t
+    diameter = float(np.max(np.linalg.norm(c_tru[:, None] - c_tru[None], axis=-1)))
+    centre_err = np.linalg.norm(aligned - c_tru, axis=1) / max(diameter, 1e-12)
+    # Camera-to-world rotations: aligned estimate R @ R_est^T against R_tru^T.
+    rel = np.einsum("nij,jk,nlk->nil", tru[:, :3, :3], R, est[:, :3, :3])
+    rot_err = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)))
+    return {
+        "views": len(names),
+        "rotation_deg_median": float(np.median(rot_err)),
+        "rotation_deg_max": float(rot_err.max()),
+        "center_error_median": float(np.median(centre_err)),
+        "center_error_max": float(centre_err.max()),
+        "diameter": diameter,
+        "scale": scale,
+        "per_view": {k: {"rotation_deg": float(r), "center_error": float(c)}
+                     for k, r, c in zip(names, rot_err, centre_err)},
+    }
+
+
+def poses_from_transforms(path) -> dict[str, np.ndarray]:
+    """World-to-camera poses (OpenCV) of a transforms.json by the stem of each frame's file_path
+    (Windows separators allowed); the images themselves need not exist."""
+    from fmsplat.scene.cameras import GL_TO_CV
+
+    meta = json.loads(Path(path).read_text())
+    out = {}
+    for frame in meta["frames"]:
+        stem = Path(str(frame["file_path"]).replace("\\", "/")).stem
+        out[stem] = np.linalg.inv(np.asarray(frame["transform_matrix"], np.float64) @ GL_TO_CV)
+    return out
+
+
+def poses_from_colmap(model_dir) -> dict[str, np.ndarray]:
+    """World-to-camera poses of a COLMAP model by image-name stem."""
+    from fmsplat.scene.colmap import read_model
+
+    model, _ = read_model(Path(model_dir))
+    return {Path(im.name).stem: im.viewmat for im in model.images.values()}
+
+
+__all__ = ["SfmConfig", "SparseCloud", "UnposedSfmConfig", "pose_errors", "poses_from_colmap",
+           "poses_from_transforms", "reconstruct_unposed", "retrieval_pairs", "sequential_pairs", "sfm_downscale",
+           "triangulate_dataset", "umeyama", "view_pairs"]

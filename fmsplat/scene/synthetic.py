@@ -127,6 +127,11 @@ class SceneConfig:
     label_every: int = 8  # views with index % label_every == 0 get labels/ (the held-out views)
     min_label_fraction: float = 0.01  # an object is labelled in a view when it covers this image fraction
     min_visible_share: float = 0.3  # ... and this share of its whole silhouette (not cut off by frame/occluders)
+    # Every face of an object shows different pixels: a cube's four faces a quadrant of its photo each,
+    # a panel's back the photo mirrored. Off for the labelled scenes; on for videos, where four
+    # identical faces are a repeated structure that misleads structure from motion (the same cat
+    # matched on two faces registers a view 90 degrees off).
+    distinct_faces: bool = False
 
     def __post_init__(self) -> None:
         if not self.objects:
@@ -477,6 +482,14 @@ def albedo(scene: Scene, points: np.ndarray, instance: np.ndarray, axis: np.ndar
         inside = photo_face & (u > frame) & (u < 1 - frame) & (v > frame) & (v < 1 - frame)
         uu = (u[inside] - frame) / (1 - 2 * frame)
         vv = (v[inside] - frame) / (1 - 2 * frame)
+        if scene.config.distinct_faces:
+            nf = n[inside]
+            if b.kind == "cube":  # face 0..3 by axis and side: its own quadrant of the photo
+                face = 2 * ax[inside] + (nf[np.arange(len(nf)), ax[inside]] > 0)
+                uu, vv = 0.5 * uu + 0.5 * (face % 2), 0.5 * vv + 0.5 * (face // 2)
+            else:  # the back of a panel mirrored: SIFT descriptors are not mirror-invariant
+                back = nf[:, b.facing_axis] < 0
+                uu = np.where(back, 1.0 - uu, uu)
         colour[inside] = _sample(b.photo, uu, vv, False)
         out[sel] = colour
     return out
@@ -763,10 +776,15 @@ def make_scene(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, 
     scene = build_scene(config, seed)
     cameras = sample_cameras(scene, seed)
 
+    return _into_place(out_dir, lambda tmp: _write_dataset(tmp, scene, cameras, preset, seed))
+
+
+def _into_place(out_dir: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write` on a temporary directory beside `out_dir`, then rename it into place."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        _write_dataset(tmp, scene, cameras, preset, seed)
+        write(tmp)
         meta_path = tmp / "transforms.json"
         if not meta_path.exists():
             raise RuntimeError(f"{meta_path}: not written")
@@ -782,6 +800,74 @@ def make_scene(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def video_path(scene: Scene, n_frames: int) -> list[Camera]:
+    """A smooth closed camera path for a walk-through video: once round the room on a rounded
+    square (|x|^4 + |y|^4 = a^4) 0.35 m inside the walls, outside the objects' area (they keep
+    1.3 m from the walls, see build_scene), gently rising and falling, looking down at the room's
+    middle. Kept away from the objects: close by, a frame-to-frame step changes too much of the
+    view for SIFT (a path 0.65 m from the walls posed 14 of 32 frames; this one 40 of 40). The
+    last frame stops one step short of the first, so the video comes back to where it started
+    (a loop for SfM to close)."""
+    cfg = scene.config
+    room = scene.room
+    K = intrinsics(cfg)
+    half = 0.5 * (room.hi[:2] - room.lo[:2])
+    a = half - 0.35
+    theta = 2.0 * np.pi * np.arange(n_frames) / n_frames
+    r = 1.0 / (np.cos(theta) ** 4 + np.sin(theta) ** 4) ** 0.25  # smooth: the denominator never vanishes
+    mid = 0.5 * (room.lo + room.hi)
+    eyes = np.stack([mid[0] + a[0] * r * np.cos(theta), mid[1] + a[1] * r * np.sin(theta),
+                     1.7 + 0.2 * np.sin(2.0 * theta)], axis=1)
+    targets = np.stack([mid[0] + 0.3 * np.cos(3.0 * theta), mid[1] + 0.3 * np.sin(3.0 * theta),
+                        np.full(n_frames, 0.4)], axis=1)
+    return [look_at_camera(e, g, K, cfg.width, cfg.height, name=f"frame_{k:05d}")
+            for k, (e, g) in enumerate(zip(eyes, targets))]
+
+
+def make_video(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, frames: int = 120, fps: float = 30.0,
+               overwrite: bool = False, progress: bool = False, **overrides) -> Path:
+    """Render the scene of `preset`/`seed` along `video_path` into out_dir/video.mp4, with its true
+    poses beside it in out_dir/transforms.json (one frame per video frame; file_path
+    images/frame_<index>.jpg, the names `fmsplat process-data` gives the frames it keeps, so
+    sfm.pose_errors can compare them by name). Default size 320x240 (SIFT finds too little in
+    the tiny preset's 128x96); `overrides` replace SceneConfig fields. Written atomically."""
+    from fmsplat.scene.capture import write_video
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it)")
+    if frames < 2 or not fps > 0:
+        raise ValueError(f"make_video: needs frames >= 2 and fps > 0, got {frames} and {fps}")
+    overrides = {"width": 320, "height": 240, "distinct_faces": True, **overrides}
+    if overrides["width"] % 2 or overrides["height"] % 2:
+        raise ValueError(f"make_video: width and height must be even (H.264), got {overrides['width']}x{overrides['height']}")
+    config = preset_config(preset, **overrides)
+    scene = build_scene(config, seed)
+    cameras = video_path(scene, frames)
+
+    def write(root: Path) -> None:
+        from tqdm import tqdm
+
+        def rendered():
+            for cam in tqdm(cameras, desc="render", disable=not progress, dynamic_ncols=True):
+                yield np.round(render_view(scene, cam, config.supersample)[0] * 255).astype(np.uint8)
+
+        write_video(root / "video.mp4", rendered(), fps)
+        K = intrinsics(config)
+        write_json(root / "transforms.json", {
+            "camera_model": "OPENCV",
+            "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2]),
+            "w": config.width, "h": config.height,
+            "fmsplat_synthetic": {"generator": "fmsplat.scene.synthetic.make_video", "generator_version": GENERATOR_VERSION,
+                                  "preset": preset, "seed": seed, "video": "video.mp4", "fps": fps,
+                                  "room_aabb": {"min": scene.room.lo.tolist(), "max": scene.room.hi.tolist()}},
+            "frames": [{"file_path": f"images/frame_{k:05d}.jpg", "frame_index": k, "time": k / fps,
+                        "transform_matrix": (cam.c2w @ GL_TO_CV).tolist()} for k, cam in enumerate(cameras)],
+        })
+
+    return _into_place(out_dir, write)
 
 
 def _write_dataset(root: Path, scene: Scene, cameras: list[Camera], preset: str, seed: int) -> None:

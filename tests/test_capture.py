@@ -1,0 +1,192 @@
+"""Your own capture in: a video or unposed photos become a posed dataset (pycolmap), then training.
+
+CI-sized: a 40-frame 320x240 walk-through video of the synthetic room with its true camera path,
+posed by `process_data` (interrupted once at mapping and resumed), compared with the truth after a
+similarity alignment, and trained on; plus the frame picker (blur, rotation) and every error path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from fmsplat.cli import app
+from fmsplat.scene.capture import CaptureConfig, CaptureError, extract_video_frames, import_photos, process_data, write_video
+from fmsplat.scene.sfm import pose_errors, poses_from_colmap, poses_from_transforms, umeyama
+
+VIDEO_FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory):
+    """The video, its truth, and the dataset process_data made of it after a killed first run."""
+    import pycolmap
+
+    from fmsplat.scene.synthetic import make_video
+
+    root = tmp_path_factory.mktemp("walk")
+    video_dir = make_video(root / "video", preset="tiny", seed=0, frames=VIDEO_FRAMES, fps=10, supersample=1)
+    out = root / "data"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as a user's Ctrl-C during mapping
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pycolmap, "incremental_mapping", killed)
+        with pytest.raises(KeyboardInterrupt):
+            process_data(video_dir / "video.mp4", out, progress=False)
+    partial = root / ".data.partial"
+    interrupted = {"out_exists": out.exists(), "database": (partial / "database.db").is_file()}
+    report = process_data(video_dir / "video.mp4", out, progress=False)
+    return {"video": video_dir, "out": out, "report": report, "interrupted": interrupted, "partial": partial}
+
+
+def test_video_frames_are_posed_like_the_true_path(walk):
+    report = walk["report"]
+    errors = pose_errors(poses_from_colmap(walk["out"] / "sparse" / "0"), poses_from_transforms(walk["video"] / "transforms.json"))
+    print({k: report[k] for k in ("frames_in", "frames_posed", "points", "mean_reprojection_error", "seconds")},
+          {k: v for k, v in errors.items() if k != "per_view"})
+    # The default 100 frames is more than the video has: all of them, less any judged blurred.
+    assert report["frames_in"] + len(report["capture"]["blurred_dropped"]) == VIDEO_FRAMES
+    assert report["frames_in"] >= VIDEO_FRAMES - 2
+    assert report["frames_posed"] >= 0.9 * VIDEO_FRAMES and errors["views"] == report["frames_posed"]
+    assert report["points"] >= 500 and report["mean_reprojection_error"] < 1.5
+    assert errors["rotation_deg_median"] < 1.0  # measured: 0.17 deg and 0.11 %
+    assert errors["center_error_median"] < 0.01  # of the path's diameter (7.5 m here)
+    assert set(report["seconds"]) >= {"frames", "features", "matching", "mapping"}
+    assert (walk["out"] / "report.json").is_file() and (walk["out"] / "database.db").is_file()
+
+
+def test_a_killed_run_keeps_its_database_and_resumes(walk):
+    assert walk["interrupted"] == {"out_exists": False, "database": True}  # never a half-written dataset
+    assert walk["report"]["sfm"]["reused"] == ["features", "pairs", "matching"]
+    assert not walk["partial"].exists()  # renamed into place when complete
+    again = process_data(walk["video"] / "video.mp4", walk["out"], progress=False)
+    assert again.get("reused") and again["key"] == walk["report"]["key"]
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        process_data(walk["video"] / "video.mp4", walk["out"], CaptureConfig(frames=20), progress=False)
+
+
+def test_training_on_the_video_beats_a_constant_image(walk, tmp_path):
+    from fmsplat.scene import load_dataset
+
+    scene = tmp_path / "scene"
+    shutil.copytree(walk["out"], scene / "data")  # what `fmsplat train VIDEO` made earlier: reused, not redone
+    res = CliRunner().invoke(app, ["train", str(walk["video"] / "video.mp4"), "--out", str(scene), "--steps", "300",
+                                   "--downscale", "4", "--sh-degree", "0", "--max-gaussians", "20000"])
+    assert res.exit_code == 0, res.output
+    assert "(reused)" in res.output
+    metrics = json.loads((scene / "metrics.json").read_text())
+    data = load_dataset(scene / "data", downscale=4)
+    mean = np.mean([data.image(i).reshape(-1, 3).mean(0) for i in data.train_indices], axis=0)
+    mse = np.mean([((data.image(i) - mean) ** 2).mean() for i in data.test_indices])
+    constant = -10.0 * np.log10(mse)
+    print(f"held-out PSNR {metrics['test']['psnr']:.2f} dB vs constant image {constant:.2f} dB; "
+          f"{metrics['num_gaussians']} Gaussians, {metrics['train_seconds']:.1f} s")
+    assert metrics["test"]["views"] == len(data.test_indices) >= 3
+    assert metrics["test"]["psnr"] > constant + 3.0  # measured: 22.5 dB against 16.9 dB
+
+
+def test_umeyama_recovers_a_similarity():
+    rng = np.random.default_rng(0)
+    src = rng.normal(size=(20, 3))
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    R = q * np.sign(np.linalg.det(q))
+    s, R2, t = umeyama(src, 2.5 * src @ R.T + [1.0, -2.0, 0.5])
+    assert s == pytest.approx(2.5) and np.allclose(R2, R) and np.allclose(t, [1.0, -2.0, 0.5])
+
+
+def _textured(rng, h=240, w=360) -> np.ndarray:
+    return np.kron((rng.random((h // 4, w // 4, 3)) * 255).astype(np.uint8), np.ones((4, 4, 1), np.uint8))
+
+
+def test_video_frames_skip_blur_and_honour_rotation(tmp_path):
+    from scipy.ndimage import uniform_filter
+
+    base = _textured(np.random.default_rng(1))
+    frames = []
+    for k in range(30):
+        f = np.roll(base, 3 * k, axis=1)[:, :320].copy()
+        f[:20, :40] = 255  # a white mark in the stored frame's top-left corner
+        frames.append(f)
+    for k in (9, 10, 11):  # one whole stretch of three frames shaken
+        frames[k] = uniform_filter(frames[k].astype(np.float32), size=(1, 9, 1)).astype(np.uint8)
+    video = write_video(tmp_path / "phone.mp4", frames, fps=30, rotation=90)  # held upright: 90 deg counter-clockwise
+    info = extract_video_frames(video, tmp_path / "frames", frames=10, max_size=200, progress=False)
+    kept = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert info["frames_decoded"] == 30 and info["rotation"] == 90
+    shaken = {f"frame_{k:05d}.jpg" for k in (9, 10, 11)}
+    assert len(kept) == 9 and len(info["blurred_dropped"]) == 1 and set(info["blurred_dropped"]) <= shaken
+    assert not shaken & set(kept)
+    img = np.asarray(Image.open(tmp_path / "frames" / kept[0]))
+    assert img.shape == (200, 150, 3) and info["image_size"] == [150, 200]  # 320x240 turned upright, shrunk
+    assert img[-12:, :8].mean() > 240 and img[:8, :8].mean() < 230  # the mark turned to the bottom-left
+
+
+def _write_photos(folder: Path, sizes, rng, name="p{:02d}.png") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (w, h) in enumerate(sizes):
+        Image.fromarray(_textured(rng, h, w)).save(folder / name.format(k))
+
+
+def _cli_error(args) -> str:
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("fmsplat process-data:")]
+    assert len(lines) == 1, res.stderr  # one line of error (the stages' progress bars share stderr)
+    return lines[0]
+
+
+def test_undecodable_files_are_named(tmp_path):
+    rng = np.random.default_rng(2)
+    _write_photos(tmp_path / "photos", [(64, 48)] * 3, rng)
+    (tmp_path / "photos" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    line = _cli_error(["process-data", str(tmp_path / "photos"), "--out", str(tmp_path / "out")])
+    assert "broken.jpg" in line and "cannot be decoded" in line
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage garbage garbage")
+    line = _cli_error(["process-data", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")])
+    assert "clip.mp4" in line and "cannot be decoded as a video" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_photo_sizes_are_named_and_exif_rotation_is_not_a_mix(tmp_path):
+    rng = np.random.default_rng(3)
+    _write_photos(tmp_path / "photos", [(64, 48)] * 4, rng)
+    Image.fromarray(_textured(rng, 64, 48)).save(tmp_path / "photos" / "odd.png")
+    line = _cli_error(["process-data", str(tmp_path / "photos"), "--out", str(tmp_path / "out")])
+    assert "differ in size" in line and "odd.png (48x64)" in line and "4 are 64x48" in line
+
+    # A phone's portrait photos: stored 64x48 with EXIF orientation 6, shown 48x64 like odd.png.
+    upright = tmp_path / "upright"
+    for k in range(3):
+        img = Image.fromarray(_textured(rng, 48, 64))
+        exif = img.getexif()
+        exif[0x0112] = 6
+        img.save(tmp_path / "tmp.jpg", exif=exif.tobytes())
+        upright.mkdir(exist_ok=True)
+        shutil.move(tmp_path / "tmp.jpg", upright / f"IMG_{k}.jpg")
+    shutil.copy(tmp_path / "photos" / "odd.png", upright / "odd.png")
+    info = import_photos(upright, tmp_path / "imported", max_size=960, progress=False)
+    assert info["image_size"] == [48, 64]
+    assert all(Image.open(p).size == (48, 64) for p in (tmp_path / "imported").iterdir())
+
+
+def test_too_few_posed_frames_is_a_clear_error(tmp_path):
+    # Smooth gradients: nothing for SIFT to hold on to, so no frame can be posed.
+    photos = tmp_path / "blank"
+    photos.mkdir()
+    ramp = np.linspace(60, 200, 160)
+    for k in range(8):
+        img = np.broadcast_to((ramp[None, :, None] + 3 * k), (120, 160, 3)).astype(np.uint8)
+        Image.fromarray(img).save(photos / f"{k}.png")
+    line = _cli_error(["process-data", str(photos), "--out", str(tmp_path / "out")])
+    assert str(photos) in line and "0 of 8 frames posed: too little texture or motion" in line
+    assert not (tmp_path / "out").exists() and (tmp_path / ".out.partial" / "database.db").is_file()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CaptureError, match="no photos found"):
+        process_data(tmp_path / "empty", tmp_path / "x")
