@@ -158,14 +158,14 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         sys.exit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    from fmsplat.foundation.command import parse_options
+    from fmsplat.fields.configs import parse_opts
 
     extra: dict[str, dict] = {}
     for item in args.opt:
         method, sep, pair = item.partition(":")
         if not sep:
             sys.exit(f"--opt {item!r}: expected METHOD:KEY=VALUE")
-        extra.setdefault(method, {}).update(parse_options([pair]))
+        extra.setdefault(method, {}).update(parse_opts(method, [pair]))  # read by each setting's declared type
     work = args.work or args.scene.resolve().parent / "bench-fields"
     rows = []
     for name in names:

@@ -2,9 +2,62 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+from pathlib import Path
+
 import typer
+from typer.core import TyperCommand, TyperGroup
+from typer.core import _click as click  # typer vendors its own click
+
+# Errors a user causes (a bad file, a missing path, a bad option): printed as one line, no traceback.
+_USER_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, FileExistsError, NotADirectoryError,
+                                                 IsADirectoryError, PermissionError)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+class _Group(TyperGroup):
+    """The fmsplat command group: user errors become `fmsplat <command>: <message>` on stderr with
+    exit code 1 (usage errors: two lines, exit code 2); real bugs keep their traceback, and
+    --debug (or FMSPLAT_DEBUG=1) shows the traceback of every error."""
+
+    def invoke(self, ctx: click.Context):
+        from fmsplat.errors import FmsplatError
+
+        try:
+            return super().invoke(ctx)
+        except (FmsplatError, *_USER_ERRORS) as err:
+            if ctx.params.get("debug") or os.environ.get("FMSPLAT_DEBUG"):
+                raise
+            command = " ".join(["fmsplat", *([ctx.invoked_subcommand] if ctx.invoked_subcommand else [])])
+            message = _one_line(err)
+            if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in message:
+                message = f"{err.filename}: {err.strerror or message}"
+            click.echo(f"{command}: {message}", err=True)
+            ctx.exit(1)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, "fmsplat", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.ClickException as err:  # a usage error: two plain lines, no panel
+            where = err.ctx.command_path if getattr(err, "ctx", None) is not None else "fmsplat"
+            click.echo(f"{where}: {_one_line(err.format_message())}", err=True)
+            click.echo(f"(see: {where} --help)", err=True)
+            sys.exit(err.exit_code)
+        except typer.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
 
 app = typer.Typer(
+    cls=_Group,
     add_completion=False,
     no_args_is_help=True,
     help="Embed foundation-model features into 3D Gaussian Splatting scenes and query them in words.",
@@ -12,7 +65,9 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def main(
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of any error (also: FMSPLAT_DEBUG=1)."),
+) -> None:
     """fmsplat: foundation-model fields on 3D Gaussian Splatting scenes."""
 
 
@@ -100,9 +155,14 @@ def train(
     eval_every: int = typer.Option(None, help="Score the held-out views every N steps (metrics.json 'curve')."),
     seed: int = typer.Option(None, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the scene already in --out (its fields, "
+                                   "features, renders and checkpoints go too)."),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Write a resumable checkpoint every N steps "
+                                         "(default: TrainConfig's, 500)."),
 ) -> None:
     """Train a 3D Gaussian Splatting scene from posed photos (CPU, numba rasterizer); writes held-out
     render | photo | error panels to OUT/renders/test/."""
+    import shutil
     from pathlib import Path
 
     from fmsplat.reconstruct import TrainConfig, train_gaussians
@@ -111,11 +171,31 @@ def train(
     from fmsplat.scene.capture import summary as capture_summary
 
     given = dict(downscale=downscale, steps=steps, init=init, strategy=strategy, max_gaussians=max_gaussians,
-                 sh_degree=sh_degree, test_every=test_every, eval_every=eval_every, seed=seed)
+                 sh_degree=sh_degree, test_every=test_every, eval_every=eval_every, seed=seed,
+                 checkpoint_every=checkpoint_every)
     try:
         cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:  # an invalid option: a usage error, not a traceback
         raise typer.BadParameter(str(exc)) from exc
+    if resume and overwrite:
+        raise typer.BadParameter("--resume and --overwrite exclude each other")
+    out_path = Path(out)
+    if out_path.exists() and not out_path.is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
+    # The capture cache OUT/data (fmsplat train VIDEO --out OUT) is input, not a scene output.
+    existing = sorted(p.name for p in out_path.iterdir() if p.name != "data") if out_path.is_dir() else []
+    if existing and not (resume or overwrite):
+        shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
+        typer.echo(f"fmsplat train: {out} is not empty ({shown}); pass --resume to continue it, --overwrite to "
+                   "replace it, or choose another --out", err=True)
+        raise typer.Exit(1)
+    if existing and overwrite:
+        for name in _SCENE_OUTPUTS:
+            target = out_path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
     try:
         if source_kind(data) is not None:  # a capture: posed into OUT/data first, reused when unchanged
             report = process_data(data, Path(out) / "data", overwrite=True)
@@ -135,6 +215,12 @@ def train(
     if metrics.get("panels"):
         typer.echo(f"look at: {Path(out) / metrics['panels'][0]} (render | photo | error; {len(metrics['panels'])} in "
                    f"{Path(out) / 'renders' / 'test'})")
+
+
+# What `fmsplat train` and the later stages write into a scene directory (removed by train --overwrite).
+# scene.json goes first: a kill mid-way leaves a folder that no longer claims to be a scene.
+_SCENE_OUTPUTS = ("scene.json", "metrics.json", "gaussians.ply", "checkpoints", "renders", "sfm", "fields",
+                  "features", "memory", "queries", "eval")
 
 
 def _parse_views(spec: str, dataset) -> list[int]:
@@ -228,24 +314,43 @@ def features(
 
 
 
-@app.command()
+class _FitCommand(TyperCommand):
+    """`fmsplat fit --help` ends with every method's settings and presets (read from fields.configs on demand)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        super().format_help(ctx, formatter)
+        from fmsplat.fields.configs import settings_help
+
+        formatter.write("\n" + settings_help() + "\n")
+
+
+@app.command(cls=_FitCommand)
 def fit(
     scene: str = typer.Argument(..., help="Trained scene directory (fmsplat train); the field goes to SCENE/fields/<method>/."),
     method: str = typer.Option("distill", "--method", "-m", help="Field method: distill (baseline), fmgs, m3."),
     models: str = typer.Option(None, "--models", help="Comma-separated extractors, e.g. effnet,effnet-mid (default: the method's)."),
-    steps: int = typer.Option(None, "--steps", help="Optimisation steps (default: the method's)."),
-    opt: list[str] = typer.Option([], "--opt", help="Config field KEY=VALUE, repeatable (see the method's Config)."),
+    preset: str = typer.Option(None, "--preset", help="Settings preset: paper (published, GPU-sized) or cpu (minutes on "
+                               "2 cores); default: paper with CUDA, cpu without."),
+    steps: int = typer.Option(None, "--steps", help="Optimisation steps (default: the preset's)."),
+    opt: list[str] = typer.Option([], "--opt", help="Setting KEY=VALUE, repeatable, read by its declared type (listed below)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the field's last checkpoint."),
 ) -> None:
     """Fit a feature field (foundation-model features) on a trained Gaussian scene, geometry frozen."""
     from fmsplat.fields import fit_field
-    from fmsplat.foundation.command import parse_options
+    from fmsplat.fields.configs import config_class, default_preset, make_config, parse_opts
 
-    overrides = parse_options(opt)
+    config_class(method)  # an unknown method fails before anything else
+    overrides = parse_opts(method, opt)
     if steps is not None:
         overrides["steps"] = steps
+    why = "chosen with --preset"
+    if preset is None:
+        preset, why = default_preset()
+        why += "; --preset paper|cpu to choose"
+    config = make_config(method, preset, overrides)  # bad values fail here, before the scene is read
+    typer.echo(f"fmsplat fit: {method} with the {preset} preset ({why})")
     model_list = [m for m in models.split(",") if m.strip()] if models else None
-    field = fit_field(scene, method, models=model_list, resume=resume, **overrides)
+    field = fit_field(scene, method, models=model_list, resume=resume, config=config)
     s = field.summary
     typer.echo(f"{scene}/fields/{method}: spaces {', '.join(field.spaces)}; "
                f"{s.get('steps', '?')} steps in {s.get('fit_seconds', '?')} s")
@@ -274,29 +379,93 @@ def demo(
 @app.command()
 def query(
     scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
-    text: str = typer.Argument(..., help="What to look for, e.g. \"espresso cup\"."),
-    view: int = typer.Option(None, "--view", help="Dataset view index to look from (default: the first held-out view)."),
+    texts: list[str] = typer.Argument(None, help="What to look for, one or more phrases, e.g. \"espresso cup\" fox."),
+    view: int = typer.Option(None, "--view", help="Dataset view index to show the answers in (default: the first held-out view)."),
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/queries/<method>/)."),
     space: str = typer.Option(None, "--space", help="Language-aligned space to query (default: the field's first)."),
     scale: float = typer.Option(1.0, "--scale", help="Render at this fraction of the view's size."),
     negatives: str = typer.Option(None, "--negatives", help="Comma-separated canonical negatives (default: object,things,stuff,texture)."),
-    radius: float = typer.Option(None, "--radius", help="Select only Gaussians within this distance of the 3D point."),
-    relative: float = typer.Option(0.7, "--relative", help="Selection cut, fraction of the way from the lowest to the highest relevancy."),
+    all_parts: bool = typer.Option(False, "--all", help="Every separate part that matches (plurals: 'the chairs'), each with its own box."),
+    relative: float = typer.Option(0.8, "--relative", help="Candidate cut of the 3D answer, fraction of the way from the lowest to the highest relevancy."),
+    export_absent: bool = typer.Option(False, "--export-absent", help="Write the PLY of the best guess even when the phrase is not found."),
+    at: str = typer.Option(None, "--at", help="Instead of phrases: what is at pixel X,Y of --view (or at a 3D point X,Y,Z)?"),
 ) -> None:
-    """Answer a text query: relevancy map, mask, 2D/3D location and the object's Gaussians (PNG, PLY, JSON)."""
-    from fmsplat.query.command import run_query
+    """Ask a fitted scene in words: is it there, where (3D point, box, Gaussians as PLY) and how it looks from a view (PNG, JSON)."""
+    from fmsplat.query.command import SceneQuery, run_query
     from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 
     negs = tuple(n.strip() for n in negatives.split(",") if n.strip()) if negatives else CANONICAL_NEGATIVES
-    rec = run_query(scene, text, view=view, method=method, out=out, space=space, scale=scale, negatives=negs,
-                    radius=radius, relative=relative)
-    loc, p3 = rec["location_2d"], rec["location_3d"]
-    lifted = "none (no surface)" if p3["lifted"] is None else "(" + ", ".join(f"{v:.3f}" for v in p3["lifted"]) + ")"
-    typer.echo(f"{rec['method']} / {rec['view']}: '{text}' at pixel ({loc['x']}, {loc['y']}) relevancy {loc['relevancy']:.3f}; "
-               f"3D {lifted}, from Gaussians (" + ", ".join(f"{v:.3f}" for v in p3["gaussians"]) + f"); "
-               f"{rec['selection']['count']} Gaussians selected; {rec['timing_ms']['total']:.0f} ms")
-    typer.echo(f"files: {rec['files']['json']} (+ relevancy, mask, overlay PNG" + (", PLY)" if "gaussians" in rec["files"] else ")"))
+    if at is not None:
+        try:
+            coords = [float(v) for v in at.split(",")]
+        except ValueError:
+            coords = []
+        if len(coords) not in (2, 3) or texts:
+            raise typer.BadParameter("--at takes X,Y (a pixel of --view) or X,Y,Z (a world point), and no phrases")
+        sq = SceneQuery.open(scene, method, space, negs)
+        if len(coords) == 2:
+            concepts = sq.what_is_here(view=sq.view_index(view), pixel=(int(coords[0]), int(coords[1])))
+        else:
+            concepts = sq.what_is_here(point=coords)
+        typer.echo(f"what is at {at} ({sq.engine.vocabulary.source}):")
+        for c in concepts:
+            typer.echo(f"  {c.similarity:6.3f}  {c.name}")
+        return
+    if not texts:
+        raise typer.BadParameter("give at least one phrase to look for (or --at X,Y)")
+    records = run_query(scene, texts, view=view, method=method, out=out, space=space, scale=scale, negatives=negs,
+                        all_parts=all_parts, relative=relative, export_absent=export_absent)
+    for rec in records:
+        a3 = rec["answer_3d"]
+        state = "FOUND    " if rec["found"] else "not found"
+        best = ", ".join(c["name"] for c in rec["presence"]["best_concepts"][:3])
+        point = "(" + ", ".join(f"{v:.3f}" for v in a3["point"]) + ")"
+        proj = rec["projection"]
+        where = ("not in this view" if proj is None else
+                 f"pixel ({proj['x']:.0f}, {proj['y']:.0f})" + ("" if proj["visible"] else " hidden"))
+        typer.echo(f"{state} '{rec['text']}' score {rec['presence']['score']:.2f} at {point}, "
+                   f"{sum(p['gaussians'] for p in a3['parts'])} Gaussians in {len(a3['parts'])} part(s), {where} "
+                   f"in {rec['view']}; there: {best}")
+    typer.echo(f"files: {Path(records[0]['files']['json']).parent}/ (relevancy, mask, overlay PNG, JSON"
+               + (", PLY)" if any("gaussians" in r["files"] for r in records) else ")"))
+
+
+@app.command()
+def serve(
+    scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs a token."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    token: str = typer.Option(None, "--token", envvar="FMSPLAT_TOKEN", show_envvar=True,
+                              help="Bearer token every request must carry (required beyond loopback)."),
+    method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
+    space: str = typer.Option(None, "--space", help="Default language-aligned space (default: the field's first)."),
+    max_renders: int = typer.Option(2, "--max-renders", help="Renders running or waiting at once; more get 503."),
+) -> None:
+    """A JSON HTTP API over the scene: /query, /render, /select, /scene, /health (OpenAPI page: /docs)."""
+    from fmsplat.server import Limits, check_bind, serve as run_server
+
+    check_bind(host, token)
+    if max_renders < 1:
+        raise typer.BadParameter("--max-renders must be at least 1")
+    typer.echo(f"fmsplat serve: loading {scene} ...", err=True)
+    run_server(scene, host=host, port=port, token=token, method=method, space=space,
+               limits=Limits(max_renders=max_renders))
+
+
+@app.command()
+def view(
+    scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (viser has no authentication: keep loopback)."),
+    port: int = typer.Option(8080, "--port", help="TCP port of the viewer page."),
+    method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
+    space: str = typer.Option(None, "--space", help="Language-aligned space to query (default: the field's first)."),
+    out: str = typer.Option(None, "--out", "-o", help="Folder for the 'Save selection' PLY files (default: SCENE/selections/)."),
+) -> None:
+    """A web viewer (viser): orbit the Gaussians, type a phrase, see the answer in place, save the object as PLY."""
+    from fmsplat.viewer import run_viewer
+
+    run_viewer(scene, host=host, port=port, method=method, space=space, out=out)
 
 
 @app.command("eval")

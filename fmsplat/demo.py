@@ -31,18 +31,10 @@ class DemoConfig:
     train_steps: int | None = None  # 3DGS steps (None: per preset)
     max_gaussians: int | None = None  # densification cap (None: per preset)
     methods: tuple[str, ...] = field(default_factory=lambda: (DEFAULT_METHOD,))
-    fit_steps: int | None = None  # field steps (None: the method's default)
+    fit_steps: int | None = None  # field steps (None: the field preset's)
+    fit_preset: str = "cpu"  # field settings (fmsplat.fields.configs.PRESETS): cpu fits 2 cores in minutes
     models: tuple[str, ...] | None = None  # extractors (None: the method's default)
 
-
-# Field settings the demo uses on 2 cores, where a method's paper defaults would take hours (the
-# bench/README.md "Feature fields" runs): FMGS encodes its pyramid tiles at 96 px instead of 224,
-# renders features at 1/4 size instead of 1/2 and takes 1,200 Adam steps instead of 4,200 RAdam ones;
-# M3 renders its queries at 1/2 size for 800 steps with a larger query learning rate.
-FIT_BUDGET = {
-    "fmgs": dict(pyramid_tile_input=96, render_scale=0.25, optimizer="adam", steps=1200),
-    "m3": dict(render_scale=0.5, steps=800, lr_queries=0.05),
-}
 
 # 3DGS budget per preset: enough for clean geometry at the preset's resolution on 2 cores. The
 # demo keeps the 3DGS strategy its field figures were measured on (bench/README.md "Feature
@@ -68,6 +60,7 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
     """Run (or resume) the demo in `work_dir`; returns the report directory."""
     from fmsplat.eval import evaluate_scene, format_comparison
     from fmsplat.fields import fit_field
+    from fmsplat.fields.configs import PRESETS
     from fmsplat.reconstruct import TrainConfig, train_gaussians
     from fmsplat.scene.synthetic import make_scene
 
@@ -104,11 +97,9 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
         def fit_stage(method=method):
             if (scene_dir / "fields" / method / "field.json").is_file():
                 return None
-            overrides = dict(FIT_BUDGET.get(method, {}))
-            if cfg.fit_steps is not None:
-                overrides["steps"] = cfg.fit_steps
+            overrides = {} if cfg.fit_steps is None else {"steps": cfg.fit_steps}
             return fit_field(scene_dir, method, models=list(cfg.models) if cfg.models else None, resume=True,
-                             progress=progress, **overrides)
+                             progress=progress, preset=cfg.fit_preset, **overrides)
 
         _stage(log, f"features + {method} field", fit_stage, progress)
         results[method] = _stage(
@@ -117,9 +108,10 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
             progress)
 
     table = format_comparison(list(results.values()))
-    budgets = [f"{m}: " + ", ".join(f"{k}={v}" for k, v in FIT_BUDGET[m].items()) for m in cfg.methods if m in FIT_BUDGET]
-    budget_lines = ([f"Field settings for 2 CPU cores (`fmsplat.demo.FIT_BUDGET`; `--fit-steps` replaces the step "
-                     f"counts): {'; '.join(budgets)}.", ""] if budgets else [])
+    budgets = [f"{m}: " + ", ".join(f"{k}={v}" for k, v in PRESETS[cfg.fit_preset][m].items())
+               for m in cfg.methods if PRESETS[cfg.fit_preset].get(m)]
+    budget_lines = ([f"Field settings: the `{cfg.fit_preset}` preset (`fmsplat.fields.configs.PRESETS`; `--fit-steps` "
+                     f"replaces the step counts): {'; '.join(budgets)}.", ""] if budgets else [])
     lines = [
         "# fmsplat demo report",
         "",
@@ -154,4 +146,4 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
     return report
 
 
-__all__ = ["DemoConfig", "run_demo", "DEFAULT_METHOD", "FIT_BUDGET"]
+__all__ = ["DemoConfig", "run_demo", "DEFAULT_METHOD"]

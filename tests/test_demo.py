@@ -39,12 +39,12 @@ def test_demo_skips_finished_stages_and_writes_a_report(tiny_dataset, tiny_scene
 
 
 def test_demo_fits_slow_methods_with_its_cpu_budget(tiny_dataset, tiny_scene, tmp_path, monkeypatch):
-    """FMGS and M3 paper defaults take hours on 2 cores: the demo passes FIT_BUDGET (and --fit-steps
-    replaces only the step count)."""
+    """FMGS and M3 paper defaults take hours on 2 cores: the demo fits with the cpu preset (and
+    --fit-steps replaces only the step count)."""
     import pytest
 
     import fmsplat.fields as fields
-    from fmsplat.demo import FIT_BUDGET
+    from fmsplat.fields.configs import make_config
 
     work = tmp_path / "demo"
     shutil.copytree(tiny_dataset, work / "data")
@@ -64,6 +64,8 @@ def test_demo_fits_slow_methods_with_its_cpu_budget(tiny_dataset, tiny_scene, tm
     with pytest.raises(Stop):
         run_demo(work, DemoConfig(preset="tiny", methods=("m3",), fit_steps=7), progress=False)
     (m1, kw1), (m2, kw2) = seen
-    assert m1 == "fmgs" and {k: kw1[k] for k in FIT_BUDGET["fmgs"]} == FIT_BUDGET["fmgs"]
-    assert kw1["pyramid_tile_input"] == 96 and kw1["steps"] == FIT_BUDGET["fmgs"]["steps"]
-    assert m2 == "m3" and kw2["steps"] == 7 and kw2["lr_queries"] == FIT_BUDGET["m3"]["lr_queries"]
+    assert m1 == "fmgs" and kw1["preset"] == "cpu" and "steps" not in kw1
+    cpu = make_config("fmgs", kw1["preset"])
+    assert (cpu.pyramid_tile_input, cpu.render_scale, cpu.optimizer, cpu.steps) == (96, 0.25, "adam", 1200)
+    assert m2 == "m3" and kw2["steps"] == 7 and kw2["preset"] == "cpu"
+    assert make_config("m3", "cpu", {"steps": 7}).lr_queries == 0.05

@@ -121,3 +121,19 @@ def test_eval_names_missing_or_stray_labels(tiny_dataset, tiny_scene, oracle, tm
     shutil.rmtree(data / "labels")
     with pytest.raises(EvalError, match="no labels/"):
         evaluate_scene(tiny_scene, data=str(data), field=oracle, out_dir=False, progress=False)
+
+
+def test_eval_with_nothing_in_view_reports_no_metrics(tiny_scene, oracle):
+    """Every Gaussian transparent (nothing in any view): an error saying so, never a plausible mAcc."""
+    import copy
+
+    import torch
+
+    from fmsplat.eval import EvalError, evaluate_scene
+
+    field = copy.deepcopy(oracle)
+    with torch.no_grad():
+        field.gaussians.opacities.fill_(-30.0)
+    with pytest.warns(UserWarning, match="nothing is visible"), pytest.raises(EvalError, match="nothing is visible"):
+        evaluate_scene(tiny_scene, field=field, out_dir=False, progress=False, teacher=False, fidelity=False,
+                       rgb=False, latency_repeats=0, panels=False)

@@ -18,6 +18,7 @@ import torch
 from fmsplat.fields import fmgs
 from fmsplat.fields import open_scene
 from fmsplat.fields.base import FieldError
+from fmsplat.fields.configs import make_config
 
 TEST_MODELS = ["effnet@input_scale=4", "effnet-mid@stride=8"]
 
@@ -101,7 +102,7 @@ def test_config_defaults_schedule_and_errors():
 
     assert fmgs.Config(**json.loads(json.dumps(asdict(cfg)))) == cfg
     with pytest.raises(FieldError, match="unknown config"):
-        fmgs._resolve_config(None, {"stepz": 3})
+        make_config("fmgs", "paper", {"stepz": 3})
     with pytest.raises(FieldError, match="loss_grid"):
         fmgs.Config(loss_grid="pixels")
     with pytest.raises(FieldError, match="pyramid must be true or false"):

@@ -59,4 +59,4 @@ def test_explicit_options_override_and_missing_data_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="has no scene.json: pass the dataset with --data"):
         resolve_data(empty, None, None)
     result = CliRunner().invoke(app, ["features", str(empty)])
-    assert result.exit_code != 0 and "--data" in str(result.exception)
+    assert result.exit_code != 0 and "--data" in result.output + str(result.exception)

@@ -11,9 +11,19 @@ from fmsplat.fields.memory import (
     MemoryBank,
     flatten_views,
     memory_attention,
-    memory_attention_direct,
     similarity_reduction,
 )
+
+
+def memory_attention_direct(q, projection, bank, temperature=0.05):
+    """The attention written plainly (the official form): the reference for the chunked one."""
+    e = q @ projection.to(q.dtype)
+    b = bank.to(q.dtype)
+    def unit(x):
+        return x / (x.norm(dim=-1, keepdim=True) + 1e-6)
+
+    sim = unit(e) @ unit(b).T
+    return torch.softmax(sim / temperature, dim=-1) @ b
 
 
 def _angles(*degrees) -> torch.Tensor:

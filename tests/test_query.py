@@ -251,7 +251,7 @@ def test_query_cli_writes_relevancy_mask_ply_and_json(copy_scene, oracle, object
     assert mask.shape == (96, 128) and rec["mask_pixels"] == int((mask > 0).sum()) > 0
 
     res = CliRunner().invoke(app, ["query", str(copy_scene), "cat", "--view", "999", "--method", "oracle"])
-    assert res.exit_code != 0 and "view 999" in str(res.exception)
+    assert res.exit_code != 0 and "view 999" in res.output + str(res.exception)
 
 
 def test_default_text_dots_give_the_relevancy_of_the_rendered_features(oracle, bundle):

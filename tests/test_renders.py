@@ -301,7 +301,7 @@ def test_query_panel_shows_the_render_beside_the_photo(quick_scene, tiny_dataset
     bundle = open_scene(scene)
     OracleField.paint(bundle.gaussians, Path(tiny_dataset) / "objects.json").save(scene)
     monkeypatch.setitem(fields.METHODS, "oracle", "fmsplat.eval.oracle")
-    rec = run_query(scene, "espresso cup", view=8, method="oracle", out=tmp_path / "q")
+    rec = run_query(scene, "espresso cup", view=8, method="oracle", out=tmp_path / "q")[0]
     panel = np.asarray(Image.open(rec["files"]["overlay"]).convert("RGB"))
     top, w = 14, 128  # hstack: 14 px titles, 4 px gaps
     np.testing.assert_array_equal(panel[top:top + 96, :w], to_uint8(render_image(bundle.gaussians, bundle.dataset.cameras[8])))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SpaceSpec, camera_at, splat
+from fmsplat.fields.base import FeatureField, FieldError, SpaceSpec, splat
 from fmsplat.gaussians import GaussianModel
 from fmsplat.scene.labels import read_objects
 
@@ -70,16 +70,12 @@ class OracleField(FeatureField):
         field_.eval()
         return field_
 
-    def render(self, camera, spaces=None, size=None) -> FieldRender:
-        spaces = list(self.spaces) if spaces is None else list(spaces)
-        for a in spaces:
-            self.space(a)
-        cam = camera_at(camera, size)
-        with torch.no_grad():
-            onehot = torch.nn.functional.one_hot(self.classes, len(self.config.labels)).float()
-            res = splat(self.gaussians, onehot, cam)
-            feats = {a: torch.einsum("kd,khw->dhw", self.embeddings, res.image) for a in spaces}
-        return FieldRender(features=feats, alpha=res.alpha, depth=res.expected_depth(), camera=cam)
+    def splat_raw(self, camera):
+        onehot = torch.nn.functional.one_hot(self.classes, len(self.config.labels)).float()
+        return splat(self.gaussians, onehot, camera)
+
+    def decode_image(self, space, image):
+        return torch.einsum("kd,khw->dhw", self.embeddings, image)
 
     def gaussian_features(self, space: str) -> torch.Tensor:
         self.space(space)

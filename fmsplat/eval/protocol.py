@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -38,19 +39,20 @@ import torch
 from tqdm.auto import tqdm
 
 from fmsplat import __version__, atomic
+from fmsplat.errors import FmsplatError
 from fmsplat.eval import metrics as M
 from fmsplat.fields import load_field, open_scene
 from fmsplat.foundation.cache import FeatureCache
 from fmsplat.fields.base import FeatureField, SceneBundle
 from fmsplat.query.engine import QueryEngine
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy_upsampled
-from fmsplat.query.viz import draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
+from fmsplat.query.viz import colorbar, draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
 from fmsplat.scene.labels import SceneObjectInfo, ViewLabels, read_label_dir, read_objects
 
 TEACHER = "teacher"
 
 
-class EvalError(RuntimeError):
+class EvalError(FmsplatError, RuntimeError):
     """Labels or scene that cannot be evaluated as asked (names the file and the problem)."""
 
 
@@ -155,6 +157,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
 
     # -------------------------------------------------------------- 2D + lifted 3D, per labelled view
     queries: list[dict] = []
+    empty_views: list[str] = []
     panel_files: list[str] = []
     categories: dict[str, None] = {}
     for stem, vl in tqdm(list(labels.items()), desc=f"eval {field.method}", unit="view", disable=not progress):
@@ -166,6 +169,13 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
         label_size = (vl.width, vl.height)
         render_size = (max(1, round(vl.width * render_scale)), max(1, round(vl.height * render_scale)))
         render = engine.render(cam, render_size)
+        alpha = render.alpha.detach().cpu().numpy() if torch.is_tensor(render.alpha) else np.asarray(render.alpha)
+        if not (alpha >= 0.5).any():
+            # Nothing of the scene is in this view: its relevancy would be noise scored as an answer.
+            empty_views.append(stem)
+            warnings.warn(f"{scene_dir}: nothing is visible in labelled view {stem} (rendered opacity < 0.5 "
+                          f"everywhere); its {len(cats)} queries are left out of the metrics", stacklevel=2)
+            continue
         text_emb = engine.embed(cats)
         rel = relevancy_upsampled(render.features[engine.space].detach().float(), (vl.height, vl.width), text_emb,
                                   neg_emb, engine.temperature)
@@ -201,6 +211,9 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
                                        seg_kernel, seg_threshold))
                 panel_files.append(str(path.relative_to(out)))
             queries.append(q)
+    if not queries and empty_views:
+        raise EvalError(f"{scene_dir}: nothing is visible in any of the {len(empty_views)} labelled views with objects "
+                        f"(rendered opacity < 0.5 everywhere); no metrics. Are the scene and the dataset {root} the same?")
     if not queries:
         raise EvalError(f"{root / 'labels'}: the label files hold no objects")
 
@@ -211,14 +224,14 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
         opaque = torch.sigmoid(field.gaussians.opacities.detach().float()) >= 0.1
         for cat in categories:
             objs = _objects_for(cat, objects, objects_path)
-            g_rel = engine.gaussian_relevancy(cat)
-            point = engine.gaussian_point(cat, gaussian_relevancy=g_rel)
-            sel = engine.select_gaussians(cat, gaussian_relevancy=g_rel)
+            answer = engine.locate(cat)  # the product's 3D answer: the connected part, its point, presence
+            point, sel = answer.point, answer.selection
             inside = _in_boxes(means, objs)
             d, in_box = _box_distance(point, objs, 0.0)
             truth = inside & opaque
             per_object.append({
-                "category": cat, "point": point.tolist(), "dist": d, "in_box": in_box,
+                "category": cat, "point": point.tolist(), "dist": d, "in_box": in_box, "found": answer.found,
+                "presence": answer.presence.score,
                 "selected": sel.count, "cutoff": sel.cutoff,
                 "precision": float((sel.mask & inside).sum()) / max(sel.count, 1) if sel.count else float("nan"),
                 "recall": float((sel.mask & truth).sum()) / float(truth.sum()) if truth.any() else float("nan"),
@@ -244,6 +257,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
         "field_summary": getattr(field, "summary", {}),
         "protocol": {"seg_kernel": seg_kernel, "seg_threshold": seg_threshold, "render_scale": render_scale,
                      "box_margin": box_margin, "labelled_views": len(labels), "queries": len(queries),
+                     "empty_views": empty_views,
                      "held_out_views": len(test_idx), "objects_json": objects is not None},
         "summary": summary,
         TEACHER: _teacher_summary(queries, latency) if teacher_cache is not None else None,
@@ -309,7 +323,7 @@ def _panel(image, rel, q, vl: ViewLabels, cat: str, t_rel, kernel, threshold) ->
         tiles.append(draw_marker(draw_boxes(relevancy_overlay(image, t_rel), vl.boxes(cat)), tx, ty,
                                  colour=(0, 255, 0) if q[TEACHER]["hit"] else (255, 0, 0)))
         titles.append("teacher")
-    return hstack(tiles, titles=titles)
+    return colorbar(hstack(tiles, titles=titles))  # relevancy on the fixed scale (fmsplat.query.viz)
 
 
 def _fidelity(bundle: SceneBundle, field: FeatureField, test_idx: list[int], render_scale: float, progress: bool) -> dict:
@@ -393,6 +407,7 @@ def _summary(queries, per_object, fidelity, rgb, latency, space) -> dict:
         "gauss_dist_median": _median(o["dist"] for o in per_object) if per_object else None,
         "sel_precision": _mean(o["precision"] for o in per_object) if per_object else None,
         "sel_recall": _mean(o["recall"] for o in per_object) if per_object else None,
+        "found": _mean(o["found"] for o in per_object) if per_object else None,  # presence of present objects
         "fidelity": {a: {"one_minus_cos": f["one_minus_cos"], "mse": f["mse"]} for a, f in fidelity.items()},
         "psnr": rgb.get("psnr") if rgb else None,
         "ssim": rgb.get("ssim") if rgb else None,

@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 
 from fmsplat.fields.base import (
+    ConfigError,
     FeatureField,
     FieldError,
     FieldRender,
@@ -22,23 +23,27 @@ from fmsplat.fields.base import (
     read_field_meta,
     splat,
 )
+from fmsplat.fields.configs import CONFIGS, config_class
 
-# method name -> module; each module defines FIELD (a FeatureField subclass), Config, and
-# fit(scene_dir, models, config=None, resume=False, progress=True, **overrides) -> FeatureField
-METHODS = {"distill": "fmsplat.fields.distill", "fmgs": "fmsplat.fields.fmgs", "m3": "fmsplat.fields.m3"}
+# method name -> module; each module defines FIELD (a FeatureField subclass), Config (fields.configs), and
+# fit(scene_dir, models, config=None, resume=False, progress=True, preset="paper", **overrides) -> FeatureField
+METHODS = {m: f"fmsplat.fields.{m}" for m in CONFIGS}
 
 
 def method_module(method: str):
-    if method not in METHODS:
-        raise FieldError(f"unknown method '{method}'; choose from {sorted(METHODS)}")
-    return importlib.import_module(METHODS[method])
+    """The module of `method`: a fitted method of fields.configs, or any other registered in METHODS (the
+    oracle field of the tests, plug-ins). An unknown method is a named FieldError."""
+    if method in METHODS and method not in CONFIGS:
+        return importlib.import_module(METHODS[method])
+    return importlib.import_module(METHODS[config_class(method).method])
 
 
 def fit_field(scene_dir, method: str, models=None, config=None, resume: bool = False, progress: bool = True,
-              **overrides) -> FeatureField:
-    """Fit `method` on the trained scene `scene_dir` and save it under scene_dir/fields/<method>/."""
+              preset: str = "paper", **overrides) -> FeatureField:
+    """Fit `method` on the trained scene `scene_dir` and save it under scene_dir/fields/<method>/.
+    Settings: `config`, else the named preset (fields.configs.PRESETS), with `overrides` applied."""
     return method_module(method).fit(scene_dir, models=models, config=config, resume=resume, progress=progress,
-                                     **overrides)
+                                     preset=preset, **overrides)
 
 
 def saved_methods(scene_dir) -> list[str]:
@@ -84,6 +89,6 @@ def load_field(scene_dir, method: str | None = None, bundle: SceneBundle | None 
 
 
 __all__ = [
-    "FeatureField", "FieldError", "FieldRender", "METHODS", "SceneBundle", "SpaceSpec", "camera_at", "fit_field",
+    "ConfigError", "FeatureField", "FieldError", "FieldRender", "METHODS", "SceneBundle", "SpaceSpec", "camera_at", "fit_field",
     "load_field", "method_module", "open_scene", "parse_space", "read_field_meta", "saved_methods", "splat",
 ]

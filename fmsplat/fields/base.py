@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from fmsplat import __version__, atomic
+from fmsplat.fields.configs import ConfigError, FieldError
 from fmsplat.foundation.cache import FeatureCache, extract_features
 from fmsplat.foundation.registry import get_extractor
 from fmsplat.gaussians import GaussianModel
@@ -39,8 +41,6 @@ FIELD_TENSORS = "field.safetensors"
 FIELD_GAUSSIANS = "gaussians.ply"
 
 
-class FieldError(RuntimeError):
-    """A scene or field directory that cannot be used as asked (missing file, wrong method, bad config)."""
 
 
 # ------------------------------------------------------------------------------------------ spaces
@@ -111,16 +111,17 @@ def _extractor(name: str, pyramid: bool, options: tuple):
     return get_extractor(name, pyramid=pyramid, **dict(options))
 
 
-def resolve_config(config_class: type, method: str, config=None, overrides: dict | None = None):
-    """`config` (default: `config_class()`) with `overrides` applied; an unknown field is a named error."""
-    from dataclasses import fields as dc_fields, replace
+def param_key(alias: str) -> str:
+    """A space's key in a ParameterDict/ModuleDict (no '.'; aliases may hold one)."""
+    return alias.replace(".", "_")
 
-    overrides = overrides or {}
-    known = {f.name for f in dc_fields(config_class)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise FieldError(f"{method}: unknown config field(s) {unknown}; known: {sorted(known)}")
-    return replace(config or config_class(), **overrides)
+
+def parse_spaces(models, default, method: str) -> list[SpaceSpec]:
+    """Model names (or SpaceSpecs) -> spaces, `default` when none; two with one alias are an error."""
+    spaces = [parse_space(m) if isinstance(m, str) else m for m in (models or default)]
+    if len({s.alias for s in spaces}) != len(spaces):
+        raise FieldError(f"{method}: two models share an alias in {[s.alias for s in spaces]}; give them distinct names")
+    return spaces
 
 
 @contextlib.contextmanager
@@ -151,6 +152,14 @@ class SceneBundle:
         """The feature cache of `spec` for every view of the dataset, extracting what is missing."""
         return extract_features(self.dataset, spec.extractor(), self.root, progress=progress)
 
+    def targets(self, spaces: list[SpaceSpec], progress: bool = True) -> dict[str, list[torch.Tensor]]:
+        """alias -> the cached teacher map (D, h, w) of every view, extracting what is missing."""
+        out = {}
+        for spec in spaces:
+            cache = self.feature_cache(spec, progress=progress)
+            out[spec.alias] = [cache.get(self.view_name(i)) for i in range(len(self.dataset))]
+        return out
+
     def view_name(self, i: int) -> str:
         cam = self.dataset.cameras[i]
         return cam.name or f"view_{i:04d}"
@@ -161,6 +170,10 @@ def open_scene(scene_dir, data: str | None = None, gaussians: str | Path | None 
     root = Path(scene_dir)
     meta_path = root / "scene.json"
     if not meta_path.is_file():
+        if root.is_dir() and ((root / "transforms.json").is_file() or (root / "sparse").is_dir()
+                              or (root / "cameras.bin").is_file() or (root / "cameras.txt").is_file()):
+            raise FieldError(f"{root}: is a dataset, not a trained scene; train it first "
+                             f"(fmsplat train {root} --out SCENE) and pass SCENE")
         raise FieldError(f"{root}: no scene.json; train the scene first (fmsplat train DATA --out {root})")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -187,6 +200,17 @@ def squared_norms(flat: torch.Tensor) -> torch.Tensor:
     return sq
 
 
+def resample(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(C, H, W) -> (C, h, w): area average when shrinking (a teacher cell sees its whole receptive
+    field, so the mean of the rendered pixels over it is what it should match), bilinear when growing."""
+    grid = (int(grid[0]), int(grid[1]))
+    if tuple(image.shape[-2:]) == grid:
+        return image
+    if grid[0] <= image.shape[-2] and grid[1] <= image.shape[-1]:
+        return F.adaptive_avg_pool2d(image[None], grid)[0]
+    return F.interpolate(image[None], size=grid, mode="bilinear", align_corners=False)[0]
+
+
 @dataclass
 class FieldRender:
     features: dict[str, torch.Tensor]  # alias -> (D, h, w)
@@ -202,23 +226,26 @@ def camera_at(camera: Camera, size: tuple[int, int] | None) -> Camera:
     return camera.resized(*size)
 
 
-def splat(gaussians: GaussianModel, channels: torch.Tensor, camera: Camera, mask: torch.Tensor | None = None):
-    """Render per-Gaussian `channels` (N, C) of `gaussians` (geometry as stored, detached) into (C, h, w).
+def splat(gaussians, channels: torch.Tensor, camera: Camera, mask: torch.Tensor | None = None, background=None):
+    """Render per-Gaussian `channels` (N, C) into (C, h, w): the one rasterizer call of the fields layer.
 
-    `mask` (N,) keeps only some Gaussians (others are dropped, not made transparent). Returns the
-    rasterizer's RenderResult with `image` permuted to (C, h, w)."""
-    means, quats, scales, opacities = (t.detach() for t in gaussians.activated())
+    `gaussians`: a GaussianModel (geometry as stored, detached) or its activated (means, quats, scales,
+    opacities), used as given (gradients flow). `mask` (N,) keeps only some Gaussians (others are
+    dropped, not made transparent). Returns the RenderResult with `image` permuted to (C, h, w)."""
+    geometry = (t.detach() for t in gaussians.activated()) if isinstance(gaussians, GaussianModel) else gaussians
+    means, quats, scales, opacities = geometry
     if mask is not None:
         means, quats, scales, opacities, channels = means[mask], quats[mask], scales[mask], opacities[mask], channels[mask]
     res = rasterize(means, quats, scales, opacities, channels, camera.viewmat_tensor(), camera.K_tensor(),
-                    camera.width, camera.height)
+                    camera.width, camera.height, background=background)
     res.image = res.image.permute(2, 0, 1)
     return res
 
 
 class FeatureField(torch.nn.Module):
-    """Base class of every method. Subclasses set `method`, implement `render`, `gaussian_features`,
-    `state_tensors`/`load_state_tensors`, and keep their hyper-parameters in `self.config` (a dataclass)."""
+    """Base class of every method. Subclasses set `method`, implement `splat_raw` and `decode_image`
+    (what `render` needs), `gaussian_features`, and keep their hyper-parameters in `self.config` (a
+    dataclass); `state_tensors`/`load_state_tensors` store the module's state unless overridden."""
 
     method: ClassVar[str] = ""
 
@@ -245,24 +272,55 @@ class FeatureField(torch.nn.Module):
                 return alias
         raise FieldError(f"{self.method} field has no language-aligned space (spaces: {sorted(self.spaces)})")
 
-    # -- to implement
     def render(self, camera: Camera, spaces: list[str] | None = None, size: tuple[int, int] | None = None) -> FieldRender:
+        """Render the features of `spaces` (default: all) seen from `camera`, at `size` = (w, h) if given."""
+        spaces = [self.space(a).alias for a in (self.spaces if spaces is None else spaces)]
+        cam = camera_at(camera, size)
+        with torch.no_grad():
+            res = self.splat_raw(cam)
+            feats = {a: self.decode_image(a, res.image) for a in spaces}
+        return FieldRender(features=feats, alpha=res.alpha, depth=res.expected_depth(), camera=cam)
+
+    # -- to implement
+    def splat_raw(self, camera: Camera):
+        """The rasterizer's result for what the Gaussians carry (`image` (C, h, w)) at the camera's size."""
+        raise NotImplementedError
+
+    def decode_image(self, space: str, image: torch.Tensor) -> torch.Tensor:
+        """(C, h, w) raw render -> (D, h, w) features of `space`."""
         raise NotImplementedError
 
     def gaussian_features(self, space: str) -> torch.Tensor:
         raise NotImplementedError
 
+    def linear_head(self, space: str, image: torch.Tensor):
+        """(chunks of the (P, K) inputs h, W (D, K), b (D,)) when the decoder of `space` ends in f = W·h + b
+        (its output, or f/|f|), for the raw render `image`; None otherwise."""
+        return None
+
     def render_text_dots(self, camera: Camera, space: str, texts: torch.Tensor,
                          size: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, FieldRender]:
         """What a relevancy map needs of one view, and no more: the dot products (T, h, w) of the unit
         `texts` (T, D) with the rendered features of `space`, their squared norms (h, w), and the render
-        (alpha, depth, camera; `features` left empty). This default renders the features; methods whose
-        decoder ends in a linear map override it and never build the (D, h, w) map."""
-        out = self.render(camera, [space], size)
-        feats = out.features[space].detach().float()
-        flat = feats.reshape(feats.shape[0], -1)
-        dots = (texts.float() @ flat).reshape(-1, *feats.shape[1:])
-        return dots, squared_norms(flat).reshape(feats.shape[1:]), FieldRender({}, out.alpha, out.depth, out.camera)
+        (alpha, depth, camera; `features` left empty). With a linear last map (`linear_head`), texts·f =
+        h̃·(W̃ᵀt) and |f|² = h̃ᵀ(W̃ᵀW̃)h̃ with h̃ = [h, 1], W̃ = [W | b]: products in K + 1 dimensions, never D."""
+        self.space(space)
+        cam = camera_at(camera, size)
+        with torch.no_grad():
+            res = self.splat_raw(cam)
+            head = self.linear_head(space, res.image)
+            if head is None:
+                flat = self.decode_image(space, res.image).float().reshape(self.space(space).dim, -1)
+                dots, sq = texts.float() @ flat, squared_norms(flat)
+            else:
+                chunks, w, b = head
+                w_aug = torch.cat([w, b[:, None]], dim=1)  # (D, K + 1)
+                proj, gram = texts.float() @ w_aug, (w_aug.T.double() @ w_aug.double()).float()
+                h_aug = [torch.cat([h, h.new_ones(len(h), 1)], dim=1) for h in chunks]
+                dots = torch.cat([h @ proj.T for h in h_aug]).T
+                sq = torch.cat([((h @ gram) * h).sum(1) for h in h_aug])
+        hw = (cam.height, cam.width)
+        return dots.reshape(-1, *hw), sq.reshape(hw), FieldRender({}, res.alpha, res.expected_depth(), cam)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().contiguous() for k, v in self.state_dict().items()}
@@ -328,6 +386,6 @@ def load_field_tensors(field_dir: Path) -> dict[str, torch.Tensor]:
 
 
 __all__ = [
-    "FeatureField", "FieldError", "FieldRender", "SceneBundle", "SpaceSpec", "camera_at", "load_field_tensors",
-    "open_scene", "parse_space", "read_field_meta", "resolve_config", "splat", "squared_norms", "torch_threads",
+    "ConfigError", "FeatureField", "FieldError", "FieldRender", "SceneBundle", "SpaceSpec", "camera_at", "load_field_tensors",
+    "open_scene", "parse_space", "parse_spaces", "read_field_meta", "resample", "splat", "squared_norms", "torch_threads",
 ]

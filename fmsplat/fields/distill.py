@@ -14,47 +14,15 @@ space: (1 - cos) + MSE, averaged over the grid cells the rendered alpha covers. 
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from fmsplat import atomic
-from fmsplat.fields.base import (
-    FeatureField,
-    FieldError,
-    FieldRender,
-    SceneBundle,
-    SpaceSpec,
-    camera_at,
-    open_scene,
-    parse_space,
-    resolve_config,
-    splat,
-    torch_threads,
-)
+from fmsplat.fields.base import FeatureField, FieldError, SceneBundle, SpaceSpec, open_scene, \
+    param_key as _p, parse_spaces, resample, splat
+from fmsplat.fields.configs import DistillConfig as Config
+from fmsplat.fields.loop import finish, fit_entry, run_fit, scene_identity
 
 DEFAULT_MODELS = ("effnet", "effnet-mid")
-CHECKPOINT = "checkpoint.pt"
-
-
-@dataclass
-class Config:
-    """Distillation baseline settings."""
-
-    steps: int = 800  # optimisation steps (one training view each)
-    dim: int = 32  # per-Gaussian feature dimension per space (Feature-3DGS uses 128 with a CNN decoder; LangSplat 3)
-    lr_features: float = 2e-2  # Adam learning rate of the per-Gaussian features
-    lr_decoder: float = 1e-3  # Adam learning rate of the linear decoders
-    render_scale: float = 1.0  # render at this fraction of the image size before pooling to the teacher grid
-    mse_weight: float = 1.0  # loss = (1 - cos) + mse_weight * MSE
-    min_alpha: float = 0.5  # grid cells with less rendered coverage are left out of the loss
-    checkpoint_every: int = 200
-    seed: int = 0
-    torch_threads: int = 1  # torch intra-op threads while fitting (0: unchanged); see fields.base.torch_threads
 
 
 class DistillField(FeatureField):
@@ -69,8 +37,7 @@ class DistillField(FeatureField):
         self.biases = torch.nn.ParameterDict({_p(a): torch.nn.Parameter(torch.zeros(s.dim)) for a, s in self.spaces.items()})
 
     def _slice(self, alias: str) -> slice:
-        i = list(self.spaces).index(alias)
-        d = self.config.dim
+        i, d = list(self.spaces).index(alias), self.config.dim
         return slice(i * d, (i + 1) * d)
 
     def decode(self, alias: str, latent: torch.Tensor) -> torch.Tensor:
@@ -80,35 +47,16 @@ class DistillField(FeatureField):
             return torch.einsum("Dd,dhw->Dhw", w, latent) + b[:, None, None]
         return latent @ w.T + b
 
-    def render_latent(self, camera, size=None):
-        cam = camera_at(camera, size)
-        res = splat(self.gaussians, self.features, cam)
-        return res, cam
+    def splat_raw(self, camera):
+        return splat(self.gaussians, self.features, camera)
 
-    def render(self, camera, spaces=None, size=None) -> FieldRender:
-        spaces = list(self.spaces) if spaces is None else list(spaces)
-        for a in spaces:
-            self.space(a)
-        with torch.no_grad():
-            res, cam = self.render_latent(camera, size)
-            feats = {a: self.decode(a, res.image[self._slice(a)]) for a in spaces}
-        return FieldRender(features=feats, alpha=res.alpha, depth=res.expected_depth(), camera=cam)
+    def decode_image(self, alias, image):
+        return self.decode(alias, image[self._slice(alias)])
 
-    def render_text_dots(self, camera, space, texts, size=None):
-        """The decoder is linear (f = W·z + b), so texts·f = (texts W)·z + texts·b and
-        |f|² = z̃ᵀ(W̃ᵀW̃)z̃ with z̃ = [z, 1]: products in the latent's d + 1 dimensions, never D."""
-        self.space(space)
-        w, b = self.weights[_p(space)].detach(), self.biases[_p(space)].detach()
-        with torch.no_grad():
-            res, cam = self.render_latent(camera, size)
-            z = res.image[self._slice(space)].reshape(self.config.dim, -1)  # (d, P)
-            z_aug = torch.cat([z, z.new_ones(1, z.shape[1])])
-            w_aug = torch.cat([w, b[:, None]], dim=1)  # (D, d + 1)
-            dots = (texts.float() @ w_aug) @ z_aug
-            gram = (w_aug.T.double() @ w_aug.double()).float()
-            sq = ((gram @ z_aug) * z_aug).sum(0)
-            hw = (cam.height, cam.width)
-        return dots.reshape(-1, *hw), sq.reshape(hw), FieldRender({}, res.alpha, res.expected_depth(), cam)
+    def linear_head(self, space, image):
+        """The decoder is linear: products in the latent's d + 1 dimensions (FeatureField.render_text_dots)."""
+        z = image[self._slice(space)].reshape(self.config.dim, -1).T
+        return [z], self.weights[_p(space)].detach(), self.biases[_p(space)].detach()
 
     def gaussian_features(self, space: str) -> torch.Tensor:
         self.space(space)
@@ -119,20 +67,7 @@ class DistillField(FeatureField):
 FIELD = DistillField
 
 
-def _p(alias: str) -> str:
-    # ParameterDict keys may not contain '.'; aliases may (hub ids are shortened, options are not in aliases)
-    return alias.replace(".", "_")
-
-
 # ------------------------------------------------------------------------------------------ training
-def _load_targets(bundle: SceneBundle, spaces: list[SpaceSpec], progress: bool) -> dict[str, list[torch.Tensor]]:
-    targets = {}
-    for spec in spaces:
-        cache = bundle.feature_cache(spec, progress=progress)
-        targets[spec.alias] = [cache.get(bundle.view_name(i)) for i in range(len(bundle.dataset))]
-    return targets
-
-
 def _pca_init(field_: DistillField, alias: str, views: list[torch.Tensor]) -> None:
     d = field_.config.dim
     flat = torch.cat([v.reshape(v.shape[0], -1) for v in views], dim=1).T  # (P, D)
@@ -146,11 +81,7 @@ def _pca_init(field_: DistillField, alias: str, views: list[torch.Tensor]) -> No
         field_.biases[_p(alias)].copy_(mean)
 
 
-def pool_to(image: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Area-average a (C, H, W) map onto a (C, h, w) grid (exact cell means when H, W divide evenly)."""
-    if tuple(image.shape[-2:]) == tuple(grid):
-        return image
-    return F.adaptive_avg_pool2d(image[None], grid)[0]
+pool_to = resample  # area average onto the teacher grid
 
 
 def feature_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, mse_weight: float) -> torch.Tensor:
@@ -166,86 +97,44 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
     return (1.0 - cos) + mse_weight * F.mse_loss(p, t) / t.pow(2).mean().clamp_min(1e-12)
 
 
-def _resolve_config(config: Config | None, overrides: dict) -> Config:
-    return resolve_config(Config, "distill", config, overrides)
-
-
-def fit(scene_dir, models=None, config: Config | None = None, resume: bool = False, progress: bool = True,
-        bundle: SceneBundle | None = None, **overrides) -> DistillField:
-    """Fit the distillation baseline on the trained scene `scene_dir`; saves SCENE/fields/distill/."""
-    cfg = _resolve_config(config, overrides)
-    with torch_threads(cfg.torch_threads):
-        return _fit(scene_dir, models, cfg, resume, progress, bundle)
-
-
 def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> DistillField:
+    """Fit the distillation baseline on the trained scene `scene_dir`; saves SCENE/fields/distill/."""
     bundle = bundle or open_scene(scene_dir)
-    spaces = [parse_space(m) for m in (models or DEFAULT_MODELS)]
-    if len({s.alias for s in spaces}) != len(spaces):
-        raise FieldError(f"distill: two models share an alias in {[s.alias for s in spaces]}")
+    spaces = parse_spaces(models, DEFAULT_MODELS, "distill")
     data = bundle.dataset
     if not data.train_indices:
         raise FieldError(f"{scene_dir}: the dataset has no training views")
-    targets = _load_targets(bundle, spaces, progress)
+    targets = bundle.targets(spaces, progress)
 
     torch.manual_seed(cfg.seed)
     field_ = DistillField(bundle.gaussians, spaces, cfg)
     for spec in spaces:
         _pca_init(field_, spec.alias, [targets[spec.alias][i] for i in data.train_indices])
-    optimizer = torch.optim.Adam([
-        {"params": [field_.features], "lr": cfg.lr_features},
-        {"params": list(field_.weights.values()) + list(field_.biases.values()), "lr": cfg.lr_decoder},
-    ])
-    ckpt = Path(scene_dir) / "fields" / DistillField.method / CHECKPOINT
-    start, elapsed = 0, 0.0
-    if resume and ckpt.is_file():
-        state = torch.load(ckpt, weights_only=True)
-        if state["num_gaussians"] != len(bundle.gaussians) or state["aliases"] != list(field_.spaces):
-            raise FieldError(f"{ckpt}: written for another scene or other models; delete it to start afresh")
-        field_.load_state_dict(state["field"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, elapsed = int(state["step"]), float(state["seconds"])
+    decoders = list(field_.weights.values()) + list(field_.biases.values())
+    optimizer = torch.optim.Adam([{"params": [field_.features], "lr": cfg.lr_features},
+                                  {"params": decoders, "lr": cfg.lr_decoder}])
 
-    generator = torch.Generator().manual_seed(cfg.seed)
-    if start:
-        generator.set_state(state["generator"])
-    train = torch.tensor(data.train_indices)
-    t0 = time.perf_counter()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="distill", disable=not progress,
-               dynamic_ncols=True)
-    for step in bar:
-        i = int(train[torch.randint(len(train), (1,), generator=generator)])
-        cam = data.cameras[i]
-        size = (max(1, round(cam.width * cfg.render_scale)), max(1, round(cam.height * cfg.render_scale)))
-        res, _ = field_.render_latent(cam, size)
-        loss = 0.0
+    def loss(step, i, generator):
+        res = field_.splat_raw(data.cameras[i].scaled(cfg.render_scale))
+        total = 0.0
         for alias in field_.spaces:
             target = targets[alias][i]
             grid = tuple(target.shape[-2:])
             pred = field_.decode(alias, pool_to(res.image[field_._slice(alias)], grid))
             valid = pool_to(res.alpha.detach()[None], grid)[0] >= cfg.min_alpha
-            loss = loss + feature_loss(pred, target, valid, cfg.mse_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            state = {"step": done, "seconds": elapsed + time.perf_counter() - t0, "field": field_.state_dict(),
-                     "optimizer": optimizer.state_dict(), "num_gaussians": len(bundle.gaussians),
-                     "aliases": list(field_.spaces), "generator": generator.get_state()}
-            atomic.write_with(ckpt, lambda tmp: torch.save(state, tmp))
-    bar.close()
-    field_.summary = {"steps": cfg.steps, "fit_seconds": round(elapsed + time.perf_counter() - t0, 2),
-                      "final_loss": float(loss.detach()) if cfg.steps > start else None,
+            total = total + feature_loss(pred, target, valid, cfg.mse_weight)
+        return total, {}
+
+    run = run_fit(method="distill", scene_dir=scene_dir, config=cfg, scene=scene_identity(bundle, spaces),
+                  views=data.train_indices, optimizer=optimizer, loss=loss, state=field_.state_dict,
+                  load=field_.load_state_dict, resume=resume, progress=progress)
+    field_.summary = {**run, "final_loss": (run["final"] or {}).get("loss"),
                       "bytes_per_gaussian": field_.features.shape[1] * 4,
-                      "decoder_bytes": sum(p.numel() * 4 for p in list(field_.weights.values()) + list(field_.biases.values()))}
-    field_.eval()
-    field_.save(scene_dir)
-    if ckpt.exists():
-        ckpt.unlink()
+                      "decoder_bytes": sum(p.numel() * 4 for p in decoders)}
+    finish(field_, scene_dir)
     return field_
 
+
+fit = fit_entry("distill", _fit)
 
 __all__ = ["Config", "DistillField", "FIELD", "feature_loss", "fit", "pool_to"]

@@ -15,13 +15,10 @@ Resolutions grow geometrically, ``r_l = floor(r_min · b^l)``, b = (r_max / r_mi
 as one 24-level grid (192 features), each level with its own table, so that one kernel call
 evaluates every level.
 
-Speed: gathers from a table of tens of MB are memory-latency bound, and PyTorch's gather/
-embedding_bag/index_add paths materialise (N, L, 8) index and weight tensors and, backwards, sort
-or scatter through them (measured here: 200k points, 24 levels, 1.5–25 s forward, 13–21 s
-backward). Two fused numba kernels do it without intermediates: the forward walks points in
-parallel (each point's 24 levels × 8 corners in registers), the backward walks levels in parallel
-(each level owns its own rows, so threads never write the same row: no atomics, no races) and
-recomputes the corners. Positions are constants: gradients flow to the tables only.
+Speed: PyTorch's gather/embedding_bag/index_add paths materialise (N, L, 8) index and weight tensors
+(bench/README.md, "Fields: per-step cost and M3 memory banks"). Two fused numba kernels avoid them:
+the forward walks points in parallel, the backward walks levels in parallel (each level owns its
+rows: no atomics) and recomputes the corners. Positions are constants: gradients reach the tables only.
 
 Training with frozen geometry reads the same corners at every step. `HashGrid.freeze(x)` resolves
 them once into a compact table of just the touched rows (renumbered so that nearby points read
@@ -48,9 +45,6 @@ import torch
 from numba import njit, prange
 
 PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's per-axis hash primes
-FMGS_GRIDS = ((12, 16, 128), (12, 128, 512))  # (levels, min resolution, max resolution) of FMGS's two grids
-FMGS_LOG2_TABLE = 19
-FMGS_FEATURES = 8
 
 
 def geometric_resolutions(levels: int, min_res: int, max_res: int) -> list[int]:
@@ -329,7 +323,7 @@ class HashGrid(torch.nn.Module):
     Points outside [0, 1]³ are clamped onto the cube. Gradients flow to the table, not to positions.
     """
 
-    def __init__(self, resolutions, log2_table: int = FMGS_LOG2_TABLE, features: int = FMGS_FEATURES,
+    def __init__(self, resolutions, log2_table: int = 19, features: int = 8,
                  init_scale: float = 0.0) -> None:
         super().__init__()
         resolutions = [int(r) for r in resolutions]
@@ -419,10 +413,13 @@ class HashGrid(torch.nn.Module):
             self.table[rows] = values.to(torch.float32)
 
 
-def fmgs_grid(grids=FMGS_GRIDS, log2_table: int = FMGS_LOG2_TABLE, features: int = FMGS_FEATURES) -> HashGrid:
-    """FMGS's two grids (12 levels 16→128 and 12 levels 128→512, T = 2^19, F = 8) as one 24-level grid."""
-    resolutions = [r for levels, lo, hi in grids for r in geometric_resolutions(levels, lo, hi)]
-    return HashGrid(resolutions, log2_table=log2_table, features=features)
+def fmgs_grid(config=None) -> HashGrid:
+    """FMGS's grids (fields.configs.FMGSConfig: 12 levels 16→128 and 12 levels 128→512, T = 2^19, F = 8)
+    as one 24-level grid."""
+    from fmsplat.fields.configs import FMGSConfig
+
+    config = config or FMGSConfig()
+    return HashGrid(config.resolutions, log2_table=config.log2_table, features=config.grid_features)
 
 
 # ------------------------------------------------------------------------------------------ contraction
@@ -460,6 +457,6 @@ def to_unit_cube(points: torch.Tensor, centre: torch.Tensor, half: torch.Tensor,
 
 
 __all__ = [
-    "FMGS_FEATURES", "FMGS_GRIDS", "FMGS_LOG2_TABLE", "FrozenLookup", "HashGrid", "LevelLayout", "PRIMES", "contract", "fmgs_grid",
+    "FrozenLookup", "HashGrid", "LevelLayout", "PRIMES", "contract", "fmgs_grid",
     "geometric_resolutions", "level_layout", "morton_order", "scene_box", "to_unit_cube",
 ]

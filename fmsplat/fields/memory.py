@@ -39,7 +39,9 @@ D/c times fewer operations. Rows are processed in chunks bounded by a memory bud
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -391,16 +393,41 @@ def memory_attention(q: torch.Tensor, projection: torch.Tensor, bank: torch.Tens
     return torch.cat(out) if out else q.new_zeros(0, b.shape[1])
 
 
-def memory_attention_direct(q: torch.Tensor, projection: torch.Tensor, bank: torch.Tensor,
-                            temperature: float = 0.05) -> torch.Tensor:
-    """The same attention written plainly (the official form), for tests and small inputs."""
-    e = q @ projection.to(q.dtype)
-    b = bank.to(q.dtype)
-    sim = _unit(e) @ _unit(b).T
-    return torch.softmax(sim / temperature, dim=-1) @ b
+# ------------------------------------------------------------------------------------------ bank files
+def bank_path(scene_root, key: str) -> Path:
+    """Where a scene caches the bank of the extractor `key`: SCENE/memory/<key>.safetensors."""
+    return Path(scene_root) / "memory" / f"{key}.safetensors"
+
+
+def read_bank(path: Path) -> tuple[MemoryBank, dict] | None:
+    """A cached bank and its info (tau, method, views, ...), or None when absent or unreadable (rebuilt)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            meta = dict(f.metadata() or {})
+        info = json.loads(meta["info"])
+        bank = MemoryBank.from_tensors(tensors["bank"], info["tau"], tensors["counts"], info["rows_seen"])
+    except Exception as err:  # damaged file: say so, rebuild it
+        tqdm.write(f"{path}: unreadable memory bank ({err}); rebuilding it")
+        return None
+    return bank, info
+
+
+def write_bank(path: Path, bank: MemoryBank, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    from fmsplat import atomic
+
+    tensors = {"bank": bank.raw.clone(), "counts": bank.counts.clone()}
+    atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata={"info": json.dumps(info)}))
 
 
 __all__ = [
-    "DEFAULT_CHUNK", "MemoryBank", "attention_chunk_rows", "flatten_views", "memory_attention",
-    "memory_attention_direct", "nonzero_rows", "similarity_reduction",
+    "DEFAULT_CHUNK", "MemoryBank", "attention_chunk_rows", "bank_path", "flatten_views", "memory_attention",
+    "nonzero_rows", "read_bank", "similarity_reduction", "write_bank",
 ]

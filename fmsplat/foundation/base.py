@@ -28,8 +28,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fmsplat.errors import FmsplatError
 
-class ModelUnavailableError(RuntimeError):
+
+class ModelUnavailableError(FmsplatError, RuntimeError):
     """Weights or configuration of a foundation model could not be found or loaded."""
 
 

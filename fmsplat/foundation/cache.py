@@ -21,12 +21,13 @@ import numpy as np
 import torch
 
 from fmsplat import atomic
+from fmsplat.errors import FmsplatError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 
 
-class CacheError(RuntimeError):
+class CacheError(FmsplatError, RuntimeError):
     """A feature cache that cannot be used (wrong extractor, unreadable manifest, invalid view)."""
 
 
@@ -64,8 +65,10 @@ class FeatureCache:
             return {"format": FORMAT, "key": self.key, "dim": self.dim, "dtype": "float16", "grid": None, "views": {}}
         try:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise CacheError(f"{self.manifest_path}: unreadable manifest ({err}); delete {self.root} to rebuild it") from err
+        if not isinstance(manifest, dict):
+            raise CacheError(f"{self.manifest_path}: not a manifest (a JSON object); delete {self.root} to rebuild it")
         if manifest.get("key") != self.key or manifest.get("dim") != self.dim:
             raise CacheError(
                 f"{self.manifest_path}: holds features of key={manifest.get('key')!r} dim={manifest.get('dim')}, "
@@ -76,7 +79,8 @@ class FeatureCache:
         return manifest
 
     def _write_manifest(self) -> None:
-        grids = {tuple(v["grid"]) for v in self.manifest["views"].values()}
+        grids = {tuple(v["grid"]) for v in self.manifest["views"].values()
+                 if isinstance(v, dict) and isinstance(v.get("grid"), list)}
         self.manifest["grid"] = list(grids.pop()) if len(grids) == 1 else None
         atomic.write_json(self.manifest_path, self.manifest)
 
@@ -90,6 +94,12 @@ class FeatureCache:
         entry = self.manifest["views"].get(name)
         if entry is None:
             return "not in the manifest"
+        if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("bytes"), int) and isinstance(entry.get("grid"), list)):
+            return f"its manifest entry in {self.manifest_path} is malformed"
+        if entry["file"] != view_filename(name):
+            # Each view has its own file name; another view's file here is a swapped or edited entry.
+            return f"its manifest entry points at {entry['file']}, which is not this view's file ({view_filename(name)})"
         path = self.root / entry["file"]
         if not path.is_file():
             return f"{path} is missing"
@@ -98,6 +108,9 @@ class FeatureCache:
             return f"{path} has {size} bytes, the manifest records {entry['bytes']} (truncated or overwritten)"
         if _sha256(path) != entry["sha256"]:
             return f"{path} does not match its recorded SHA-256 (corrupted)"
+        owner = _stored_view(path)
+        if owner != name:
+            return f"{path} holds the features of view {owner!r}, not of this view (swapped)"
         return None
 
     def has(self, name: str) -> bool:
@@ -110,7 +123,13 @@ class FeatureCache:
         why = self.problem(name)
         if why is not None:
             raise CacheError(f"features of view '{name}' ({self.key}) are not usable: {why}")
-        feats = load_file(str(self.root / self.manifest["views"][name]["file"]))["features"]
+        path = self.root / self.manifest["views"][name]["file"]
+        try:
+            feats = load_file(str(path))["features"]
+        except Exception as err:  # safetensors raises its own error types for damaged files
+            raise CacheError(f"{path}: unreadable feature file ({err}); delete it to recompute") from err
+        if feats.ndim != 3 or feats.shape[0] != self.dim:
+            raise CacheError(f"{path}: features of shape {tuple(feats.shape)}, expected ({self.dim}, h, w); delete it to recompute")
         return feats.float()
 
     def put(self, name: str, features: torch.Tensor, image_size: tuple[int, int] | None = None) -> None:
@@ -136,6 +155,17 @@ class FeatureCache:
         if not self.has(name):
             self.put(name, self.extractor.encode_images(image)[0], _image_size(image))
         return self.get(name)
+
+
+def _stored_view(path: Path) -> str | None:
+    """The view name recorded inside a cached feature file (None when unreadable)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("view")
+    except Exception:  # a damaged header: the caller treats the file as not usable
+        return None
 
 
 def _image_size(image) -> tuple[int, int]:

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from fmsplat.errors import UserInputError
+
 
 def resolve_data(scene_dir: Path, data: str | None, downscale: float | None) -> tuple[str, float]:
     """Dataset path and downscale: explicit options win, else the scene's scene.json `data` block."""
@@ -15,17 +17,19 @@ def resolve_data(scene_dir: Path, data: str | None, downscale: float | None) -> 
         try:
             recorded = json.loads(scene_json.read_text(encoding="utf-8")).get("data") or {}
         except ValueError as err:
-            raise ValueError(f"{scene_json}: not valid JSON ({err})") from err
+            raise UserInputError(f"{scene_json}: not valid JSON ({err})") from err
     path = data or recorded.get("path")
     if not path:
         where = f"{scene_json} has no data.path" if scene_json.is_file() else f"{scene_dir} has no scene.json"
-        raise ValueError(f"{where}: pass the dataset with --data")
+        raise UserInputError(f"{where}: pass the dataset with --data")
     scale = downscale if downscale is not None else float(recorded.get("downscale", 1.0))
     return str(path), scale
 
 
 def parse_options(pairs: list[str]) -> dict:
-    """["input_scale=2", "mode=maskclip"] -> {"input_scale": 2, "mode": "maskclip"} (ints, floats, bools, strings)."""
+    """Extractor options ["input_scale=2", "mode=maskclip"] -> {"input_scale": 2, "mode": "maskclip"}: values
+    read as int, float, true/false or text (each extractor checks its own keyword arguments). Field settings
+    are typed instead: fmsplat.fields.configs.parse_opts reads each by its declared type."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -224,9 +224,17 @@ class EffNetExtractor(_EffNetBase):
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(T, 1280) unit text embeddings in the dense-feature space (see the module docstring)."""
-        weights = self.class_weights(texts)
+        return self._from_class_weights(self.class_weights(texts))
+
+    def _from_class_weights(self, weights: torch.Tensor) -> torch.Tensor:
         rows = self.class_rows - self.class_rows.mean(0, keepdim=True)
         return torch.nn.functional.normalize(weights @ rows, dim=-1)
+
+    def vocabulary_embeddings(self) -> torch.Tensor:
+        """(1000, 1280) = encode_text(self.class_names), from the cached sentence embeddings of the class
+        names (no encoder run): the vocabulary that query presence compares a phrase with."""
+        names = class_name_embeddings()
+        return self._from_class_weights(torch.softmax(names @ names.T / self.temperature, dim=-1))
 
 
 class EffNetMidExtractor(_EffNetBase):

@@ -10,6 +10,8 @@ from fmsplat.gaussians.sh import (
     eval_sh,
     num_sh_coeffs,
     rgb_to_sh,
+    sh_basis,
+    sh_colors,
     sh_degree_from_coeffs,
     sh_to_rgb,
 )
@@ -25,6 +27,8 @@ __all__ = [
     "num_sh_coeffs",
     "read_gaussian_ply",
     "rgb_to_sh",
+    "sh_basis",
+    "sh_colors",
     "sh_degree_from_coeffs",
     "sh_to_rgb",
     "write_gaussian_ply",

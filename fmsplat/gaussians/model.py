@@ -15,7 +15,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from fmsplat.gaussians.ply import read_gaussian_ply, write_gaussian_ply
-from fmsplat.gaussians.sh import MAX_SH_DEGREE, eval_sh, num_sh_coeffs, rgb_to_sh, sh_degree_from_coeffs
+from fmsplat.gaussians.sh import MAX_SH_DEGREE, num_sh_coeffs, rgb_to_sh, sh_colors, sh_degree_from_coeffs
 
 CORE_KEYS = ("means", "quats", "scales", "opacities", "sh")
 EXTRA_PREFIX = "extra."
@@ -132,7 +132,7 @@ class GaussianModel:
         center = torch.as_tensor(camera_center, dtype=self.means.dtype, device=self.means.device).reshape(1, 3)
         dirs = self.means - center
         dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return (eval_sh(degree, self.sh, dirs) + 0.5).clamp_min(0.0)
+        return sh_colors(self.sh[:, :1], self.sh[:, 1:], degree, dirs)
 
     # ----------------------------------------------------------------------------- transforms
     def _map(self, fn) -> "GaussianModel":

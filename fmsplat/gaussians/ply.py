@@ -25,6 +25,7 @@ from numpy.lib.recfunctions import structured_to_unstructured
 from plyfile import PlyData, PlyElement
 
 from fmsplat.atomic import atomic_path
+from fmsplat.errors import FmsplatError
 from fmsplat.gaussians.sh import MAX_SH_DEGREE, num_sh_coeffs
 
 EXTRA_COMMENT = "fmsplat-extra"
@@ -43,7 +44,7 @@ _TORCH_DTYPES = {
 }
 
 
-class PlyFormatError(ValueError):
+class PlyFormatError(FmsplatError, ValueError):
     """A PLY file that is not a readable Gaussian splat file."""
 
 
@@ -112,6 +113,11 @@ def read_gaussian_ply(path: str | Path) -> dict:
     PlyFormatError naming the file and the property.
     """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(2, "no such Gaussian PLY file", str(path))
+    from fmsplat.scene.checks import check_ply_body
+
+    check_ply_body(path, PlyFormatError)  # header counts match the body, before anything is allocated
     try:
         ply = PlyData.read(str(path))
     except FileNotFoundError:
@@ -147,27 +153,62 @@ def read_gaussian_ply(path: str | Path) -> dict:
     sh = np.concatenate([sh_dc[:, None, :], sh_rest], axis=1)
 
     extras: dict[str, torch.Tensor] = {}
+    claimed: set[str] = set()
     for comment in ply.comments:
         parts = comment.split()
         if not parts or parts[0] != EXTRA_COMMENT:
             continue
-        if len(parts) != 4 or parts[2] not in _TORCH_DTYPES:
+        if len(parts) != 4 or parts[2] not in _TORCH_DTYPES or not _EXTRA_NAME.match(parts[1]):
             raise PlyFormatError(f"{path}: malformed extra-tensor comment {comment!r}")
         name, dtype_name, shape_text = parts[1:]
+        if name in extras:
+            raise PlyFormatError(f"{path}: extra tensor {name!r} is declared twice")
         try:
             shape = () if shape_text == "scalar" else tuple(int(d) for d in shape_text.split("x"))
         except ValueError:
             raise PlyFormatError(f"{path}: malformed shape in extra-tensor comment {comment!r}") from None
-        width = int(np.prod(shape, dtype=np.int64))
-        flat = columns([f"extra_{name}_{i}" for i in range(width)])
-        extras[name] = torch.from_numpy(flat.reshape((n, *shape))).to(_TORCH_DTYPES[dtype_name])
+        if any(d < 0 for d in shape) or not shape_text.replace("x", "").isdigit() and shape_text != "scalar":
+            raise PlyFormatError(f"{path}: extra tensor {name!r} declares shape {shape_text!r} (dimensions must be >= 0)")
+        width = math.prod(shape)
+        if width > len(present):  # checked before any allocation: the file cannot hold it
+            raise PlyFormatError(f"{path}: extra tensor {name!r} declares shape {shape_text} ({width} values per "
+                                 f"Gaussian) but the file has only {len(present)} properties")
+        names = [f"extra_{name}_{i}" for i in range(width)]
+        flat = columns(names)
+        claimed.update(names)
+        values = flat.reshape((n, *shape))
+        target = _TORCH_DTYPES[dtype_name]
+        if not target.is_floating_point:
+            lo, hi = (0, 1) if target == torch.bool else (torch.iinfo(target).min, torch.iinfo(target).max)
+            if values.size and not (np.isfinite(values).all() and (values == np.round(values)).all()
+                                    and values.min() >= lo and values.max() <= hi):
+                raise PlyFormatError(f"{path}: extra tensor {name!r} ({dtype_name}) holds values that are not "
+                                     f"whole numbers in {lo}..{hi}")
+        if not np.isfinite(values).all():
+            raise PlyFormatError(f"{path}: extra tensor {name!r} holds non-finite values")
+        extras[name] = torch.from_numpy(values).to(target)
+    unclaimed = sorted(p for p in present if p.startswith("extra_") and p not in claimed)
+    if unclaimed:
+        raise PlyFormatError(f"{path}: vertex properties {', '.join(unclaimed[:3])}{', ...' if len(unclaimed) > 3 else ''} "
+                             f"belong to no declared extra tensor (no or a smaller '{EXTRA_COMMENT}' comment)")
 
+    arrays = {
+        "means": columns(["x", "y", "z"]),
+        "quats": columns([f"rot_{i}" for i in range(4)]),
+        "scales": columns([f"scale_{i}" for i in range(3)]),
+        "opacities": columns(["opacity"])[:, 0].copy(),
+        "sh": np.ascontiguousarray(sh),
+    }
+    for key, values in arrays.items():
+        bad = ~np.isfinite(values.reshape(n, -1)).all(axis=1)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise PlyFormatError(f"{path}: Gaussian {row} has non-finite {key} {values[row].reshape(-1)[:6].tolist()}")
+    zero = np.linalg.norm(arrays["quats"], axis=1) < 1e-12
+    if zero.any():
+        raise PlyFormatError(f"{path}: Gaussian {int(np.flatnonzero(zero)[0])} has a zero rotation quaternion")
     return {
-        "means": torch.from_numpy(columns(["x", "y", "z"])),
-        "quats": torch.from_numpy(columns([f"rot_{i}" for i in range(4)])),
-        "scales": torch.from_numpy(columns([f"scale_{i}" for i in range(3)])),
-        "opacities": torch.from_numpy(columns(["opacity"])[:, 0].copy()),
-        "sh": torch.from_numpy(np.ascontiguousarray(sh)),
+        **{key: torch.from_numpy(values) for key, values in arrays.items()},
         "extras": extras,
         "sh_degree": degree,
     }

@@ -98,3 +98,35 @@ def rgb_to_sh(rgb):
 def sh_to_rgb(sh):
     """Colour of a DC coefficient: sh·C0 + 0.5. Works on tensors and arrays."""
     return sh * SH_C0 + 0.5
+
+
+def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
+    """(N, (degree+1)^2) real SH basis of unit directions, the terms of eval_sh:
+    colour = Σ_k basis[:, k] · sh[:, k]. Contracting against a basis costs one (N, K, 3) gradient
+    instead of one per coefficient (eval_sh indexes sh per term), which matters at 10^5 Gaussians."""
+    x, y, z = dirs.unbind(-1)
+    cols = [torch.full_like(x, SH_C0)]
+    if degree >= 1:
+        cols += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        cols += [SH_C2[0] * x * y, SH_C2[1] * y * z, SH_C2[2] * (2.0 * zz - xx - yy), SH_C2[3] * x * z,
+                 SH_C2[4] * (xx - yy)]
+    if degree >= 3:
+        cols += [SH_C3[0] * y * (3.0 * xx - yy), SH_C3[1] * x * y * z, SH_C3[2] * y * (4.0 * zz - xx - yy),
+                 SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy), SH_C3[4] * x * (4.0 * zz - xx - yy),
+                 SH_C3[5] * z * (xx - yy), SH_C3[6] * x * (xx - 3.0 * yy)]
+    return torch.stack(cols, dim=-1)
+
+
+def sh_colors(sh0: torch.Tensor, shN: torch.Tensor, degree: int, dirs: torch.Tensor) -> torch.Tensor:
+    """3DGS colours (N, 3) = max(0, SH(dirs) + 0.5) from the DC term sh0 (N, 1, 3) and the rest
+    shN (N, K-1, 3), using the first (degree+1)^2 coefficients."""
+    if degree > 0 and shN.shape[1] < num_sh_coeffs(degree) - 1:
+        raise ValueError(f"SH degree {degree} needs {num_sh_coeffs(degree) - 1} higher coefficients, "
+                         f"have {shN.shape[1]}")
+    colors = SH_C0 * sh0[:, 0]
+    if degree > 0:
+        basis = sh_basis(degree, dirs)[:, 1:]
+        colors = colors + torch.bmm(basis[:, None, :], shN[:, : basis.shape[1]])[:, 0]
+    return (colors + 0.5).clamp_min(0.0)

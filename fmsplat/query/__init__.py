@@ -12,8 +12,10 @@ import importlib
 _EXPORTS = {
     "CANONICAL_NEGATIVES": "relevancy", "relevancy": "relevancy",
     "argmax_pixel": "segment", "langsplat_segmentation": "segment",
+    "Presence": "presence", "Concept": "presence", "presence": "presence", "describe": "presence",
+    "vocabulary_for": "presence", "SceneQuery": "command", "run_query": "command",
     **{name: "engine" for name in (
-        "QueryEngine", "QueryResult", "Selection", "clear_text_cache", "export_selection", "gaussian_point",
+        "Answer", "Part", "QueryEngine", "QueryResult", "Selection", "clear_text_cache", "export_selection", "gaussian_point",
         "lift_pixel", "localize_2d", "localize_3d", "relevancy_map", "segment_query", "select_gaussians",
         "text_embeddings",
     )},

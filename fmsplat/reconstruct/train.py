@@ -19,7 +19,9 @@ import torch
 from tqdm import tqdm
 
 from fmsplat import __version__, atomic
-from fmsplat.gaussians import SH_C0, SH_C1, SH_C2, SH_C3, GaussianModel, num_sh_coeffs
+from fmsplat.errors import CheckpointError, UserInputError
+from fmsplat.gaussians import GaussianModel
+from fmsplat.gaussians.sh import sh_basis, sh_colors  # noqa: F401  (their home is gaussians.sh)
 from fmsplat.gaussians.losses import psnr, rgb_loss, ssim
 from fmsplat.reconstruct.init import INITS, initial_gaussians
 from fmsplat.reconstruct.densify import DensityControl, reset_opacity
@@ -247,38 +249,6 @@ def _fill_invalid(gt: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor | No
     return gt if valid is None else torch.where(valid[..., None], gt, pred.detach())
 
 
-def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
-    """(N, (degree+1)^2) real SH basis of unit directions, the terms of gaussians.eval_sh:
-    colour = Σ_k basis[:, k] · sh[:, k]. Contracting against a basis costs one (N, K, 3) gradient
-    instead of one per coefficient (eval_sh indexes sh per term), which matters at 10^5 Gaussians."""
-    x, y, z = dirs.unbind(-1)
-    cols = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        cols += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        cols += [SH_C2[0] * x * y, SH_C2[1] * y * z, SH_C2[2] * (2.0 * zz - xx - yy), SH_C2[3] * x * z,
-                 SH_C2[4] * (xx - yy)]
-    if degree >= 3:
-        cols += [SH_C3[0] * y * (3.0 * xx - yy), SH_C3[1] * x * y * z, SH_C3[2] * y * (4.0 * zz - xx - yy),
-                 SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy), SH_C3[4] * x * (4.0 * zz - xx - yy),
-                 SH_C3[5] * z * (xx - yy), SH_C3[6] * x * (xx - 3.0 * yy)]
-    return torch.stack(cols, dim=-1)
-
-
-def sh_colors(sh0: torch.Tensor, shN: torch.Tensor, degree: int, dirs: torch.Tensor) -> torch.Tensor:
-    """3DGS colours (N, 3) = max(0, SH(dirs) + 0.5) from the DC term sh0 (N, 1, 3) and the rest
-    shN (N, K-1, 3), using the first (degree+1)^2 coefficients."""
-    if degree > 0 and shN.shape[1] < num_sh_coeffs(degree) - 1:
-        raise ValueError(f"SH degree {degree} needs {num_sh_coeffs(degree) - 1} higher coefficients, "
-                         f"have {shN.shape[1]}")
-    colors = SH_C0 * sh0[:, 0]
-    if degree > 0:
-        basis = sh_basis(degree, dirs)[:, 1:]
-        colors = colors + torch.bmm(basis[:, None, :], shN[:, : basis.shape[1]])[:, 0]
-    return (colors + 0.5).clamp_min(0.0)
-
-
 def render_view(model_or_params, cam, sh_degree: int, background, backend: str = "auto"):
     """Render one camera from either a GaussianModel or the trainer's parameter dict, with the
     colours of SH degree `sh_degree` seen from the camera centre. Returns a RenderResult."""
@@ -342,7 +312,7 @@ def _check_same_run(source: Path, saved_cfg: dict, saved_data: dict, cfg: TrainC
     ident = _data_identity(data)
     diffs += [f"data.{k}: {saved_data.get(k)!r} -> {ident[k]!r}" for k in ident if saved_data.get(k) != ident[k]]
     if diffs:
-        raise ValueError(f"{source}: cannot resume, the run was started with different settings ({'; '.join(diffs)}); "
+        raise UserInputError(f"{source}: cannot resume, the run was started with different settings ({'; '.join(diffs)}); "
                          "resume with the original settings or train into a new directory")
 
 
@@ -354,7 +324,7 @@ def _load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, weights_only=True)
     except Exception as exc:
-        raise RuntimeError(f"{path}: cannot read the training checkpoint ({exc}); delete it to start afresh") from exc
+        raise CheckpointError(f"{path}: cannot read the training checkpoint ({exc}); delete it to start afresh") from exc
 
 
 def _describe_init(info: dict) -> str:

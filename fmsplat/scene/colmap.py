@@ -10,6 +10,8 @@ origin at the top-left image corner, as ours do.
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ import numba
 import numpy as np
 
 from fmsplat.atomic import write_bytes, write_text
+from fmsplat.scene import checks
 from fmsplat.scene.cameras import Camera
 from fmsplat.scene.errors import DatasetError
 from fmsplat.scene.raw import RawScene
@@ -171,7 +174,10 @@ class _Cursor:
         end = self.buf.find(b"\x00", self.pos)
         if end < 0:
             raise DatasetError(f"{self.path}: unterminated image name at byte {self.pos}")
-        text = self.buf[self.pos : end].decode("utf-8")
+        try:
+            text = self.buf[self.pos : end].decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatasetError(f"{self.path}: image name at byte {self.pos} is not UTF-8 text") from None
         self.pos = end + 1
         return text
 
@@ -190,22 +196,60 @@ def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
             raise DatasetError(f"{path}: camera {cam_id} has unknown model id {model_id}")
         name, n_params = CAMERA_MODELS[model_id]
         params = np.array(cur.unpack(f"{n_params}d"))
-        cameras[cam_id] = ColmapCamera(cam_id, name, int(width), int(height), params)
+        _add_camera(cameras, ColmapCamera(cam_id, name, int(width), int(height), params), f"{path}: camera {cam_id}")
     cur.expect_end()
     return cameras
+
+
+def _add_camera(cameras: dict, cam: ColmapCamera, where: str) -> None:
+    """Check a camera record (unique id, sane size, finite parameters) and add it."""
+    if cam.id in cameras:
+        raise DatasetError(f"{where}: camera id {cam.id} appears twice")
+    checks.image_size(cam.width, cam.height, where, keys=("width", "height"))
+    if not np.isfinite(cam.params).all():
+        raise DatasetError(f"{where}: non-finite camera parameters {cam.params.tolist()}")
+    cameras[cam.id] = cam
+
+
+def _add_image(images: dict, names: set, img: ColmapImage, where: str) -> None:
+    """Check an image record (unique id and name, finite pose, a quaternion that is not zero) and add it."""
+    if img.id in images:
+        raise DatasetError(f"{where}: image id {img.id} appears twice")
+    if not img.name or img.name in names:
+        raise DatasetError(f"{where}: image name {img.name!r} is empty or appears twice")
+    norm = float(np.linalg.norm(img.qvec)) if np.isfinite(img.qvec).all() else float("nan")
+    if not (math.isfinite(norm) and 1e-6 < norm < 1e6):
+        raise DatasetError(f"{where}: quaternion {img.qvec.tolist()} is not a rotation (zero, huge or non-finite)")
+    if not np.isfinite(img.tvec).all():
+        raise DatasetError(f"{where}: non-finite translation {img.tvec.tolist()}")
+    if not np.isfinite(img.xys).all():
+        raise DatasetError(f"{where}: non-finite 2D point coordinates")
+    images[img.id] = img
+    names.add(img.name)
+
+
+def _check_points(points: "ColmapPoints", path: Path) -> "ColmapPoints":
+    if len(points.xyz) and not np.isfinite(points.xyz).all():
+        row = int(np.flatnonzero(~np.isfinite(points.xyz).all(axis=1))[0])
+        raise DatasetError(f"{path}: point {int(points.ids[row])} has a non-finite position {points.xyz[row].tolist()}")
+    if len(np.unique(points.ids)) != len(points.ids):
+        raise DatasetError(f"{path}: point ids are not unique")
+    return points
 
 
 def read_images_binary(path: Path) -> dict[int, ColmapImage]:
     cur = _Cursor(path)
     (count,) = cur.unpack("Q")
-    images = {}
+    images: dict[int, ColmapImage] = {}
+    names: set[str] = set()
     for _ in range(count):  # one record per registered image
         values = cur.unpack(_IMAGE_HEADER)
         image_id, qvec, tvec, camera_id = values[0], np.array(values[1:5]), np.array(values[5:8]), values[8]
         name = cur.cstring()
         (n_points,) = cur.unpack("Q")
         pts = cur.array(_POINT2D, n_points)
-        images[image_id] = ColmapImage(image_id, qvec, tvec, camera_id, name, pts["xy"].copy(), pts["point3d_id"].copy())
+        _add_image(images, names, ColmapImage(image_id, qvec, tvec, camera_id, name, pts["xy"].copy(), pts["point3d_id"].copy()),
+                   f"{path}: image {image_id}")
     cur.expect_end()
     return images
 
@@ -257,18 +301,20 @@ def read_points3d_binary(path: Path) -> ColmapPoints:
         raise DatasetError(f"{path}: {len(buf) - end} unexpected bytes after the last point")
     header = _gather(buf, offsets, _POINT_HEADER)
     lengths = header["track_length"].astype(np.int64)
+    if len(lengths) and lengths.sum() > len(buf):
+        raise DatasetError(f"{path}: file is truncated or corrupt (track lengths exceed the file)")
     # Track element j of point i sits at offsets[i] + 51 + 8 j.
     track_offsets = _segments(lengths, np.zeros_like(lengths))
     starts = np.repeat(offsets + _POINT_HEADER.itemsize, lengths)
     track = _gather(buf, starts + _TRACK_ELEMENT.itemsize * track_offsets, _TRACK_ELEMENT)
-    return ColmapPoints(
+    return _check_points(ColmapPoints(
         ids=header["id"].astype(np.int64),
         xyz=header["xyz"].astype(np.float64),
         rgb=header["rgb"].astype(np.uint8),
         errors=header["error"].astype(np.float64),
         track_lengths=lengths,
         tracks=np.stack([track["image_id"], track["point2d_idx"]], axis=1).astype(np.int32),
-    )
+    ), path)
 
 
 def write_cameras_binary(cameras: dict[int, ColmapCamera], path: Path) -> None:
@@ -324,6 +370,17 @@ def _data_lines(path: Path) -> list[str]:
     return text.splitlines()
 
 
+_COUNT_COMMENT = re.compile(r"^#\s*Number of (cameras|images|points)\s*:\s*(\d+)", re.MULTILINE)
+
+
+def _check_count(path: Path, text: str, found: int) -> None:
+    """COLMAP's text files state their record count in a header comment: hold the data to it
+    (a missing or extra record otherwise goes unnoticed)."""
+    match = _COUNT_COMMENT.search(text[:4096])
+    if match is not None and int(match.group(2)) != found:
+        raise DatasetError(f"{path}: the header says {match.group(2)} {match.group(1)} but the file holds {found}")
+
+
 def read_cameras_text(path: Path) -> dict[int, ColmapCamera]:
     cameras = {}
     for lineno, line in enumerate(_data_lines(path), 1):
@@ -340,13 +397,15 @@ def read_cameras_text(path: Path) -> dict[int, ColmapCamera]:
             raise DatasetError(f"{path}:{lineno}: unknown camera model {model!r}")
         if len(params) != CAMERA_MODEL_IDS[model][1]:
             raise DatasetError(f"{path}:{lineno}: {model} takes {CAMERA_MODEL_IDS[model][1]} parameters, got {len(params)}")
-        cameras[cam_id] = ColmapCamera(cam_id, model, width, height, params)
+        _add_camera(cameras, ColmapCamera(cam_id, model, width, height, params), f"{path}:{lineno}: camera {cam_id}")
+    _check_count(path, "\n".join(_data_lines(path)[:20]), len(cameras))
     return cameras
 
 
 def read_images_text(path: Path) -> dict[int, ColmapImage]:
     lines = _data_lines(path)
-    images = {}
+    images: dict[int, ColmapImage] = {}
+    names: set[str] = set()
     i = 0
     while i < len(lines):
         line = lines[i].strip()
@@ -369,7 +428,14 @@ def read_images_text(path: Path) -> dict[int, ColmapImage]:
             raise DatasetError(
                 f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME' and a line of 'X Y POINT3D_ID' triples"
             ) from None
-        images[image_id] = ColmapImage(image_id, qvec, tvec, camera_id, name, values[:, :2].copy(), values[:, 2].astype(np.int64))
+        if len(qvec) != 4 or len(tvec) != 3:
+            raise DatasetError(f"{path}:{lineno}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'")
+        ids = values[:, 2]
+        if not (np.isfinite(ids).all() and (ids == np.round(ids)).all() and (np.abs(ids) < 2**62).all()):
+            raise DatasetError(f"{path}:{lineno + 1}: POINT3D_IDs must be whole numbers")
+        _add_image(images, names, ColmapImage(image_id, qvec, tvec, camera_id, name, values[:, :2].copy(), ids.astype(np.int64)),
+                   f"{path}:{lineno}: image {image_id}")
+    _check_count(path, "\n".join(lines[:20]), len(images))
     return images
 
 
@@ -385,6 +451,7 @@ def read_points3d_text(path: Path) -> ColmapPoints:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not UTF-8 text ({exc})") from exc
+    head = text[:4096]
     # Normalise whitespace with C-speed string methods: single spaces between tokens, none at
     # line ends. Then each data line has (spaces + 1) tokens, countable with array ops.
     text = text.replace("\r", " ").replace("\t", " ")
@@ -410,17 +477,27 @@ def read_points3d_text(path: Path) -> ColmapPoints:
         tokens = np.array(data.tobytes().split(), dtype=np.float64) if len(counts) else np.zeros(0)
     except ValueError as exc:
         raise DatasetError(f"{path}: non-numeric value ({exc})") from None
+    _check_count(path, head, len(counts))
     line_starts = np.cumsum(counts) - counts
     header = tokens[line_starts[:, None] + np.arange(8)].reshape(-1, 8)
-    tracks = tokens[_segments(lengths, line_starts + 8)].reshape(-1, 2).astype(np.int32)
-    return ColmapPoints(
+    tracks = tokens[_segments(lengths, line_starts + 8)].reshape(-1, 2)
+    whole = lambda a: np.isfinite(a) & (a == np.round(a))  # noqa: E731
+    bad = ~(whole(header[:, 0]) & (np.abs(header[:, 0]) < 2**62))
+    bad |= ~(whole(header[:, 4:7]) & (header[:, 4:7] >= 0) & (header[:, 4:7] <= 255)).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(f"{path}: point {header[row, 0]!r}: POINT3D_ID must be a whole number and R G B whole "
+                           f"numbers in 0..255, got {header[row, [0, 4, 5, 6]].tolist()}")
+    if len(tracks) and not (whole(tracks) & (np.abs(tracks) < 2**31)).all():
+        raise DatasetError(f"{path}: track entries (IMAGE_ID POINT2D_IDX) must be whole 32-bit numbers")
+    return _check_points(ColmapPoints(
         ids=header[:, 0].astype(np.int64),
         xyz=header[:, 1:4],
         rgb=header[:, 4:7].astype(np.uint8),
         errors=header[:, 7],
         track_lengths=lengths // 2,
-        tracks=tracks,
-    )
+        tracks=tracks.astype(np.int32),
+    ), path)
 
 
 def write_cameras_text(cameras: dict[int, ColmapCamera], path: Path) -> None:
@@ -580,6 +657,9 @@ def colmap_camera_intrinsics(cam: ColmapCamera, where: str) -> tuple[np.ndarray,
             f"{where}: camera {cam.id} uses COLMAP model {cam.model}, which is not supported "
             f"(supported: {', '.join(SUPPORTED_MODELS)}); run `colmap image_undistorter` first"
         )
+    checks.intrinsics(float(fx), float(fy), float(cx), float(cy), cam.width, cam.height, f"{where}: camera {cam.id}")
+    if dist is not None:
+        checks.distortion(dist, f"{where}: camera {cam.id}")
     if dist is not None and not np.any(dist):
         dist = None
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]]), dist
@@ -600,6 +680,8 @@ def read_colmap_scene(root: Path, model_dir: Path) -> RawScene:
         raise DatasetError(f"{root}: COLMAP model found in {model_dir} but no images folder (looked in {[str(s) for s in search]})")
 
     cameras_file = model_dir / f"cameras{ext}"
+    if not model.images:
+        raise DatasetError(f"{model_dir / f'images{ext}'}: the COLMAP model holds no images")
     cameras: list[Camera] = []
     missing: list[str] = []
     for img in sorted(model.images.values(), key=lambda im: im.name):

@@ -70,6 +70,9 @@ class SceneDataset:
         self._coverage: dict[int, np.ndarray] = {}
 
         centers = np.stack([cam.center for cam in self.cameras])
+        if not np.isfinite(centers).all():  # the readers reject bad poses; this guards hand-built scenes
+            bad = int(np.flatnonzero(~np.isfinite(centers).all(axis=1))[0])
+            raise DatasetError(f"{raw.pose_file}: view {bad} ({self.cameras[bad].name}) has no finite camera centre")
         self.scene_center = centers.mean(axis=0)
         # 3DGS's cameras_extent (getNerfppNorm): 1.1 x the largest camera distance from the mean.
         radius = float(np.linalg.norm(centers - self.scene_center, axis=1).max())

@@ -28,7 +28,7 @@ def image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: cannot read image ({exc})") from exc
 
 
@@ -39,12 +39,16 @@ def load_rgb(path: Path, width: int, height: int, background=(0.0, 0.0, 0.0)) ->
     (triangle-filter) resample, so no aliasing at large factors; JPEGs are first decoded at a
     reduced DCT scale when that still leaves at least the target size (much faster at 1/8).
     """
+    if not (int(width) >= 1 and int(height) >= 1):
+        raise DatasetError(f"{path}: its camera has size {width}x{height}; both must be at least 1 pixel")
     try:
         img = Image.open(path)
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: cannot read image ({exc})") from exc
     with img:
         src_w, src_h = img.size
+        if src_w < 1 or src_h < 1:
+            raise DatasetError(f"{path}: image is {src_w}x{src_h} pixels")
         if abs((src_w / src_h) / (width / height) - 1.0) > _ASPECT_TOLERANCE:
             raise DatasetError(
                 f"{path}: image is {src_w}x{src_h} but its camera is {width}x{height} (different aspect ratio)"
@@ -53,7 +57,7 @@ def load_rgb(path: Path, width: int, height: int, background=(0.0, 0.0, 0.0)) ->
             img.draft("RGB", (width, height))
         try:
             rgba = _to_float_rgba(img)
-        except OSError as exc:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"{path}: cannot decode image ({exc})") from exc
 
     rgb = rgba[..., :3]

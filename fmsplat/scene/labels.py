@@ -27,9 +27,10 @@ from skimage.draw import polygon as _fill_polygon
 from skimage.measure import approximate_polygon, find_contours
 
 from fmsplat.atomic import write_json
+from fmsplat.errors import FmsplatError
 
 
-class LabelFormatError(ValueError):
+class LabelFormatError(FmsplatError, ValueError):
     """A label or objects file that does not follow the expected format."""
 
 
@@ -147,59 +148,100 @@ def labels_from_instances(
 # per-view label files
 
 
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise LabelFormatError(f"{where} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except OverflowError:
+        out = float("inf")
+    if not np.isfinite(out):
+        raise LabelFormatError(f"{where} must be finite, got {value!r}")
+    return out
+
+
+def _text(value, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise LabelFormatError(f"{where} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _size(value, where: str) -> int:
+    v = _number(value, where)
+    if v != int(v) or not 1 <= v <= 65_536:
+        raise LabelFormatError(f"{where} must be a whole number of pixels in 1..65536, got {value!r}")
+    return int(v)
+
+
 def _parse_segmentation(seg, path: Path, index: int) -> list[np.ndarray]:
     where = f"{path}: objects[{index}].segmentation"
     if not isinstance(seg, list):
         raise LabelFormatError(f"{where} must be a list, got {type(seg).__name__}")
     if not seg:
         return []
-    try:
-        if all(isinstance(p, list) and len(p) == 2 and not isinstance(p[0], list) for p in seg):
-            # Published LERF-OVS form: one polygon as a list of [x, y] points.
-            return [np.asarray(seg, dtype=np.float64).reshape(-1, 2)]
-        polys = []
-        for p in seg:
-            arr = np.asarray(p, dtype=np.float64)
-            if arr.ndim == 1 and arr.size % 2 == 0:
-                polys.append(arr.reshape(-1, 2))  # flat [x, y, x, y, ...]
-            elif arr.ndim == 2 and arr.shape[1] == 2:
-                polys.append(arr)  # list of point lists
-            else:
-                raise LabelFormatError(f"{where}: polygon of shape {arr.shape} is neither [x, y, ...] nor [[x, y], ...]")
-        return polys
-    except (TypeError, ValueError) as e:
-        if isinstance(e, LabelFormatError):
-            raise
-        raise LabelFormatError(f"{where}: not a list of numeric polygons ({e})") from e
+    if all(isinstance(p, list) and len(p) == 2 and not isinstance(p[0], list) for p in seg):
+        # Published LERF-OVS form: one polygon as a list of [x, y] points.
+        poly = np.array([[_number(v, where) for v in p] for p in seg], dtype=np.float64).reshape(-1, 2)
+        if len(poly) < 3:
+            raise LabelFormatError(f"{where}: a polygon needs at least 3 points, got {len(poly)}")
+        return [poly]
+    polys = []
+    for k, p in enumerate(seg):
+        if not isinstance(p, list):
+            raise LabelFormatError(f"{where}[{k}] must be a list, got {p!r}"[:200])
+        if all(not isinstance(v, list) for v in p) and len(p) % 2 == 0:
+            polys.append(np.array([_number(v, f"{where}[{k}]") for v in p], dtype=np.float64).reshape(-1, 2))  # flat [x, y, ...]
+        elif all(isinstance(q, list) and len(q) == 2 for q in p):
+            polys.append(np.array([[_number(v, f"{where}[{k}]") for v in q] for q in p], dtype=np.float64).reshape(-1, 2))
+        else:
+            raise LabelFormatError(f"{where}[{k}]: polygon is neither [x, y, ...] (even length) nor [[x, y], ...]")
+        if len(polys[-1]) < 3:
+            raise LabelFormatError(f"{where}[{k}]: a polygon needs at least 3 points, got {len(polys[-1])}")
+    return polys
 
 
 def parse_view_labels(data: dict, path: Path) -> ViewLabels:
-    if not isinstance(data, dict) or "info" not in data or "objects" not in data:
-        raise LabelFormatError(f"{path}: expected an object with 'info' and 'objects'")
+    if not isinstance(data, dict) or not isinstance(data.get("info"), dict) or not isinstance(data.get("objects"), list):
+        raise LabelFormatError(f"{path}: expected an object with 'info' (an object) and 'objects' (a list)")
     info = data["info"]
     for key in ("width", "height", "name"):
         if key not in info:
             raise LabelFormatError(f"{path}: info has no '{key}'")
+    width, height = _size(info["width"], f"{path}: info.width"), _size(info["height"], f"{path}: info.height")
+    name = _text(info["name"], f"{path}: info.name")
     objects = []
     for i, o in enumerate(data["objects"]):
+        if not isinstance(o, dict):
+            raise LabelFormatError(f"{path}: objects[{i}] must be an object, got {o!r}"[:200])
         for key in ("category", "bbox", "segmentation"):
             if key not in o:
                 raise LabelFormatError(f"{path}: objects[{i}] has no '{key}'")
-        bbox = np.asarray(o["bbox"], dtype=np.float64).reshape(-1)
-        if bbox.size != 4:
-            raise LabelFormatError(f"{path}: objects[{i}].bbox must have 4 numbers, got {bbox.size}")
+        category = _text(o["category"], f"{path}: objects[{i}].category")
+        box = o["bbox"]
+        if not isinstance(box, list) or len(box) != 4:
+            raise LabelFormatError(f"{path}: objects[{i}].bbox must have 4 numbers [x1, y1, x2, y2], got {box!r}"[:200])
+        bbox = tuple(_number(v, f"{path}: objects[{i}].bbox") for v in box)
+        if bbox[2] < bbox[0] or bbox[3] < bbox[1]:
+            raise LabelFormatError(f"{path}: objects[{i}].bbox {list(bbox)} has x2 < x1 or y2 < y1")
         polys = _parse_segmentation(o["segmentation"], path, i)
-        objects.append(LabelledObject(str(o["category"]), tuple(float(v) for v in bbox), polys))
-    return ViewLabels(name=str(info["name"]), width=int(info["width"]), height=int(info["height"]), objects=objects)
+        objects.append(LabelledObject(category, bbox, polys))
+    return ViewLabels(name=name, width=width, height=height, objects=objects)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise LabelFormatError(f"{path}: not UTF-8 text ({e})") from e
+    except RecursionError:
+        raise LabelFormatError(f"{path}: JSON nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise LabelFormatError(f"{path}: not valid JSON ({e})") from e
 
 
 def read_view_labels(path: str | Path) -> ViewLabels:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LabelFormatError(f"{path}: not valid JSON ({e})") from e
-    return parse_view_labels(data, path)
+    return parse_view_labels(_read_json(path), path)
 
 
 def write_view_labels(path: str | Path, labels: ViewLabels) -> None:
@@ -248,21 +290,37 @@ def write_objects(path: str | Path, objects: list[SceneObjectInfo], scene: dict 
 def read_objects(path: str | Path) -> tuple[list[SceneObjectInfo], dict]:
     """Objects and scene metadata of an `objects.json`."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise LabelFormatError(f"{path}: not valid JSON ({e})") from e
+    data = _read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("objects"), list):
         raise LabelFormatError(f"{path}: expected an object with an 'objects' list")
+    scene = data.get("scene", {})
+    if not isinstance(scene, dict):
+        raise LabelFormatError(f"{path}: 'scene' must be an object, got {scene!r}"[:200])
     out = []
+    ids: set[int] = set()
     for i, o in enumerate(data["objects"]):
+        where = f"{path}: objects[{i}]"
+        if not isinstance(o, dict):
+            raise LabelFormatError(f"{where} must be an object, got {o!r}"[:200])
         for key in ("id", "label", "aabb"):
             if key not in o:
-                raise LabelFormatError(f"{path}: objects[{i}] has no '{key}'")
-        lo = np.asarray(o["aabb"].get("min"), dtype=np.float64).reshape(-1)
-        hi = np.asarray(o["aabb"].get("max"), dtype=np.float64).reshape(-1)
+                raise LabelFormatError(f"{where} has no '{key}'")
+        if isinstance(o["id"], bool) or not isinstance(o["id"], int) or o["id"] < 1:
+            raise LabelFormatError(f"{where}.id must be a whole number >= 1 (0 is the background), got {o['id']!r}")
+        if o["id"] in ids:
+            raise LabelFormatError(f"{where}.id {o['id']} appears twice")
+        ids.add(o["id"])
+        label = _text(o["label"], f"{where}.label")
+        synonyms = o.get("synonyms", [])
+        if not isinstance(synonyms, list) or not all(isinstance(v, str) and v.strip() for v in synonyms):
+            raise LabelFormatError(f"{where}.synonyms must be a list of strings, got {synonyms!r}"[:200])
+        aabb = o["aabb"]
+        if not isinstance(aabb, dict) or not isinstance(aabb.get("min"), list) or not isinstance(aabb.get("max"), list):
+            raise LabelFormatError(f"{where}.aabb must be {{'min': [x, y, z], 'max': [x, y, z]}}, got {aabb!r}"[:200])
+        lo = np.array([_number(v, f"{where}.aabb.min") for v in aabb["min"]], dtype=np.float64)
+        hi = np.array([_number(v, f"{where}.aabb.max") for v in aabb["max"]], dtype=np.float64)
         if lo.size != 3 or hi.size != 3 or np.any(hi < lo):
-            raise LabelFormatError(f"{path}: objects[{i}].aabb must have min <= max, 3 numbers each")
+            raise LabelFormatError(f"{where}.aabb must have min <= max, 3 numbers each")
         extra = {k: v for k, v in o.items() if k not in ("id", "label", "synonyms", "aabb")}
-        out.append(SceneObjectInfo(int(o["id"]), str(o["label"]), [str(s) for s in o.get("synonyms", [])], lo, hi, extra))
-    return out, dict(data.get("scene", {}))
+        out.append(SceneObjectInfo(int(o["id"]), label, list(synonyms), lo, hi, extra))
+    return out, dict(scene)

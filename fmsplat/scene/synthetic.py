@@ -771,7 +771,7 @@ def make_scene(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, 
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out_dir}: already exists (pass --overwrite, or overwrite=True in Python, to replace it)")
     config = preset_config(preset, **overrides)
     scene = build_scene(config, seed)
     cameras = sample_cameras(scene, seed)
@@ -837,7 +837,7 @@ def make_video(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, 
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{out_dir}: already exists (pass --overwrite, or overwrite=True in Python, to replace it)")
     if frames < 2 or not fps > 0:
         raise ValueError(f"make_video: needs frames >= 2 and fps > 0, got {frames} and {fps}")
     overrides = {"width": 320, "height": 240, "distinct_faces": True, **overrides}

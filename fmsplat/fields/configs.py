@@ -1,0 +1,367 @@
+"""Typed, documented settings of every field method and their named presets; torch-free (`fmsplat fit
+--help` lists them). A field's type, docstring and range come from `setting(...)`; construction checks
+and normalises every field; `parse_opts` reads `--opt KEY=VALUE` by the declared type. Presets:
+`paper` (published) and `cpu` (minutes on 2 cores); the CLI picks one for the device (`default_preset`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import ClassVar, Literal
+
+from fmsplat.errors import FmsplatError
+
+
+class FieldError(FmsplatError, RuntimeError):
+    """A scene or field directory that cannot be used as asked (missing file, wrong method, bad config)."""
+
+
+class ConfigError(FieldError, ValueError):
+    """A setting that does not parse, is unknown, or lies outside its allowed values."""
+
+
+def setting(default, doc: str, *, ge=None, gt=None, le=None, resume_free: bool = False):
+    """A config field: default, docstring, allowed range (ge/gt/le), and whether a run may resume with another value."""
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "resume_free": resume_free}
+    if isinstance(default, dict):
+        return field(default_factory=lambda d=default: dict(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class _Bad(Exception):
+    pass
+
+
+def _convert(value, tp, from_text: bool):
+    """`value` (a Python value, or the text of --opt when from_text) as type `tp`, or _Bad(why)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            raise _Bad(f"must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
+        return value
+    if tp is bool:
+        if from_text and isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise _Bad(f"must be true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        what = "an integer" if tp is int else "a finite number"
+        try:
+            value = tp(value) if from_text else value
+        except ValueError:
+            raise _Bad(f"must be {what}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int) \
+                or not math.isfinite(value):
+            raise _Bad(f"must be {what}, got {value!r}")
+        return tp(value)
+    if tp is str:
+        return str(value)
+    if origin is dict:  # dict[str, V]; text (or a str value): "key=V,key=V"
+        if isinstance(value, str):
+            pairs = [item.strip() for item in value.split(",") if item.strip()]
+            value = {}
+            for item in pairs:
+                key, sep, v = item.partition("=")
+                if not sep or not key.strip():
+                    raise _Bad(f"entry '{item}' is not MODEL={args[1].__name__}")
+                value[key.strip()] = _convert(v, args[1], True)
+            return value
+        if not isinstance(value, dict):
+            raise _Bad(f"must be a table MODEL=VALUE,..., got {value!r}")
+        return {str(k): _convert(v, args[1], False) for k, v in value.items()}
+    if origin is tuple:  # tuple[tuple[int, ...], ...] (FMGS grids); text: "12:16:128,12:128:512"
+        items = [part.split(":") for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        width = len(typing.get_args(args[0]))
+        if not isinstance(items, (list, tuple)) or any(not isinstance(v, (list, tuple)) or len(v) != width for v in items):
+            raise _Bad(f"must be {width}-tuples ({':'.join(['N'] * width)},...), got {value!r}")
+        return tuple(tuple(_convert(x, int, isinstance(x, str)) for x in v) for v in items)
+    return value
+
+
+def _in_range(value, meta) -> str | None:
+    ge, gt, le = meta["ge"], meta["gt"], meta["le"]
+    lo = f"[{ge}" if ge is not None else (f"({gt}" if gt is not None else "(-inf")
+    allowed = f"{lo}, {le if le is not None else 'inf'}{']' if le is not None else ')'}"
+    for v in (value.values() if isinstance(value, dict) else [value]):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if (ge is not None and v < ge) or (gt is not None and v <= gt) or (le is not None and v > le):
+            return f"must lie in {allowed}, got {v}"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+@dataclass
+class FitConfig:
+    """Base of every method's settings: typed, range-checked fields (see `setting`)."""
+
+    method: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        hints = _hints(type(self))
+        for f in fields(self):
+            try:
+                value = _convert(getattr(self, f.name), hints[f.name], False)
+                why = _in_range(value, f.metadata) if f.metadata else None
+                if why:
+                    raise _Bad(why)
+            except _Bad as bad:
+                raise ConfigError(f"{self.method} config: {f.name} {bad}") from None
+            object.__setattr__(self, f.name, value)
+        problems = self.check()
+        if problems:
+            raise ConfigError(f"{self.method} config: " + "; ".join(problems))
+
+    def check(self) -> list[str]:  # rules between fields (override)
+        return []
+
+    def resume_identity(self) -> dict:
+        """The settings a checkpoint must share with the run that resumes it (JSON types)."""
+        return {k: v for k, v in self.to_json().items() if not self.__dataclass_fields__[k].metadata.get("resume_free")}
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin is dict:
+        return f"MODEL={args[1].__name__},..."
+    if origin is tuple:
+        return "L:MIN:MAX,..."
+    return getattr(tp, "__name__", str(tp))
+
+
+# ------------------------------------------------------------------------------------------ distill
+@dataclass
+class DistillConfig(FitConfig):
+    """Distillation baseline (the Feature-3DGS / LangSplat family)."""
+
+    method: ClassVar[str] = "distill"
+    steps: int = setting(800, "optimisation steps, one training view each", ge=0, resume_free=True)
+    dim: int = setting(32, "per-Gaussian feature dimension per space (Feature-3DGS: 128, LangSplat: 3)", ge=1)
+    lr_features: float = setting(2e-2, "Adam learning rate of the per-Gaussian features", gt=0)
+    lr_decoder: float = setting(1e-3, "Adam learning rate of the linear decoders", gt=0)
+    render_scale: float = setting(1.0, "render at this fraction of the image size before pooling to the teacher grid",
+                                       gt=0, le=4)
+    mse_weight: float = setting(1.0, "loss = (1 - cos) + mse_weight * relative MSE", ge=0)
+    min_alpha: float = setting(0.5, "teacher cells with less rendered coverage are left out of the loss", ge=0, le=1)
+    checkpoint_every: int = setting(200, "steps between checkpoints (SCENE/fields/distill/checkpoint.pt)",
+                                         ge=1, resume_free=True)
+    seed: int = setting(0, "view order")
+    torch_threads: int = setting(1, "torch intra-op threads while fitting (0: unchanged; one is faster here: small "
+                                    "per-step tensors compete with the rasterizer's threads)", ge=0, resume_free=True)
+
+
+# ------------------------------------------------------------------------------------------ fmgs
+PAPER_STEPS = 4200
+PAPER_WARMUP = 2500
+
+
+@dataclass
+class FMGSConfig(FitConfig):
+    """FMGS (Zuo et al. 2024): hash grid at the Gaussian centres, language and alignment heads.
+    Defaults are the paper's (official code) unless a field says otherwise."""
+
+    method: ClassVar[str] = "fmgs"
+    steps: int = setting(PAPER_STEPS, "feature-field steps, one training view each (paper: 4,200 after 30k 3DGS "
+                                      "steps); the learning-rate schedule and warm-up scale with it", ge=0)
+    pyramid: bool = setting(True, "language targets from the FMGS hybrid multi-scale pyramid (false: the plain dense "
+                                  "map; ablation)")
+    pyramid_tile_input: int = setting(0, "pixels each pyramid tile is resized to before encoding (0: the model's input "
+                                         "size, 224, as the paper; >= 8 otherwise)", ge=0)
+    pixel_align: bool = setting(True, "add the pixel-alignment loss after the warm-up (false: ablation)")
+    grids: tuple[tuple[int, int, int], ...] = setting(((12, 16, 128), (12, 128, 512)),
+                                                      "hash grids as (levels, min resolution, max resolution)")
+    log2_table: int = setting(19, "hash table size: 2^log2_table rows per level", ge=1, le=30)
+    grid_features: int = setting(8, "features per level (2 grids x 12 levels x 8 = 192)", ge=1)
+    contraction: Literal["inf", "l2"] = setting("inf", "Mip-NeRF 360 contraction norm (inf: the scene box stays "
+                                                       "uncontracted)")
+    bounds_quantile: float = setting(0.01, "scene box = per-axis [q, 1-q] quantiles of the feature Gaussians' centres",
+                                           ge=0, le=0.5)
+    bounds_margin: float = setting(0.1, "the box widened by this fraction of its size on each side (ours)", ge=0)
+    min_opacity: float = setting(0.25, "only Gaussians with opacity above this carry features", ge=0, le=1)
+    hidden: int = setting(256, "width of both heads", ge=1)
+    language_layers: int = setting(4, "hidden layers of the language head (paper: 4 x 256, ReLU)", ge=1)
+    align_layers: int = setting(1, "hidden layers of the alignment head (paper: 1 x 256)", ge=1)
+    lam: float = setting(0.2, "λ: loss = (1 - λ)·MSE(alignment) + λ·Huber(language)", ge=0, le=1)
+    huber_delta: float = setting(1.25, "Huber δ of the language loss", gt=0)
+    pixel_align_weight: float = setting(0.01, "weight of the pixel-alignment loss", ge=0)
+    pixel_align_start: float = setting(PAPER_WARMUP / PAPER_STEPS, "fraction of the steps before pixel alignment "
+                                                                   "switches on (2,500 of 4,200)", ge=0, le=1)
+    optimizer: Literal["radam", "adam"] = setting("radam", "radam (paper) or adam: RAdam's rectification damps its "
+                                                           "first ~1,000 steps, slow for a few hundred")
+    eps: float = setting(1e-15, "optimiser ε (Instant-NGP's): hash-table gradients are ~1e-9 or less", gt=0)
+    lr: float = setting(5e-3, "learning rate at the first step (hash tables and heads)", gt=0)
+    lr_final: float = setting(2e-3, "... decayed exponentially to this at the last step", gt=0)
+    render_scale: float = setting(0.5, "features are rendered at this fraction of the image size (paper: half)",
+                                       gt=0, le=4)
+    loss_grid: Literal["alignment", "own"] = setting("alignment", "alignment: both losses on the alignment map's grid "
+                                                                  "(paper); own: each on its teacher's grid")
+    checkpoint_every: int = setting(500, "steps between checkpoints (SCENE/fields/fmgs/checkpoint.pt)",
+                                         ge=1, resume_free=True)
+    seed: int = setting(0, "head initialisation and view order")
+
+    def check(self) -> list[str]:
+        problems = []
+        if 0 < self.pyramid_tile_input < 8:
+            problems.append(f"pyramid_tile_input must be 0 (the model's input size) or >= 8, got "
+                            f"{self.pyramid_tile_input}")
+        if not self.grids:
+            problems.append("grids: at least one grid")
+        for levels, lo, hi in self.grids:
+            if levels < 1 or lo < 1 or hi < lo:
+                problems.append(f"grid ({levels}, {lo}, {hi}): need levels >= 1 and 1 <= min_res <= max_res")
+        return problems
+
+    @property
+    def resolutions(self) -> list[int]:
+        from fmsplat.fields.hashgrid import geometric_resolutions
+
+        return [r for levels, lo, hi in self.grids for r in geometric_resolutions(levels, lo, hi)]
+
+
+# ------------------------------------------------------------------------------------------ m3
+# Paper (official code) per-model query dims and thresholds; the embedded models take those of their roles
+# (effnet: CLIP's, effnet-mid: DINOv2's, effnet-labels: LLaMA3's; bench/README.md, "Fields: per-step cost and M3
+# memory banks").
+PAPER_SLICES = {"clip": 16, "siglip": 32, "dinov2": 32, "seem": 16, "llama3": 32, "llamav": 32}
+PAPER_TAUS = {"clip": 0.80, "siglip": 0.85, "dinov2": 0.75, "seem": 1.00, "llama3": 1.00, "llamav": 0.60}
+
+
+@dataclass
+class M3Config(FitConfig):
+    """M3 (Zou et al., ICLR 2025): memory banks, principal queries, Gaussian memory attention. Defaults
+    follow the paper / official code except where a field says otherwise."""
+
+    method: ClassVar[str] = "m3"
+    steps: int = setting(2000, "optimisation steps, one training view each (official: 30,000 joint iterations on a "
+                               "GPU)", ge=0, resume_free=True)
+    query_dim: int = setting(160, "principal-query budget per Gaussian (paper: 160 for six models); the slices of the "
+                                  "models in use must fit in it, and only those are stored", ge=1)
+    slice_dims: dict[str, int] = setting({"effnet": 16, "effnet-mid": 32, "effnet-labels": 32, "dino": 32, **PAPER_SLICES},
+                                         "query dims per model (alias or family)", ge=1)
+    default_slice: int = setting(32, "query dims of a model not listed in slice_dims", ge=1)
+    taus: dict[str, float] = setting({"effnet": 0.80, "effnet-mid": 0.75, "effnet-labels": 0.99, "dino": 0.75, **PAPER_TAUS},
+                                     "Algorithm 1 similarity thresholds per model (alias or family)", gt=0, le=1)
+    default_tau: float = setting(0.80, "threshold of a model not listed in taus", gt=0, le=1)
+    bank_method: Literal["algorithm1", "fast"] = setting("algorithm1", "algorithm1 (official, O(P^2)) or fast "
+                                                                       "(streaming greedy, full cover)")
+    temperature: float = setting(0.05, "softmax temperature of the memory attention", gt=0)
+    learn_projection: bool = setting(False, "train W_m (official: a fixed random projection)")
+    lr_queries: float = setting(5e-4, "Adam learning rate of the principal queries (initialised N(0, 1))", gt=0)
+    lr_projection: float = setting(5e-4, "Adam learning rate of W_m when learn_projection", gt=0)
+    n_points: int = setting(2000, "random points per view and model in the feature loss", ge=1)
+    feature_weight: float = setting(0.5, "per-model loss weight: feature_weight * ((1 - cos) + MSE)", ge=0)
+    joint: bool = setting(False, "also fine-tune the Gaussians with the RGB loss (official: joint)")
+    ssim_weight: float = setting(0.2, "RGB loss (joint only): (1 - w) L1 + w (1 - SSIM)", ge=0, le=1)
+    render_scale: float = setting(1.0, "render the training views at this fraction of their size", gt=0, le=4)
+    checkpoint_every: int = setting(500, "steps between checkpoints (SCENE/fields/m3/checkpoint.pt)",
+                                         ge=1, resume_free=True)
+    seed: int = setting(0, "queries, projections, view order and sample points")
+    max_block_mb: int = setting(256, "memory budget of one similarity / attention block (MiB)", ge=1, resume_free=True)
+    torch_threads: int = setting(0, "torch intra-op threads while fitting (0: unchanged; M3's steps are attention "
+                                    "matmuls, faster with torch's threads)", ge=0, resume_free=True)
+
+
+# ------------------------------------------------------------------------------------------ presets
+CONFIGS: dict[str, type[FitConfig]] = {"distill": DistillConfig, "fmgs": FMGSConfig, "m3": M3Config}
+
+# preset -> method -> overrides of the dataclass defaults (the `paper` settings); cpu: bench/README.md, "Feature fields"
+PRESETS: dict[str, dict[str, dict]] = {
+    "paper": {"distill": {}, "fmgs": {}, "m3": {}},
+    "cpu": {
+        "distill": {},
+        "fmgs": dict(pyramid_tile_input=96, render_scale=0.25, optimizer="adam", steps=1200),
+        "m3": dict(render_scale=0.5, steps=800, lr_queries=0.05),
+    },
+}
+PRESET_DOCS = {"paper": "the published settings (GPU-sized: hours on a CPU)",
+               "cpu": "what fits a 2-core CPU in minutes (bench/README.md, 'Feature fields')"}
+
+
+def config_class(method: str) -> type[FitConfig]:
+    if method not in CONFIGS:
+        raise FieldError(f"unknown method '{method}'; choose from {sorted(CONFIGS)}")
+    return CONFIGS[method]
+
+
+def default_preset() -> tuple[str, str]:
+    """(preset, why): paper on a CUDA machine, cpu otherwise."""
+    import torch
+
+    return ("paper", "a CUDA device is present") if torch.cuda.is_available() else ("cpu", "no CUDA device")
+
+
+def make_config(method: str, preset: str | None = "paper", overrides: dict | None = None,
+                config: FitConfig | None = None) -> FitConfig:
+    """The settings of `method`: `config`, else the `preset`'s, with `overrides` applied and checked."""
+    cls = config_class(method)
+    if config is None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        config = cls(**PRESETS[preset][method])
+    elif not isinstance(config, cls):
+        raise ConfigError(f"{method}: config is a {type(config).__name__}, expected {cls.__name__}")
+    overrides = overrides or {}
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ConfigError(f"{method}: unknown config field(s) {unknown}; known: {known}")
+    return replace(config, **overrides)
+
+
+def parse_opts(method: str, pairs: list[str]) -> dict:
+    """--opt KEY=VALUE pairs -> {field: value} read by each field's declared type; a pair that is not
+    KEY=VALUE, an unknown field or a value that does not parse is a ConfigError naming the field and
+    what it accepts (ranges are checked when the config is built)."""
+    cls = config_class(method)
+    hints = _hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    out = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ConfigError(f"--opt '{pair}' is not KEY=VALUE")
+        if key not in known:
+            raise ConfigError(f"--opt {key}: {method} has no such setting; known: {', '.join(known)}")
+        try:
+            out[key] = _convert(text.strip(), hints[key], True)
+        except _Bad as bad:
+            raise ConfigError(f"--opt {key} ({_type_name(hints[key])}): {bad}") from None
+    return out
+
+
+def settings_help() -> str:
+    """The presets and every method's settings (name, type, paper default, cpu preset's if it differs,
+    doc), for `fmsplat fit --help`."""
+    lines = ["Presets (--preset): " + "; ".join(f"{k}: {v}" for k, v in PRESET_DOCS.items()) + ".",
+             "Settings (--opt KEY=VALUE; NAME (type; paper default, cpu preset if it differs): what it does):"]
+    for method, cls in CONFIGS.items():
+        lines += ["", f"{method}:"]
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else f.default_factory()
+            if isinstance(default, dict):
+                default = ",".join(f"{k}={v}" for k, v in default.items())
+            elif isinstance(default, tuple):
+                default = ",".join(":".join(map(str, g)) for g in default)
+            cpu = PRESETS["cpu"][method]
+            extra = f", cpu {cpu[f.name]}" if f.name in cpu else ""
+            lines.append(f"  {f.name} ({_type_name(_hints(cls)[f.name])}; {default}{extra}): {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+__all__ = ["CONFIGS", "ConfigError", "DistillConfig", "FMGSConfig", "FieldError", "FitConfig", "M3Config", "PRESETS",
+           "PRESET_DOCS", "config_class", "default_preset", "settings_help", "make_config", "parse_opts", "setting"]

@@ -1,0 +1,576 @@
+"""`fmsplat serve SCENE`: a JSON HTTP API over one loaded scene (FastAPI + uvicorn; OpenAPI page at /docs).
+
+    POST /query   {text, negatives?, space?, view? | camera?, all_parts?, relative?, size?}
+                  -> found, score, 3D point, per part its 3D box and Gaussian count; with a view or a camera
+                     also the 2D point, the 3D point's projection and the relevancy map (PNG, base64)
+    POST /render  {view? | camera?, kind: rgb | depth | relevancy, text? (relevancy), size?} -> image/png
+    POST /select  {text, negatives?, space?, all_parts?, relative?} -> the object's Gaussians, a 3DGS PLY
+    GET  /scene   methods, spaces, bounds, views (cameras), limits
+    GET  /health  liveness
+
+Answers without a view come from the per-Gaussian features (QueryEngine.locate): no rendering. Safe by
+default: the CLI binds 127.0.0.1; any other host needs a bearer token (--token or FMSPLAT_TOKEN), and when
+a token is set every route but /health and the OpenAPI pages requires `Authorization: Bearer <token>`.
+Bodies, texts, image sizes and concurrent renders are bounded (Limits); every bad request gets a 4xx JSON
+error {"error": <kind>, "message": <what is wrong>}, never a traceback. Nothing here writes into the scene.
+
+The query engine is not thread-safe: every call into it holds one lock (`SceneService.lock`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import ipaddress
+import json
+import math
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import torch
+
+from fmsplat.errors import FmsplatError, UserInputError
+from fmsplat.query.parts import LOCATE_RELATIVE
+
+TOKEN_ENV = "FMSPLAT_TOKEN"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 64 * 1024  # request bodies (a camera and a phrase are far below this)
+    max_text_chars: int = 200  # per phrase (fmsplat.query.command.MAX_TEXT_LENGTH)
+    max_negatives: int = 16
+    max_image_side: int = 2048  # px, width or height of a rendered view
+    max_image_pixels: int = 1024 * 1024  # width x height of a rendered view
+    max_renders: int = 2  # renders running or waiting at once; more get 503 at once
+    render_wait_s: float = 60.0  # how long a render waits for the engine before 503
+
+
+class ApiError(Exception):
+    """A request the server refuses: HTTP `status`, a short `kind`, a message naming the problem."""
+
+    def __init__(self, status: int, kind: str, message: str, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message, self.headers = status, kind, message, headers or {}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a token."""
+    if not is_loopback(host) and not token:
+        raise UserInputError(f"--host {host} exposes the scene beyond this machine: set a bearer token with "
+                             f"--token or the {TOKEN_ENV} environment variable")
+
+
+# ------------------------------------------------------------------------------------------ request checks
+def _finite_matrix(value, shape: tuple[int, int], name: str) -> np.ndarray:
+    try:
+        m = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ApiError(422, "bad_camera", f"camera.{name} must be a {shape[0]}x{shape[1]} matrix of numbers")
+    if m.shape != shape:
+        raise ApiError(422, "bad_camera", f"camera.{name} has shape {list(m.shape)}, expected {list(shape)}")
+    if not np.isfinite(m).all():
+        raise ApiError(422, "bad_camera", f"camera.{name} holds NaN or infinite values")
+    return m
+
+
+def parse_camera(spec: dict, limits: Limits):
+    """A fmsplat Camera from a JSON camera: {width, height, K (3x3) | fx, fy, cx?, cy?, viewmat (4x4 world-to-
+    camera, OpenCV) | c2w (4x4 camera-to-world), convention: opencv | opengl (of c2w)}."""
+    from fmsplat.scene.cameras import GL_TO_CV, Camera
+
+    if not isinstance(spec, dict):
+        raise ApiError(422, "bad_camera", "camera must be an object {width, height, K | fx/fy, viewmat | c2w}")
+    known = {"width", "height", "K", "fx", "fy", "cx", "cy", "viewmat", "c2w", "convention", "name"}
+    extra = sorted(set(spec) - known)
+    if extra:
+        raise ApiError(422, "bad_camera", f"camera has unknown keys {extra}; known: {sorted(known)}")
+    w, h = spec.get("width"), spec.get("height")
+    for name, v in (("width", w), ("height", h)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ApiError(422, "bad_camera", f"camera.{name} must be a positive integer, got {v!r}")
+    check_size(w, h, limits, "camera")
+    if "K" in spec:
+        K = _finite_matrix(spec["K"], (3, 3), "K")
+    else:
+        vals = {}
+        for k, default in (("fx", None), ("fy", None), ("cx", w / 2), ("cy", h / 2)):
+            v = spec.get(k, default)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ApiError(422, "bad_camera", f"camera needs K (3x3) or fx, fy (numbers); camera.{k} is {v!r}")
+            if not math.isfinite(v):
+                raise ApiError(422, "bad_camera", f"camera.{k} is NaN or infinite")
+            vals[k] = float(v)
+        K = np.array([[vals["fx"], 0, vals["cx"]], [0, vals["fy"], vals["cy"]], [0, 0, 1]], dtype=np.float64)
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ApiError(422, "bad_camera", f"camera focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
+    if ("viewmat" in spec) == ("c2w" in spec):
+        raise ApiError(422, "bad_camera", "camera needs exactly one pose: viewmat (world-to-camera) or c2w")
+    convention = spec.get("convention", "opencv")
+    if convention not in ("opencv", "opengl"):
+        raise ApiError(422, "bad_camera", f"camera.convention must be 'opencv' or 'opengl', got {convention!r}")
+    if "viewmat" in spec:
+        if convention != "opencv":
+            raise ApiError(422, "bad_camera", "camera.viewmat is OpenCV world-to-camera; 'opengl' applies to c2w")
+        viewmat = _finite_matrix(spec["viewmat"], (4, 4), "viewmat")
+        R = viewmat[:3, :3]
+    else:
+        c2w = _finite_matrix(spec["c2w"], (4, 4), "c2w")
+        if convention == "opengl":
+            c2w = c2w @ GL_TO_CV
+        R = c2w[:3, :3]
+    if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or not abs(np.linalg.det(R) - 1.0) < 1e-3:
+        raise ApiError(422, "bad_camera", "camera pose: its 3x3 rotation is not a rotation (orthonormal, det +1)")
+    if "c2w" in spec:
+        viewmat = np.linalg.inv(c2w)
+    name = spec.get("name", "camera")
+    return Camera(K=K, viewmat=viewmat, width=w, height=h, name=str(name)[:64])
+
+
+def check_size(w, h, limits: Limits, what: str) -> None:
+    if w > limits.max_image_side or h > limits.max_image_side or w * h > limits.max_image_pixels:
+        raise ApiError(413, "image_too_large", f"{what}: {w}x{h} is over the limit ({limits.max_image_side} px a "
+                                               f"side, {limits.max_image_pixels} pixels)")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def relevancy_png(rel: np.ndarray) -> bytes:
+    """The relevancy map colour-mapped on the fixed 0.5..1 scale (fmsplat.query.viz)."""
+    from fmsplat.query.viz import colormap
+
+    return png_bytes((np.clip(colormap(rel), 0, 1) * 255 + 0.5).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------------ the scene
+class SceneService:
+    """One loaded scene (fmsplat.query.SceneQuery) and the engines of its spaces/negatives, behind one lock."""
+
+    def __init__(self, sq, limits: Limits | None = None) -> None:
+        from fmsplat.fields import saved_methods
+
+        self.sq = sq
+        self.limits = limits or Limits()
+        self.lock = threading.Lock()
+        self.renders = threading.BoundedSemaphore(self.limits.max_renders)
+        self._engines: OrderedDict = OrderedDict()
+        self._engines[(sq.engine.space, tuple(sq.engine.negatives))] = sq.engine
+        self.methods = saved_methods(sq.root)
+        means = sq.field.gaussians.means.detach().double()
+        self.bounds = {"min": means.min(0).values.tolist(), "max": means.max(0).values.tolist(),
+                       "p1": torch.quantile(means, 0.01, dim=0).tolist(), "p99": torch.quantile(means, 0.99, dim=0).tolist()}
+        self.started = time.time()
+        self.warm_ms: float | None = None
+
+    @classmethod
+    def open(cls, scene, method: str | None = None, space: str | None = None, data: str | None = None,
+             limits: Limits | None = None, warm: bool = True) -> "SceneService":
+        from fmsplat.query import SceneQuery
+
+        service = cls(SceneQuery.open(scene, method=method, space=space, data=data), limits)
+        if warm:
+            service.warm()
+        return service
+
+    def warm(self) -> None:
+        """Load the text encoder and the presence vocabulary now (the first query would otherwise pay it)."""
+        t0 = time.perf_counter()
+        with self.lock:
+            self.sq.engine.locate("object")
+        self.warm_ms = 1e3 * (time.perf_counter() - t0)
+
+    # -- engines
+    def language_spaces(self) -> list[str]:
+        return [a for a, s in self.sq.field.spaces.items() if s.language_aligned]
+
+    def engine(self, space: str | None, negatives: Sequence[str] | None):
+        from fmsplat.query import QueryEngine
+
+        space = space or self.sq.engine.space
+        if space not in self.sq.field.spaces:
+            raise ApiError(400, "unknown_space", f"space {space!r} is not in this field; its language-aligned spaces: "
+                                                 f"{self.language_spaces()}")
+        if space not in self.language_spaces():
+            raise ApiError(400, "unknown_space", f"space {space!r} is not language-aligned; text queries need one of "
+                                                 f"{self.language_spaces()}")
+        negs = tuple(self.sq.engine.negatives if negatives is None else negatives)
+        key = (space, negs)
+        eng = self._engines.get(key)
+        if eng is None:
+            eng = QueryEngine(self.sq.field, space, negs)
+            self._engines[key] = eng
+            while len(self._engines) > 8:  # each keeps its per-Gaussian features: a few at most
+                self._engines.popitem(last=False)
+        self._engines.move_to_end(key)
+        return eng
+
+    def check_text(self, text, what: str = "text") -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(422, "bad_text", f"{what} is empty")
+        if len(text) > self.limits.max_text_chars:
+            raise ApiError(422, "bad_text", f"{what} has {len(text)} characters; at most "
+                                            f"{self.limits.max_text_chars} are allowed")
+        return text
+
+    def check_negatives(self, negatives) -> list[str] | None:
+        if negatives is None:
+            return None
+        if not negatives:
+            raise ApiError(422, "bad_negatives", "negatives is empty; leave it out for the canonical ones")
+        if len(negatives) > self.limits.max_negatives:
+            raise ApiError(422, "bad_negatives", f"{len(negatives)} negatives; at most {self.limits.max_negatives}")
+        return [self.check_text(n, f"negatives[{i}]") for i, n in enumerate(negatives)]
+
+    def camera_for(self, view: int | None, camera: dict | None, size: list[int] | None):
+        """(camera, size (w, h), view name, view index or None) for a request."""
+        if view is not None and camera is not None:
+            raise ApiError(422, "bad_request", "give a view or a camera, not both")
+        if camera is not None:
+            cam, name, index = parse_camera(camera, self.limits), str(camera.get("name", "camera")), None
+        else:
+            n = len(self.sq.dataset)
+            if view is None or not 0 <= view < n:
+                raise ApiError(404 if view is not None else 422, "unknown_view",
+                               f"view {view} does not exist (the scene has {n} views, 0-{n - 1})" if view is not None
+                               else "give a view (index) or a camera")
+            cam, name, index = self.sq.dataset.cameras[view], self.sq.bundle.view_name(view), view
+        if size is not None:
+            if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+                raise ApiError(422, "bad_size", f"size must be [width, height] of positive integers, got {size}")
+            w, h = size
+        else:
+            w, h = cam.width, cam.height
+        check_size(w, h, self.limits, "size")
+        return cam, (w, h), name, index
+
+    def render_slot(self):
+        """A context that holds one of the `max_renders` render slots, or raises 503 when all are taken."""
+        service = self
+
+        class _Slot:
+            def __enter__(self_):
+                if not service.renders.acquire(blocking=False):
+                    raise ApiError(503, "busy", f"{service.limits.max_renders} renders are already running or "
+                                                "waiting; retry shortly", {"Retry-After": "1"})
+                if not service.lock.acquire(timeout=service.limits.render_wait_s):
+                    service.renders.release()
+                    raise ApiError(503, "busy", "the engine stayed busy too long; retry shortly", {"Retry-After": "1"})
+
+            def __exit__(self_, *exc):
+                service.lock.release()
+                service.renders.release()
+
+        return _Slot()
+
+    # -- routes' work
+    def query(self, req: dict) -> dict:
+        text = self.check_text(req.get("text"))
+        negatives = self.check_negatives(req.get("negatives"))
+        relative = req.get("relative", LOCATE_RELATIVE)
+        with_view = req.get("view") is not None or req.get("camera") is not None
+        cam_info = self.camera_for(req.get("view"), req.get("camera"), req.get("size")) if with_view else None
+        t0 = time.perf_counter()
+        if not with_view:
+            with self.lock:
+                eng = self.engine(req.get("space"), negatives)
+                answer = eng.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
+            out = {"answer": answer.to_json()}
+        else:
+            cam, size, name, index = cam_info
+            with self.render_slot():
+                eng = self.engine(req.get("space"), negatives)
+                answer = eng.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
+                result = eng.query(cam, text, size=size, view=name, answer=answer)
+            r = result.to_json()
+            out = {"answer": r.pop("answer_3d"), "view": {
+                "index": index, "name": name, "size": list(size), "pixel": {"x": result.pixel[0], "y": result.pixel[1]},
+                "score_2d": r["location_2d"]["relevancy"], "projection": r["projection"], "empty_view": r["empty_view"],
+                "mask_pixels": r["mask_pixels"], "lifted": r["location_3d"]["lifted"],
+                "relevancy_range": r["location_2d"]["relevancy_range"], "relevancy_scale": [0.5, 1.0],
+                "relevancy_png": base64.b64encode(relevancy_png(result.relevancy)).decode("ascii"),
+                "timing_ms": r["timing_ms"]}}
+        a = out["answer"]
+        best = a["parts"][0] if a["parts"] else None
+        out.update({"text": text, "space": answer.space, "negatives": list(eng.negatives), "found": a["found"],
+                    "score": a["score"], "point": a["point"],
+                    "box": None if best is None else best["box"], "gaussians": None if best is None else best["gaussians"],
+                    "ms": round(1e3 * (time.perf_counter() - t0), 3)})
+        return out
+
+    def render(self, req: dict) -> tuple[bytes, dict]:
+        from fmsplat.fields.base import camera_at
+        from fmsplat.reconstruct.renders import render_image, scene_background
+
+        kind = req.get("kind", "rgb")
+        if kind not in ("rgb", "depth", "relevancy"):
+            raise ApiError(422, "bad_kind", f"kind must be 'rgb', 'depth' or 'relevancy', got {kind!r}")
+        text = self.check_text(req.get("text"), "text (needed for kind 'relevancy')") if kind == "relevancy" else None
+        negatives = self.check_negatives(req.get("negatives"))
+        cam, size, name, _ = self.camera_for(req.get("view"), req.get("camera"), req.get("size"))
+        cam = camera_at(cam, size)
+        headers = {"X-Fmsplat-View": name.encode("ascii", "replace").decode(), "X-Fmsplat-Kind": kind}
+        with self.render_slot():
+            if kind == "rgb":
+                img = render_image(self.sq.field.gaussians, cam, scene_background(self.sq.bundle.meta))
+                data = png_bytes((img * 255 + 0.5).astype(np.uint8))
+            elif kind == "depth":
+                res = self.sq.engine.render(cam)
+                depth = res.depth.detach().cpu().numpy().astype(np.float64)
+                depth[(res.alpha.detach().cpu().numpy() < 0.5) | ~np.isfinite(depth)] = 0.0
+                data = png_bytes(np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16))
+                headers["X-Fmsplat-Depth-Unit"] = "0.001 scene units (uint16 PNG), 0 = nothing rendered"
+            else:
+                eng = self.engine(req.get("space"), negatives)
+                rel = eng.relevancy_map(cam, text).detach().cpu().numpy()
+                data = relevancy_png(rel)
+                headers["X-Fmsplat-Relevancy-Scale"] = "0.5..1"
+        return data, headers
+
+    def select(self, req: dict) -> tuple[bytes, dict]:
+        from fmsplat.query.command import slugify
+
+        text = self.check_text(req.get("text"))
+        negatives = self.check_negatives(req.get("negatives"))
+        with self.lock:
+            eng = self.engine(req.get("space"), negatives)
+            answer = eng.locate(text, all_parts=bool(req.get("all_parts", False)), relative=req.get("relative", LOCATE_RELATIVE))
+        if not answer.found and not req.get("export_absent", False):
+            score = None if answer.presence is None else round(answer.presence.score, 4)
+            raise ApiError(404, "not_found", f"{text!r} is not in the scene (score {score}); set export_absent to "
+                                             "download the best guess anyway")
+        from fmsplat.query.engine import export_selection
+
+        with tempfile.TemporaryDirectory(prefix="fmsplat-select-") as tmp:  # never inside the scene
+            path = Path(tmp) / "selection.ply"
+            with self.lock:
+                count = export_selection(self.sq.field, answer.selection, path)
+            data = path.read_bytes()
+        headers = {"Content-Disposition": f'attachment; filename="{slugify(text)}.ply"'.encode("ascii", "replace").decode(),
+                   "X-Fmsplat-Gaussians": str(count), "X-Fmsplat-Found": str(answer.found).lower()}
+        return data, headers
+
+    def scene(self) -> dict:
+        ds = self.sq.dataset
+        test = set(getattr(ds, "test_indices", []) or [])
+        views = [{"index": i, "name": self.sq.bundle.view_name(i), "split": "test" if i in test else "train",
+                  "width": c.width, "height": c.height, "K": c.K.tolist(), "viewmat": c.viewmat.tolist()}
+                 for i, c in enumerate(ds.cameras)]
+        spaces = [{"alias": a, "name": s.name, "dim": s.dim, "language_aligned": bool(s.language_aligned),
+                   "default": a == self.sq.engine.space} for a, s in self.sq.field.spaces.items()]
+        return {"scene": self.sq.root.name, "method": self.sq.field.method, "methods": self.methods, "spaces": spaces,
+                "negatives": list(self.sq.engine.negatives), "gaussians": len(self.sq.field.gaussians),
+                "bounds": self.bounds, "views": views, "limits": asdict(self.limits)}
+
+
+# ------------------------------------------------------------------------------------------ the app
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402  (pydantic comes with fastapi)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Ask(_Strict):
+    text: str = Field(description="the phrase, e.g. 'espresso cup'")
+    negatives: Optional[list[str]] = Field(None, description="negative phrases (default: the canonical ones)")
+    space: Optional[str] = Field(None, description="a language-aligned space of the field (GET /scene)")
+    all_parts: bool = False
+    relative: float = Field(LOCATE_RELATIVE, ge=0.0, le=1.0, allow_inf_nan=False)
+
+
+class Query(Ask):
+    view: Optional[int] = Field(None, description="a dataset view index (GET /scene)")
+    camera: Optional[dict] = Field(None, description="{width, height, K | fx, fy, cx, cy, viewmat | c2w, "
+                                                     "convention: opencv | opengl}")
+    size: Optional[list[int]] = Field(None, description="[width, height] of the rendered maps")
+
+
+class Render(_Strict):
+    kind: Literal["rgb", "depth", "relevancy"] = "rgb"
+    text: Optional[str] = None
+    negatives: Optional[list[str]] = None
+    space: Optional[str] = None
+    view: Optional[int] = None
+    camera: Optional[dict] = None
+    size: Optional[list[int]] = None
+
+
+class Select(Ask):
+    export_absent: bool = False
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body over `limit` bytes (declared or streamed)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = f"the request body is over the {self.limit}-byte limit"
+        if declared is not None:
+            try:
+                too_large = int(declared) > self.limit
+            except ValueError:
+                too_large = False
+            if too_large:
+                return await _send_json(send, 413, {"error": "body_too_large", "message": too_big})
+        chunks, seen = [], 0
+        while True:  # read the whole body (at most `limit` bytes), then replay it
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return await self.app(scope, receive, send)  # disconnected
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                return await _send_json(send, 413, {"error": "body_too_large", "message": too_big})
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def create_app(service: SceneService, token: str | None = None):
+    """The FastAPI app over `service`; `token`: the bearer token every route but /health and /docs requires."""
+    from fastapi import Body, FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    app = FastAPI(title="fmsplat", version="1", description=__doc__.split("\n\n")[0])
+    open_paths = {"/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
+
+    def error(status: int, kind: str, message: str, headers: dict | None = None):
+        return JSONResponse({"error": kind, "message": message}, status_code=status, headers=headers)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if token and request.url.path not in open_paths:
+            got = request.headers.get("authorization", "")
+            scheme, _, value = got.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
+                return error(401, "unauthorized", "this server needs 'Authorization: Bearer <token>'"
+                             + (" (the token given is wrong)" if got else ""), {"WWW-Authenticate": "Bearer"})
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, err: ApiError):
+        return error(err.status, err.kind, err.message, err.headers)
+
+    @app.exception_handler(FmsplatError)
+    async def _user_error(request, err: FmsplatError):
+        return error(400, "bad_request", str(err))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, err: RequestValidationError):
+        problems = err.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            ctx = next(p for p in problems if p.get("type") == "json_invalid").get("ctx", {})
+            return error(400, "bad_json", f"the body is not valid JSON ({ctx.get('error', 'parse error')})")
+        text = "; ".join(f"{'.'.join(str(x) for x in p.get('loc', ()) if x != 'body') or 'body'}: {p.get('msg')}"
+                         for p in problems[:5])
+        return error(422, "invalid_request", text)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, err: StarletteHTTPException):
+        kind = {404: "no_such_route", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return error(err.status_code, kind, str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def _bug(request, err: Exception):  # a bug: logged by uvicorn, never sent as a traceback
+        import logging
+
+        logging.getLogger("fmsplat.server").exception("request failed")
+        return error(500, "internal_error", f"{type(err).__name__}: the server failed on this request")
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "scene": service.sq.root.name, "method": service.sq.field.method,
+                "gaussians": len(service.sq.field.gaussians), "warm_ms": service.warm_ms,
+                "uptime_s": round(time.time() - service.started, 3)}
+
+    @app.get("/scene")
+    def scene():
+        return service.scene()
+
+    @app.post("/query")
+    def query(req: Query = Body(...)):
+        return service.query(req.model_dump())
+
+    @app.post("/render", response_class=Response,
+              responses={200: {"content": {"image/png": {}}, "description": "the image (PNG)"}})
+    def render(req: Render = Body(...)):
+        data, headers = service.render(req.model_dump())
+        return Response(content=data, media_type="image/png", headers=headers)
+
+    @app.post("/select", response_class=Response,
+              responses={200: {"content": {"application/octet-stream": {}}, "description": "3DGS PLY"}})
+    def select(req: Select = Body(...)):
+        data, headers = service.select(req.model_dump())
+        return Response(content=data, media_type="application/octet-stream", headers=headers)
+
+    return BodyLimit(app, service.limits.max_body_bytes) if service.limits.max_body_bytes else app
+
+
+def make_server(service: SceneService, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+                log_level: str = "warning"):
+    """A uvicorn.Server for `service` (call .run(), or run it in a thread and set .should_exit)."""
+    import uvicorn
+
+    check_bind(host, token)
+    config = uvicorn.Config(create_app(service, token), host=host, port=port, log_level=log_level,
+                            limit_concurrency=64, timeout_keep_alive=5, access_log=False)
+    return uvicorn.Server(config)
+
+
+def serve(scene, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, method: str | None = None,
+          space: str | None = None, data: str | None = None, limits: Limits | None = None,
+          log_level: str = "info") -> None:
+    """Load `scene`, warm the engine, and serve until interrupted."""
+    check_bind(host, token)
+    service = SceneService.open(scene, method=method, space=space, data=data, limits=limits)
+    make_server(service, host, port, token, log_level).run()
+
+
+__all__ = ["ApiError", "Limits", "SceneService", "TOKEN_ENV", "check_bind", "create_app", "is_loopback",
+           "make_server", "parse_camera", "serve"]

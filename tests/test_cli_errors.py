@@ -1,0 +1,166 @@
+"""A user's mistake costs one line (issue 16): user errors print `fmsplat <command>: <message>` on
+stderr (usage errors: that line plus a pointer to --help) with a non-zero exit code; no traceback
+unless --debug; train never silently replaces an existing scene."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fmsplat.cli import app
+
+
+def _run(args):
+    return CliRunner().invoke(app, args)
+
+
+def _short(res, code: int, *needles: str) -> None:
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == code, res.output
+    assert 1 <= len(lines) <= 2, res.stderr
+    assert "Traceback" not in res.output and "╭" not in res.output, res.output
+    for needle in needles:
+        assert needle in res.stderr, res.stderr
+
+
+@pytest.fixture
+def bad_dataset(tmp_path):
+    """A one-frame transforms.json dataset whose focal length is 0."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (16, 12)).save(root / "images" / "0000.png")
+    c2w = [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 2], [0, 0, 0, 1]]
+    (root / "transforms.json").write_text(json.dumps({"fl_x": 0, "w": 16, "h": 12, "frames": [
+        {"file_path": "images/0000.png", "transform_matrix": c2w}]}))
+    return root
+
+
+def test_missing_and_bad_inputs_cost_one_line(tmp_path, bad_dataset):
+    _short(_run(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]), 1, "fmsplat train:", "does not exist")
+    _short(_run(["train", str(bad_dataset), "--out", str(tmp_path / "o")]), 1, "transforms.json", "'fl_x'", "got 0")
+    _short(_run(["render", str(tmp_path / "nothing")]), 1, "fmsplat render:", "scene.json")
+    _short(_run(["fit", str(tmp_path / "nothing")]), 1, "fmsplat fit:", "scene.json")
+    _short(_run(["eval", str(tmp_path / "nothing")]), 1, "fmsplat eval:", "scene.json")
+
+
+def test_a_dataset_given_as_a_scene_says_so(bad_dataset):
+    res = _run(["render", str(bad_dataset)])
+    _short(res, 1, "is a dataset, not a trained scene", f"fmsplat train {bad_dataset} --out SCENE")
+    assert "--out " + str(bad_dataset) not in res.stderr
+
+
+def test_usage_errors_take_two_lines(tmp_path):
+    _short(_run(["train"]), 2, "fmsplat train:", "Missing argument", "--help")
+    _short(_run(["train", "x", "--out", "y", "--steps", "many"]), 2, "--steps")
+    _short(_run(["train", "x", "--out", "y", "--strategy", "bogus"]), 2, "strategy must be one of")
+    _short(_run(["train", "x", "--out", "y", "--checkpoint-every", "0"]), 2, "checkpoint_every")
+    _short(_run(["no-such-command"]), 2, "No such command")
+    _short(_run(["render", str(tmp_path), "--views", "test", "--path", "spiral"]), 2, "spiral")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from fmsplat.errors import FmsplatError
+
+    res = _run(["--debug", "fit", str(tmp_path / "nothing")])
+    assert res.exit_code != 0 and isinstance(res.exception, FmsplatError) and "scene.json" in str(res.exception)
+
+
+def test_make_scene_names_the_flag(tmp_path):
+    (tmp_path / "room").mkdir()
+    _short(_run(["make-scene", str(tmp_path / "room")]), 1, "--overwrite")
+
+
+class _FakeTrain:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, data, out, cfg, resume=False):
+        self.calls.append((cfg, resume))
+        return {"num_gaussians": 1, "test": {}}
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    import fmsplat.reconstruct
+
+    fake = _FakeTrain()
+    monkeypatch.setattr(fmsplat.reconstruct, "train_gaussians", fake)
+    return fake
+
+
+def test_train_refuses_a_non_empty_out(tmp_path, fake_train):
+    out = tmp_path / "scene"
+    (out / "fields" / "m3").mkdir(parents=True)
+    (out / "scene.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    res = _run(["train", str(tmp_path), "--out", str(out)])
+    _short(res, 1, "is not empty", "--resume", "--overwrite")
+    assert not fake_train.calls and (out / "scene.json").read_text() == "{}"
+
+    res = _run(["train", str(tmp_path), "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert fake_train.calls[-1][1] is True and (out / "scene.json").exists()
+
+    res = _run(["train", str(tmp_path), "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert fake_train.calls[-1][1] is False
+    # the old scene's outputs are gone (no stale field beside new Gaussians); other files are left alone
+    assert not (out / "scene.json").exists() and not (out / "fields").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+
+    _short(_run(["train", str(tmp_path), "--out", str(out), "--overwrite", "--resume"]), 2, "exclude")
+
+
+def test_train_into_an_empty_or_new_out_needs_no_flag(tmp_path, fake_train):
+    (tmp_path / "empty").mkdir()
+    assert _run(["train", str(tmp_path), "--out", str(tmp_path / "empty")]).exit_code == 0
+    assert _run(["train", str(tmp_path), "--out", str(tmp_path / "new")]).exit_code == 0
+    assert len(fake_train.calls) == 2
+
+
+def test_checkpoint_every_reaches_the_trainer(tmp_path, fake_train):
+    res = _run(["train", str(tmp_path), "--out", str(tmp_path / "o"), "--steps", "200", "--checkpoint-every", "50"])
+    assert res.exit_code == 0, res.output
+    cfg = fake_train.calls[-1][0]
+    assert cfg.checkpoint_every == 50 and cfg.steps == 200
+
+
+def test_a_checkpointed_short_run_resumes(tiny_dataset, tmp_path):
+    """--checkpoint-every makes runs of 500 steps or fewer resumable: a checkpoint left by a
+    stopped run is picked up by --resume, which says where it resumed from."""
+    import fmsplat.reconstruct.train as train_mod
+    from fmsplat.reconstruct import TrainConfig
+
+    out = tmp_path / "scene"
+    args = ["train", str(tiny_dataset), "--out", str(out), "--steps", "8", "--checkpoint-every", "4",
+            "--downscale", "4", "--max-gaussians", "2000", "--sh-degree", "0", "--eval-every", "0"]
+    saved = []
+    real_save = train_mod._save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(path, state):
+        real_save(path, state)
+        saved.append(state["step"])
+        raise Stop  # the run is killed right after its first checkpoint
+
+    train_mod._save_checkpoint = save_then_stop
+    try:
+        with pytest.raises(Stop):
+            train_mod.train_gaussians(tiny_dataset, out, TrainConfig(steps=8, checkpoint_every=4, downscale=4,
+                                                                     max_gaussians=2000, sh_degree=0, eval_every=0),
+                                      progress=False)
+    finally:
+        train_mod._save_checkpoint = real_save
+    assert saved == [4] and (out / train_mod.CHECKPOINT).exists()
+
+    _short(_run(args), 1, "not empty", "--resume")
+    res = _run(args + ["--resume"])
+    assert res.exit_code == 0, res.output
+    assert "resuming from the checkpoint at step 4" in res.output
+    assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 4
