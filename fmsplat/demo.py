@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmsplat import __version__, atomic
+from fmsplat.errors import UserInputError
 
 # The method the demo fits when none is named. On the bench preset (bench/README.md, "Feature fields")
 # the baseline localised as many labels as FMGS (80%) in a quarter of its fit time (FMGS: better mIoU,
@@ -66,7 +67,7 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
 
     cfg = config or DemoConfig()
     if cfg.preset not in _TRAIN:
-        raise ValueError(f"demo preset must be one of {sorted(_TRAIN)}, got {cfg.preset!r}")
+        raise UserInputError(f"demo preset must be one of {sorted(_TRAIN)}, got {cfg.preset!r}")
     work = Path(work_dir)
     data_dir, scene_dir, report = work / "data", work / "scene", work / "report"
     log: list[dict] = []

@@ -35,3 +35,21 @@ def copy_scene(tiny_scene, tmp_path):
     dst = tmp_path / "scene"
     shutil.copytree(tiny_scene, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_scene):
+    """The trained tiny scene, opened (dataset + Gaussians)."""
+    from fmsplat.fields import open_scene
+
+    return open_scene(tiny_scene)
+
+
+@pytest.fixture(scope="module")
+def objects(tiny_dataset):
+    """{label: SceneObjectInfo} of the tiny scene's objects.json (3D boxes)."""
+    from pathlib import Path
+
+    from fmsplat.scene.labels import read_objects
+
+    return {o.label: o for o in read_objects(Path(tiny_dataset) / "objects.json")[0]}

@@ -20,20 +20,6 @@ DISTRACTORS = ("rocket", "astronaut", "pagoda", "flower", "chair", "computer", "
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_scene):
-    from fmsplat.fields import open_scene
-
-    return open_scene(tiny_scene)
-
-
-@pytest.fixture(scope="module")
-def objects(tiny_dataset):
-    from fmsplat.scene.labels import read_objects
-
-    return {o.label: o for o in read_objects(Path(tiny_dataset) / "objects.json")[0]}
-
-
-@pytest.fixture(scope="module")
 def oracle(bundle, tiny_dataset):
     from fmsplat.eval.oracle import OracleField
 

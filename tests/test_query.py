@@ -20,20 +20,6 @@ from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy, relevancy_up
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_scene):
-    from fmsplat.fields import open_scene
-
-    return open_scene(tiny_scene)
-
-
-@pytest.fixture(scope="module")
-def objects(tiny_dataset):
-    from fmsplat.scene.labels import read_objects
-
-    return {o.label: o for o in read_objects(Path(tiny_dataset) / "objects.json")[0]}
-
-
-@pytest.fixture(scope="module")
 def labelled(bundle, tiny_dataset):
     """[(camera, ViewLabels)] of the labelled views."""
     from fmsplat.scene.labels import read_label_dir

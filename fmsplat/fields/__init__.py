@@ -30,18 +30,14 @@ from fmsplat.fields.configs import CONFIGS, config_class
 METHODS = {m: f"fmsplat.fields.{m}" for m in CONFIGS}
 
 
-def method_module(method: str):
-    """The module of `method`: a fitted method of fields.configs, or any other registered in METHODS (the
-    oracle field of the tests, plug-ins). An unknown method is a named FieldError."""
-    if method in METHODS and method not in CONFIGS:
-        return importlib.import_module(METHODS[method])
-    return importlib.import_module(METHODS[config_class(method).method])
+def method_module(method: str):  # also one registered in METHODS alone (the tests' oracle); unknown: FieldError
+    return importlib.import_module(METHODS[method if method in METHODS else config_class(method).method])
 
 
 def fit_field(scene_dir, method: str, models=None, config=None, resume: bool = False, progress: bool = True,
               preset: str = "paper", **overrides) -> FeatureField:
-    """Fit `method` on the trained scene `scene_dir` and save it under scene_dir/fields/<method>/.
-    Settings: `config`, else the named preset (fields.configs.PRESETS), with `overrides` applied."""
+    """Fit `method` on scene `scene_dir` into scene_dir/fields/<method>/, with `config`, else the named
+    preset's settings (fields.configs.PRESETS), `overrides` applied."""
     return method_module(method).fit(scene_dir, models=models, config=config, resume=resume, progress=progress,
                                      preset=preset, **overrides)
 
