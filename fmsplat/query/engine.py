@@ -522,8 +522,8 @@ class QueryEngine:
             local = cand[torch.as_tensor(comp.members)]  # indices into `keep`
             ppts = torch.as_tensor(pts[local.numpy()])
             w = (opac * r_keep)[local]
-            if len(local) > 2048:  # the density step is quadratic: its heaviest 2048 are enough
-                top = torch.topk(w, 2048).indices
+            if len(local) > 1024:  # the density step is quadratic: its heaviest 1024 are enough
+                top = torch.topk(w, 1024).indices
                 point = densest_point(ppts[top], w[top], bandwidth=max(link, 0.02 * diag))
             else:
                 point = densest_point(ppts, w, bandwidth=max(link, 0.02 * diag))
