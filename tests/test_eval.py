@@ -137,3 +137,25 @@ def test_eval_with_nothing_in_view_reports_no_metrics(tiny_scene, oracle):
     with pytest.warns(UserWarning, match="nothing is visible"), pytest.raises(EvalError, match="nothing is visible"):
         evaluate_scene(tiny_scene, field=field, out_dir=False, progress=False, teacher=False, fidelity=False,
                        rgb=False, latency_repeats=0, panels=False)
+
+
+def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scene, tiny_dataset):
+    from fmsplat.eval import EvalConfig, score_objects
+    from fmsplat.eval.oracle import OracleField
+    from fmsplat.fields import open_scene
+    from fmsplat.query import QueryEngine
+    from fmsplat.scene.labels import read_objects
+
+    assert EvalConfig(negatives=["object"]).negatives == ("object",)
+    for bad in (dict(render_scale=0), dict(render_scale=-1.0), dict(latency_repeats=-1)):
+        with pytest.raises(ValueError):
+            EvalConfig(**bad)
+    with pytest.raises(TypeError):
+        EvalConfig(render_scal=1.0)  # a misspelt setting is an error, not ignored
+    # the 3D scorer on the oracle: every object found, its point in its box, its Gaussians all inside
+    bundle = open_scene(tiny_scene)
+    path = Path(tiny_dataset) / "objects.json"
+    objects = read_objects(path)[0]
+    rows = score_objects(QueryEngine(OracleField.paint(bundle.gaussians, path)), [o.label for o in objects], objects, path)
+    assert [r["category"] for r in rows] == [o.label for o in objects]
+    assert all(r["found"] and r["in_box"] and r["precision"] == 1.0 for r in rows), rows

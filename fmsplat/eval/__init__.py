@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"evaluate_scene": "protocol", "EvalError": "protocol", "format_comparison": "report",
+_EXPORTS = {"evaluate_scene": "protocol", "EvalConfig": "protocol", "EvalError": "protocol",
+            "score_views": "protocol", "score_objects": "protocol", "format_comparison": "report",
             "scene_report": "report", "load_result": "report"}
 __all__ = sorted(_EXPORTS)
 

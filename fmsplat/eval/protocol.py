@@ -32,6 +32,7 @@ from __future__ import annotations
 import statistics
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -115,27 +116,49 @@ def _slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ entry point
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of the evaluation protocol (evaluate_scene); the defaults are LERF's and LangSplat's."""
+
+    negatives: tuple[str, ...] = CANONICAL_NEGATIVES  # canonical negatives of the LERF relevancy
+    render_scale: float = 1.0  # render the field at this fraction of the label size
+    box_margin: float = 0.1  # a lifted point within this fraction of the box diagonal counts as in the box
+    seg_kernel: int = M.LANGSPLAT_KERNEL  # LangSplat's mean filter
+    seg_threshold: float = M.LANGSPLAT_THRESHOLD  # LangSplat's mask threshold
+    latency_repeats: int = 5  # timed relevancy maps for the latency median (0: skip)
+    panels: bool = True  # write a PNG panel per query
+    teacher: bool = True  # score the 2D extractor on the photos too
+    fidelity: bool = True  # 1 - cos and MSE against the teacher on held-out views
+    rgb: bool = True  # PSNR / SSIM of the 3DGS on held-out views
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "negatives", tuple(str(n) for n in self.negatives))
+        if not self.render_scale > 0:
+            raise ValueError(f"render_scale must be positive, got {self.render_scale}")
+        if self.latency_repeats < 0:
+            raise ValueError(f"latency_repeats must be >= 0, got {self.latency_repeats}")
+
+
 def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None, out_dir=None, progress: bool = True,
-                   field: FeatureField | None = None, space: str | None = None,
-                   negatives=CANONICAL_NEGATIVES, render_scale: float = 1.0, box_margin: float = 0.1,
-                   seg_kernel: int = M.LANGSPLAT_KERNEL, seg_threshold: float = M.LANGSPLAT_THRESHOLD,
-                   latency_repeats: int = 5, panels: bool = True, teacher: bool = True, fidelity: bool = True,
-                   rgb: bool = True) -> dict:
+                   field: FeatureField | None = None, space: str | None = None, config: "EvalConfig | None" = None,
+                   **settings) -> dict:
     """Evaluate the field of `method` (default: the newest) in `scene_dir` on the labels of `data`
     (default: the scene's dataset); writes eval.json, eval.md and panels under `out_dir` (default
     SCENE/eval/<method>/, or SCENE/eval/<method>-<space>/ when `space` is given; `out_dir=False`
     writes nothing) and returns the result dict.
 
-    `field` evaluates an already built FeatureField instead of loading one (tests, notebooks).
-    `teacher`, `fidelity`, `rgb`, `panels` and `latency_repeats=0` switch parts off for quick runs."""
+    `field` evaluates an already built FeatureField instead of loading one (tests, notebooks). The
+    protocol's settings are `config` (EvalConfig), or EvalConfig's fields given as keywords; `teacher`,
+    `fidelity`, `rgb`, `panels` and `latency_repeats=0` switch parts off for quick runs. The scorers:
+    `score_views` (2D and lifted 3D per labelled view), `score_objects` (the 3D answers), then fidelity,
+    RGB and latency on the held-out views."""
+    cfg = config if config is not None else EvalConfig(**settings)
     t_start = time.perf_counter()
     scene_dir = Path(scene_dir)
     bundle = open_scene(scene_dir, data=data)
     if field is None:
         field = load_field(scene_dir, method, bundle=bundle)
-    if not render_scale > 0:
-        raise ValueError(f"render_scale must be positive, got {render_scale}")
-    engine = QueryEngine(field, space, negatives)
+    engine = QueryEngine(field, space, cfg.negatives)
     root = dataset_dir(bundle)
     try:
         labels = read_label_dir(root)
@@ -152,10 +175,65 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
 
     default_out = scene_dir / "eval" / (field.method if space is None else f"{field.method}-{engine.space}")
     out = None if out_dir is False else (Path(out_dir) if out_dir is not None else default_out)
-    teacher_cache = FeatureCache(bundle.root, engine.spec.extractor()) if teacher else None
-    neg_emb = engine.negative_embeddings
+    teacher_cache = FeatureCache(bundle.root, engine.spec.extractor()) if cfg.teacher else None
+    queries, empty_views, panel_files, categories = score_views(
+        engine, bundle, labels, index, objects, objects_path, out, teacher_cache, cfg, progress)
+    if not queries and empty_views:
+        raise EvalError(f"{scene_dir}: nothing is visible in any of the {len(empty_views)} labelled views with objects "
+                        f"(rendered opacity < 0.5 everywhere); no metrics. Are the scene and the dataset {root} the same?")
+    if not queries:
+        raise EvalError(f"{root / 'labels'}: the label files hold no objects")
+    per_object = score_objects(engine, categories, objects, objects_path) if objects is not None else []
 
-    # -------------------------------------------------------------- 2D + lifted 3D, per labelled view
+    # -------------------------------------------------------------- held-out views: fidelity, RGB, latency
+    test_idx = list(bundle.dataset.test_indices)
+    fidelity = _fidelity(bundle, field, test_idx, cfg.render_scale, progress) if cfg.fidelity else {}
+    rgb = _rgb(bundle, field, test_idx) if cfg.rgb else {}
+    latency = _latency(engine, bundle, test_idx or list(index.values()), cfg.render_scale, cfg.latency_repeats,
+                       teacher_cache is not None)
+
+    summary = _summary(queries, per_object, fidelity, rgb, latency, engine.space)
+    result = {
+        "fmsplat": __version__,
+        "scene": str(scene_dir),
+        "data": str(root),
+        "method": field.method,
+        "space": engine.space,
+        "negatives": list(engine.negatives),
+        "num_gaussians": len(field.gaussians),
+        "field_summary": getattr(field, "summary", {}),
+        "protocol": {"seg_kernel": cfg.seg_kernel, "seg_threshold": cfg.seg_threshold, "render_scale": cfg.render_scale,
+                     "box_margin": cfg.box_margin, "labelled_views": len(labels), "queries": len(queries),
+                     "empty_views": empty_views,
+                     "held_out_views": len(test_idx), "objects_json": objects is not None},
+        "summary": summary,
+        TEACHER: _teacher_summary(queries, latency) if teacher_cache is not None else None,
+        "queries": queries,
+        "objects": per_object,
+        "fidelity": fidelity,
+        "rgb": rgb,
+        "latency": latency,
+        "panels": panel_files,
+        "seconds": None,
+    }
+    result["seconds"] = round(time.perf_counter() - t_start, 2)
+    if out is not None:
+        from fmsplat.eval.report import scene_report
+
+        atomic.write_json(out / "eval.json", _jsonable(result))
+        atomic.write_text(out / "eval.md", scene_report(result))
+        result["out_dir"] = str(out)
+    return result
+
+
+def score_views(engine: QueryEngine, bundle: SceneBundle, labels: dict, index: dict, objects, objects_path: Path,
+                out: Path | None, teacher_cache, cfg: "EvalConfig", progress: bool = False):
+    """Scorer of the labelled views: LERF localisation and LangSplat segmentation of every labelled category
+    (and of the 2D teacher), the argmax lifted to 3D, panels. Returns (queries, empty views, panel files,
+    categories in order)."""
+    field = engine.field
+    neg_emb = engine.negative_embeddings
+    render_scale, seg_kernel, seg_threshold = cfg.render_scale, cfg.seg_kernel, cfg.seg_threshold
     queries: list[dict] = []
     empty_views: list[str] = []
     panel_files: list[str] = []
@@ -173,7 +251,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
         if not (alpha >= 0.5).any():
             # Nothing of the scene is in this view: its relevancy would be noise scored as an answer.
             empty_views.append(stem)
-            warnings.warn(f"{scene_dir}: nothing is visible in labelled view {stem} (rendered opacity < 0.5 "
+            warnings.warn(f"{bundle.root}: nothing is visible in labelled view {stem} (rendered opacity < 0.5 "
                           f"everywhere); its {len(cats)} queries are left out of the metrics", stacklevel=2)
             continue
         text_emb = engine.embed(cats)
@@ -201,82 +279,41 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
                 if point is None:
                     q["lift"].update({"dist": None, "in_box": False})
                 else:
-                    d, inside = _box_distance(point, objs, box_margin)
+                    d, inside = _box_distance(point, objs, cfg.box_margin)
                     q["lift"].update({"dist": d, "in_box": inside})
             if t_rel is not None:
                 q[TEACHER] = _score_query(t_rel[k].numpy().astype(np.float64), vl, cat, seg_kernel, seg_threshold)
-            if out is not None and panels:
+            if out is not None and cfg.panels:
                 path = out / "panels" / f"{stem}_{_slug(cat)}.png"
                 write_png(path, _panel(image, rel[k].numpy(), q, vl, cat, None if t_rel is None else t_rel[k].numpy(),
                                        seg_kernel, seg_threshold))
                 panel_files.append(str(path.relative_to(out)))
             queries.append(q)
-    if not queries and empty_views:
-        raise EvalError(f"{scene_dir}: nothing is visible in any of the {len(empty_views)} labelled views with objects "
-                        f"(rendered opacity < 0.5 everywhere); no metrics. Are the scene and the dataset {root} the same?")
-    if not queries:
-        raise EvalError(f"{root / 'labels'}: the label files hold no objects")
+    return queries, empty_views, panel_files, list(categories)
 
-    # -------------------------------------------------------------- 3D from the Gaussians, per category
+
+def score_objects(engine: QueryEngine, categories, objects, objects_path: Path) -> list[dict]:
+    """Scorer of the 3D answers (QueryEngine.locate) against the objects' 3D boxes, per category."""
+    field = engine.field
     per_object = []
-    if objects is not None:
-        means = field.gaussians.means.detach()
-        opaque = torch.sigmoid(field.gaussians.opacities.detach().float()) >= 0.1
-        for cat in categories:
-            objs = _objects_for(cat, objects, objects_path)
-            answer = engine.locate(cat)  # the product's 3D answer: the connected part, its point, presence
-            point, sel = answer.point, answer.selection
-            inside = _in_boxes(means, objs)
-            d, in_box = _box_distance(point, objs, 0.0)
-            truth = inside & opaque
-            per_object.append({
-                "category": cat, "point": point.tolist(), "dist": d, "in_box": in_box, "found": answer.found,
-                "presence": answer.presence.score,
-                "selected": sel.count, "cutoff": sel.cutoff,
-                "precision": float((sel.mask & inside).sum()) / max(sel.count, 1) if sel.count else float("nan"),
-                "recall": float((sel.mask & truth).sum()) / float(truth.sum()) if truth.any() else float("nan"),
-                "gaussians_in_box": int(truth.sum()),
-            })
-
-    # -------------------------------------------------------------- held-out views: fidelity, RGB, latency
-    test_idx = list(bundle.dataset.test_indices)
-    fidelity = _fidelity(bundle, field, test_idx, render_scale, progress) if fidelity else {}
-    rgb = _rgb(bundle, field, test_idx) if rgb else {}
-    latency = _latency(engine, bundle, test_idx or list(index.values()), render_scale, latency_repeats,
-                       teacher_cache is not None)
-
-    summary = _summary(queries, per_object, fidelity, rgb, latency, engine.space)
-    result = {
-        "fmsplat": __version__,
-        "scene": str(scene_dir),
-        "data": str(root),
-        "method": field.method,
-        "space": engine.space,
-        "negatives": list(engine.negatives),
-        "num_gaussians": len(field.gaussians),
-        "field_summary": getattr(field, "summary", {}),
-        "protocol": {"seg_kernel": seg_kernel, "seg_threshold": seg_threshold, "render_scale": render_scale,
-                     "box_margin": box_margin, "labelled_views": len(labels), "queries": len(queries),
-                     "empty_views": empty_views,
-                     "held_out_views": len(test_idx), "objects_json": objects is not None},
-        "summary": summary,
-        TEACHER: _teacher_summary(queries, latency) if teacher_cache is not None else None,
-        "queries": queries,
-        "objects": per_object,
-        "fidelity": fidelity,
-        "rgb": rgb,
-        "latency": latency,
-        "panels": panel_files,
-        "seconds": None,
-    }
-    result["seconds"] = round(time.perf_counter() - t_start, 2)
-    if out is not None:
-        from fmsplat.eval.report import scene_report
-
-        atomic.write_json(out / "eval.json", _jsonable(result))
-        atomic.write_text(out / "eval.md", scene_report(result))
-        result["out_dir"] = str(out)
-    return result
+    means = field.gaussians.means.detach()
+    opaque = torch.sigmoid(field.gaussians.opacities.detach().float()) >= 0.1
+    for cat in categories:
+        objs = _objects_for(cat, objects, objects_path)
+        answer = engine.locate(cat)  # the product's 3D answer: the connected part, its point, presence
+        point, sel = answer.point, answer.selection
+        inside = _in_boxes(means, objs)
+        d, in_box = _box_distance(point, objs, 0.0)
+        truth = inside & opaque
+        per_object.append({
+            "category": cat, "point": point.tolist(), "dist": d, "in_box": in_box, "found": answer.found,
+            "presence": answer.presence.score,
+            "selected": sel.count, "cutoff": sel.cutoff,
+            "precision": float((sel.mask & inside).sum()) / max(sel.count, 1) if sel.count else float("nan"),
+            "recall": float((sel.mask & truth).sum()) / float(truth.sum()) if truth.any() else float("nan"),
+            "gaussians_in_box": int(truth.sum()),
+        })
+    return per_object
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -442,4 +479,4 @@ def _jsonable(x):
     return x
 
 
-__all__ = ["EvalError", "TEACHER", "evaluate_scene"]
+__all__ = ["EvalConfig", "EvalError", "TEACHER", "evaluate_scene", "score_objects", "score_views"]
