@@ -89,14 +89,6 @@ def lift_pixel(camera: Camera, x: float, y: float, depth: float) -> np.ndarray:
     return c2w[:3, :3] @ p_cam + c2w[:3, 3]
 
 
-def _scene_scale(points: torch.Tensor) -> float:
-    """Diagonal of the 2nd-98th percentile box of `points` (robust to floaters)."""
-    if len(points) < 2:
-        return 1.0
-    q = torch.quantile(points.double(), torch.tensor([0.02, 0.98], dtype=torch.float64), dim=0)
-    return max(float((q[1] - q[0]).norm()), 1e-6)
-
-
 def densest_point(points: torch.Tensor, weights: torch.Tensor, bandwidth: float, steps: int = 5) -> torch.Tensor:
     """Mode of the weighted Gaussian-kernel density of `points` (K, 3): start at the point of highest
     density among them, then `steps` mean-shift updates. Returns (3,) float64."""
@@ -393,7 +385,7 @@ class QueryEngine:
         top = keep[torch.topk(rel[keep], k).indices]
         means = self.field.gaussians.means.detach()
         if bandwidth is None:
-            bandwidth = 0.05 * _scene_scale(means[keep])
+            bandwidth = 0.05 * robust_diagonal(means[keep].double().cpu().numpy())
         point = densest_point(means[top], opac[top] * rel[top], bandwidth)
         return point.numpy()
 
