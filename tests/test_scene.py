@@ -258,6 +258,19 @@ def test_malformed_files_name_the_file_and_key(tmp_path):
     assert issubclass(DatasetError, ValueError)
 
 
+def test_camera_size_against_the_image_is_checked_when_the_dataset_opens(tmp_path):
+    """A camera whose aspect ratio differs from its image's is refused at load (headers only),
+    naming both files; a uniformly scaled image (COLMAP's images_2) is accepted."""
+    save_png(tmp_path / "images" / "a.png", np.zeros((30, 40, 3)))
+    frame = [{"file_path": "images/a.png", "transform_matrix": np.eye(4).tolist()}]
+    wrong = write_transforms(tmp_path, {"fl_x": 50.0, "fl_y": 50.0, "cx": 20, "cy": 15, "w": 40, "h": 40, "frames": frame})
+    with pytest.raises(DatasetError, match=r"a\.png: image is 40x30 but its camera in .*transforms\.json is 40x40"):
+        load_dataset(wrong)
+    scaled = write_transforms(tmp_path, {"fl_x": 100.0, "fl_y": 100.0, "cx": 40, "cy": 30, "w": 80, "h": 60, "frames": frame})
+    ds = load_dataset(scaled)
+    assert (ds.cameras[0].width, ds.cameras[0].height) == (80, 60) and ds.image(0).shape == (60, 80, 3)
+
+
 def test_rgba_composited_on_background_and_downscale(tmp_path):
     rgba = np.zeros((40, 60, 4), np.uint8)
     rgba[..., 0] = 255

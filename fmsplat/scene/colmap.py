@@ -710,5 +710,6 @@ def read_colmap_scene(root: Path, model_dir: Path) -> RawScene:
         skipped=len(missing),
         points=points,
         point_colors=colors,
+        intrinsics_file=cameras_file,
         extra_files=[cameras_file] + ([model_dir / f"points3D{ext}"] if (model_dir / f"points3D{ext}").is_file() else []),
     )

@@ -12,7 +12,7 @@ import torch
 
 from fmsplat.scene.cameras import Camera
 from fmsplat.scene.errors import DatasetError
-from fmsplat.scene.images import load_rgb, undistort_image
+from fmsplat.scene.images import check_image_matches, load_rgb, undistort_image
 from fmsplat.scene.raw import RawScene
 
 
@@ -51,6 +51,9 @@ class SceneDataset:
         self.point_colors = raw.point_colors
         self.scene_box = raw.scene_box
         self._raw = raw
+        for cam in raw.cameras:  # headers only: a wrong camera size fails here, not hours into training
+            if cam.image_path is not None:
+                check_image_matches(cam.image_path, cam.width, cam.height, raw.intrinsics_file or raw.pose_file)
         # Downscale factor d means images d times smaller (downscale=8: 1080 -> 135).
         scaled = [cam.scaled(1.0 / self.downscale) for cam in raw.cameras]
         # The lens distortion to remove from each (scaled) image; normalised coefficients do not

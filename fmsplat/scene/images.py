@@ -32,6 +32,21 @@ def image_size(path: Path) -> tuple[int, int]:
         raise DatasetError(f"{path}: cannot read image ({exc})") from exc
 
 
+def check_image_matches(path: Path, width: int, height: int, camera_file: Path | None = None) -> None:
+    """Refuse, from the header alone, an image whose aspect ratio differs from its camera's: the
+    file or the camera entry is wrong, and stretching would silently bend every ray. A uniformly
+    smaller or larger image (e.g. COLMAP's images_2) is fine: it is resized on load."""
+    src_w, src_h = image_size(path)
+    if src_w < 1 or src_h < 1:
+        raise DatasetError(f"{path}: image is {src_w}x{src_h} pixels")
+    if not (int(width) >= 1 and int(height) >= 1):
+        raise DatasetError(f"{path}: its camera has size {width}x{height}; both must be at least 1 pixel")
+    if abs((src_w / src_h) / (width / height) - 1.0) > _ASPECT_TOLERANCE:
+        where = f" in {camera_file}" if camera_file is not None else ""
+        raise DatasetError(f"{path}: image is {src_w}x{src_h} but its camera{where} is {width}x{height} "
+                           "(different aspect ratio)")
+
+
 def load_rgb(path: Path, width: int, height: int, background=(0.0, 0.0, 0.0)) -> np.ndarray:
     """Decode `path` into float32 (height, width, 3) in [0, 1].
 
@@ -39,20 +54,13 @@ def load_rgb(path: Path, width: int, height: int, background=(0.0, 0.0, 0.0)) ->
     (triangle-filter) resample, so no aliasing at large factors; JPEGs are first decoded at a
     reduced DCT scale when that still leaves at least the target size (much faster at 1/8).
     """
-    if not (int(width) >= 1 and int(height) >= 1):
-        raise DatasetError(f"{path}: its camera has size {width}x{height}; both must be at least 1 pixel")
+    check_image_matches(path, width, height)
     try:
         img = Image.open(path)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DatasetError(f"{path}: cannot read image ({exc})") from exc
     with img:
         src_w, src_h = img.size
-        if src_w < 1 or src_h < 1:
-            raise DatasetError(f"{path}: image is {src_w}x{src_h} pixels")
-        if abs((src_w / src_h) / (width / height) - 1.0) > _ASPECT_TOLERANCE:
-            raise DatasetError(
-                f"{path}: image is {src_w}x{src_h} but its camera is {width}x{height} (different aspect ratio)"
-            )
         if img.format == "JPEG" and src_w > width and src_h > height:
             img.draft("RGB", (width, height))
         try:

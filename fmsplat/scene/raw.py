@@ -23,3 +23,5 @@ class RawScene:
     extra_files: list[Path] = field(default_factory=list)
     # (lo, hi) world-space box the format declares the scene to lie in (instant-ngp's aabb_scale)
     scene_box: tuple[np.ndarray, np.ndarray] | None = None
+    # the file that states the cameras' image sizes (COLMAP's cameras file; else the pose file)
+    intrinsics_file: Path | None = None
