@@ -4,6 +4,7 @@
     python bench/fields.py SCENE --set fmgs-ablations     # FMGS without the pyramid / the pixel alignment
     python bench/fields.py SCENE --set m3-ablations       # models, query dims, attention vs distillation, W
     python bench/fields.py SCENE --only fmgs,m3 --steps 600   # some variants, shorter fits
+    python bench/fields.py SCENE --set warm --preset cpu --sweep 0,100,400   # warm vs cold starts against steps
 
 SCENE is a trained scene (`fmsplat train`, or `fmsplat demo`'s work/scene). Each variant is fitted in
 its own folder under --work (default SCENE/../bench-fields/<variant>/), which links the scene's
@@ -38,6 +39,11 @@ TILE = {"pyramid_tile_input": 96}
 # name -> (method, models or None for the method's default, config overrides, what it shows)
 VARIANTS: dict[str, tuple[str, list[str] | None, dict, str]] = {
     "distill": ("distill", None, {}, "baseline: per-Gaussian 32-d latents per space, linear decoders"),
+    "distill-cold": ("distill", None, {"warm_start": False}, "baseline, latents start at zero (published)"),
+    "lift": ("lift", None, {}, "training-free lifting: blending-weighted means of PCA-32 teacher latents, no steps"),
+    "lift-norm": ("lift", None, {"normalize": True}, "lifting unit-length teacher features"),
+    "lift-full": ("lift", None, {"dim": 0}, "lifting the full teacher features (N x D floats per space)"),
+    "m3-cold": ("m3", None, {"warm_start": False}, "M3, queries start at N(0, 1) (published)"),
     "fmgs": ("fmgs", None, dict(TILE), "FMGS, paper settings (hybrid pyramid, pixel alignment after 2,500/4,200)"),
     "m3": ("m3", None, {}, "M3, effnet + effnet-mid + effnet-labels, fixed W (official), Config defaults"),
     "fmgs-no-pyramid": ("fmgs", None, {"pyramid": False}, "FMGS ablation: plain dense language map"),
@@ -53,7 +59,8 @@ VARIANTS: dict[str, tuple[str, list[str] | None, dict, str]] = {
     "m3-lr5e-3": ("m3", None, {"lr_queries": 5e-3}, "M3 with a 10x larger query learning rate than the paper's"),
 }
 SETS = {
-    "methods": ["fmgs", "m3", "distill"],
+    "methods": ["fmgs", "m3", "distill", "lift"],
+    "warm": ["lift", "lift-norm", "distill", "distill-cold", "m3", "m3-cold"],
     "fmgs-ablations": ["fmgs", "fmgs-no-pyramid", "fmgs-no-align"],
     "m3-ablations": ["m3", "m3-2models", "m3-1model", "m3-q8", "m3-q32", "m3-learned-w", "distill-16", "m3-paper-lr",
                      "m3-lr5e-3"],
@@ -75,22 +82,25 @@ def variant_dir(scene: Path, work: Path, name: str) -> Path:
 
 
 def run_variant(scene: Path, work: Path, name: str, steps: int | None, progress: bool, extra: dict | None = None,
-                latency_repeats: int = 5) -> dict:
+                latency_repeats: int = 5, preset: str = "paper") -> dict:
     from fmsplat.eval import evaluate_scene, load_result
     from fmsplat.fields import fit_field
 
     method, models, overrides, _ = VARIANTS[name]
-    d = variant_dir(scene, work, name)
     overrides = {**(extra or {}), **overrides}  # the variant's own settings win over --opt
-    if steps is not None:
+    if steps is not None and method != "lift":
         overrides["steps"] = steps
+        name = f"{name}@{steps}"
+    d = variant_dir(scene, work, name)
+    overrides["preset"] = preset
     record = d / "bench.json"
     if record.is_file():
         saved = json.loads(record.read_text())
         if saved.get("overrides") == overrides and saved.get("models") == models:
             return saved
     t = time.perf_counter()
-    field = fit_field(d, method, models=models, resume=True, progress=progress, **overrides)
+    settings = {k: v for k, v in overrides.items() if k != "preset"}
+    field = fit_field(d, method, models=models, resume=True, progress=progress, preset=preset, **settings)
     fit_wall = time.perf_counter() - t
     evaluate_scene(d, method=method, out_dir=d / "eval", panels=False, progress=progress,
                    latency_repeats=latency_repeats)
@@ -118,12 +128,12 @@ def table(rows: list[dict]) -> str:
         for a in (r["summary"].get("fidelity") or {}):
             if a not in spaces:
                 spaces.append(a)
-    head = ["variant", "loc. acc %", "mIoU %", "3D Gauss dist", "3D Gauss in-box %"] + [f"1−cos {a}" for a in spaces]
+    head = ["variant", "steps", "loc. acc %", "mIoU %", "3D Gauss dist", "3D Gauss in-box %"] + [f"1−cos {a}" for a in spaces]
     head += ["fit s", "ms / map", "field MB", "B / Gaussian", "banks MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     teacher = next((r["teacher"] for r in rows if r.get("teacher")), None)
     if teacher:
-        lines.append("| " + " | ".join(["teacher (2D)", _f(teacher["loc_acc"], pct=True), _f(teacher["miou"], pct=True)]
+        lines.append("| " + " | ".join(["teacher (2D)", "–", _f(teacher["loc_acc"], pct=True), _f(teacher["miou"], pct=True)]
                                        + ["–"] * (2 + len(spaces)) + ["–", _f(teacher.get("latency_ms"), 0)]
                                        + ["–"] * 3) + " |")
     for r in rows:
@@ -131,7 +141,7 @@ def table(rows: list[dict]) -> str:
         fid = s.get("fidelity") or {}
         banks = mem.get("banks_bytes")
         lines.append("| " + " | ".join(
-            [r["variant"], _f(s["loc_acc"], pct=True), _f(s["miou"], pct=True), _f(s.get("gauss_dist_median")),
+            [r["variant"].split("@")[0], str(r.get("steps", "–")), _f(s["loc_acc"], pct=True), _f(s["miou"], pct=True), _f(s.get("gauss_dist_median")),
              _f(s.get("gauss_in_box"), pct=True)]
             + [_f((fid.get(a) or {}).get("one_minus_cos")) for a in spaces]
             + [_f(r.get("fit_seconds"), 0), _f(s.get("latency_ms"), 0),
@@ -147,6 +157,9 @@ def main() -> None:
     ap.add_argument("--set", default="methods", choices=sorted(SETS))
     ap.add_argument("--only", default=None, help=f"comma-separated variants instead of a set; known: {', '.join(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=None, help="steps of every fit (default: each method's)")
+    ap.add_argument("--sweep", default=None, help="comma-separated step counts: each variant fitted once per count "
+                                                  "(and at its default), e.g. 0,100,400")
+    ap.add_argument("--preset", default="paper", choices=["paper", "cpu"], help="settings the variants start from")
     ap.add_argument("--opt", action="append", default=[],
                     help="METHOD:KEY=VALUE, repeatable: a config override for every variant of METHOD "
                          "(e.g. fmgs:render_scale=0.25); a variant's own overrides take precedence")
@@ -168,11 +181,13 @@ def main() -> None:
         extra.setdefault(method, {}).update(parse_opts(method, [pair]))  # read by each setting's declared type
     work = args.work or args.scene.resolve().parent / "bench-fields"
     rows = []
+    counts = [int(c) for c in args.sweep.split(",")] + [args.steps] if args.sweep else [args.steps]
     for name in names:
-        print(f"== {name}: {VARIANTS[name][3]}", flush=True)
-        rows.append(run_variant(args.scene, work, name, args.steps, not args.quiet, extra.get(VARIANTS[name][0], {}),
-                                args.latency_repeats))
-        print(table(rows[-1:]), flush=True)
+        for steps in dict.fromkeys(counts if VARIANTS[name][0] != "lift" else [None]):
+            print(f"== {name}{'' if steps is None else f' @ {steps} steps'}: {VARIANTS[name][3]}", flush=True)
+            rows.append(run_variant(args.scene, work, name, steps, not args.quiet, extra.get(VARIANTS[name][0], {}),
+                                    args.latency_repeats, args.preset))
+            print(table(rows[-1:]), flush=True)
     print()
     print(f"scene {args.scene} ({rows[0]['num_gaussians']} Gaussians), query space {rows[0]['space']}"
           + (f", {args.steps} steps each" if args.steps else ", each method's default steps")

@@ -174,3 +174,25 @@ def test_quat_to_rotmat_is_a_rotation():
     # 90° about z maps x to y.
     Rz = quat_to_rotmat(torch.tensor([[math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)]], dtype=torch.float64))
     assert torch.allclose(Rz[0] @ torch.tensor([1.0, 0, 0], dtype=torch.float64), torch.tensor([0.0, 1, 0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("seed,channels", [(20, 1), (21, 33)])
+def test_accumulate_is_the_adjoint_of_rendering(seed, channels):
+    """<render(x), s> = <x, accumulate(s)> for any per-Gaussian x and image signal s; the numba kernel
+    against the torch reference, and the weights against a one-hot render of every Gaussian."""
+    from fmsplat.render import accumulate
+
+    params, viewmat, K, w, h = random_scene(seed, 60, channels)
+    means, quats, scales, opacities, colors = params
+    signal = torch.rand(h, w, channels, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.3
+    sums, weights = accumulate(means, quats, scales, opacities, signal, viewmat, K, backend="numba")
+    ref_sums, ref_weights = accumulate(means, quats, scales, opacities, signal, viewmat, K, backend="torch")
+    assert weights.sum() > 10, "the Gaussians must cover pixels"
+    assert torch.allclose(sums, ref_sums, atol=2e-4) and torch.allclose(weights, ref_weights, atol=2e-4)
+    image = rasterize(means, quats, scales, opacities, colors, viewmat, K, w, h, backend="torch").image
+    assert float((image * signal).sum()) == pytest.approx(float((colors * sums).sum()), rel=1e-4, abs=1e-3)
+    # one-hot channels render each Gaussian's weight map; their pixel sums are the weights
+    onehot = rasterize(means, quats, scales, opacities, torch.eye(60, dtype=torch.float64), viewmat, K, w, h,
+                       backend="torch").image
+    assert torch.allclose(onehot.sum((0, 1)), weights, atol=2e-4)
+    assert torch.allclose(torch.einsum("hwg,hwc->gc", onehot, signal), sums, atol=2e-4)

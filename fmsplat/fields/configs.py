@@ -155,6 +155,8 @@ class DistillConfig(FitConfig):
     lr_decoder: float = setting(1e-3, "Adam learning rate of the linear decoders", gt=0)
     render_scale: float = setting(1.0, "render at this fraction of the image size before pooling to the teacher grid",
                                        gt=0, le=4)
+    warm_start: bool = setting(True, "start the latents from the lifted features (fit --method lift: seconds, no "
+                                     "steps) instead of zero (false: the published cold start)")
     mse_weight: float = setting(1.0, "loss = (1 - cos) + mse_weight * relative MSE", ge=0)
     min_alpha: float = setting(0.5, "teacher cells with less rendered coverage are left out of the loss", ge=0, le=1)
     checkpoint_every: int = setting(200, "steps between checkpoints (SCENE/fields/distill/checkpoint.pt)",
@@ -162,6 +164,30 @@ class DistillConfig(FitConfig):
     seed: int = setting(0, "view order")
     torch_threads: int = setting(1, "torch intra-op threads while fitting (0: unchanged; one is faster here: small "
                                     "per-step tensors compete with the rasterizer's threads)", ge=0, resume_free=True)
+
+
+# ------------------------------------------------------------------------------------------ lift
+@dataclass
+class LiftConfig(FitConfig):
+    """Training-free lifting (the idea of Occam's LGS, Cheng et al. 2024): each Gaussian's feature is the
+    mean of the teacher features of the pixels it renders to, weighted by its blending weight there,
+    over every training view; one forward pass of the rasterizer's adjoint per view, no optimisation."""
+
+    method: ClassVar[str] = "lift"
+    dim: int = setting(32, "per-Gaussian latents per space: the teacher's top-`dim` principal components (0: the "
+                           "full feature, for small scenes: N x D floats per space)", ge=0)
+    render_scale: float = setting(0.25, "lift at this fraction of the image size (teacher grids are coarser still; "
+                                        "0.25, 0.5 and 1 scored alike on the bench room)", gt=0, le=4)
+    normalize: bool = setting(False, "average unit-length teacher features (each cell's direction counts alike) "
+                                     "instead of raw ones: +4 localisation queries, -5 mIoU points on the bench room")
+    min_weight: float = setting(1e-3, "Gaussians whose blending weight over all views sums to less keep the mean "
+                                      "feature (latent zero): they are never seen", ge=0)
+    steps: int = setting(0, "always 0: lifting has no optimisation steps (kept for the shared fit interface)",
+                         ge=0, le=0, resume_free=True)
+    checkpoint_every: int = setting(1, "unused (lifting takes seconds and is not checkpointed)", ge=1,
+                                       resume_free=True)
+    seed: int = setting(0, "unused (lifting is deterministic)")
+    torch_threads: int = setting(0, "torch intra-op threads while lifting (0: unchanged)", ge=0, resume_free=True)
 
 
 # ------------------------------------------------------------------------------------------ fmgs
@@ -276,13 +302,15 @@ class M3Config(FitConfig):
 
 
 # ------------------------------------------------------------------------------------------ presets
-CONFIGS: dict[str, type[FitConfig]] = {"distill": DistillConfig, "fmgs": FMGSConfig, "m3": M3Config}
+CONFIGS: dict[str, type[FitConfig]] = {"distill": DistillConfig, "lift": LiftConfig, "fmgs": FMGSConfig,
+                                       "m3": M3Config}
 
 # preset -> method -> overrides of the dataclass defaults (the `paper` settings); cpu: bench/README.md, "Feature fields"
 PRESETS: dict[str, dict[str, dict]] = {
-    "paper": {"distill": {}, "fmgs": {}, "m3": {}},
+    "paper": {"distill": {}, "lift": {}, "fmgs": {}, "m3": {}},
     "cpu": {
         "distill": {},
+        "lift": {},
         "fmgs": dict(pyramid_tile_input=96, render_scale=0.25, optimizer="adam", steps=1200),
         "m3": dict(render_scale=0.5, steps=800, lr_queries=0.05),
     },
@@ -363,5 +391,6 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CONFIGS", "ConfigError", "DistillConfig", "FMGSConfig", "FieldError", "FitConfig", "M3Config", "PRESETS",
+__all__ = ["CONFIGS", "ConfigError", "DistillConfig", "FMGSConfig", "FieldError", "FitConfig", "LiftConfig", "M3Config",
+           "PRESETS",
            "PRESET_DOCS", "config_class", "default_preset", "settings_help", "make_config", "parse_opts", "setting"]

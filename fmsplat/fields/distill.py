@@ -8,7 +8,9 @@ pixels is what it should match), and decoded as W_s f + b_s. Because the decoder
 after pooling equals pooling decoded pixels.
 
 The decoder starts at the teacher's principal components (W_s = top-d_s PCA basis, b_s = mean of all
-training features) and f at zero, so the first steps already fit the dominant directions. Loss per
+training features) and f at the lifted latents (fields.lift: each Gaussian's blending-weighted mean of
+the projected teacher features, seconds, no steps), so step 0 already renders the scene's features;
+`warm_start=False` starts f at zero as published. Loss per
 space: (1 - cos) + MSE, averaged over the grid cells the rendered alpha covers. Geometry is frozen.
 """
 
@@ -23,6 +25,8 @@ from fmsplat.fields.configs import DistillConfig as Config
 from fmsplat.fields.loop import finish, fit_entry, run_fit, scene_identity
 
 DEFAULT_MODELS = ("effnet", "effnet-mid")
+# warm starts lift with LiftConfig's defaults
+LIFT_SCALE, LIFT_MIN_WEIGHT = 0.25, 1e-3
 
 
 class DistillField(FeatureField):
@@ -31,14 +35,21 @@ class DistillField(FeatureField):
 
     def __init__(self, gaussians, spaces: list[SpaceSpec], config: Config) -> None:
         super().__init__(gaussians, spaces, config)
-        n, d = len(gaussians), config.dim
-        self.features = torch.nn.Parameter(torch.zeros(n, d * len(self.spaces)))
-        self.weights = torch.nn.ParameterDict({_p(a): torch.nn.Parameter(torch.zeros(s.dim, d)) for a, s in self.spaces.items()})
+        self.latent_dims = {a: self.latent_dim(s) for a, s in self.spaces.items()}
+        self._slices, start = {}, 0
+        for a, d in self.latent_dims.items():
+            self._slices[a], start = slice(start, start + d), start + d
+        self.features = torch.nn.Parameter(torch.zeros(len(gaussians), start))
+        self.weights = torch.nn.ParameterDict({_p(a): torch.nn.Parameter(torch.zeros(s.dim, self.latent_dims[a]))
+                                               for a, s in self.spaces.items()})
         self.biases = torch.nn.ParameterDict({_p(a): torch.nn.Parameter(torch.zeros(s.dim)) for a, s in self.spaces.items()})
 
+    def latent_dim(self, spec: SpaceSpec) -> int:
+        """Latent values per Gaussian for `spec`."""
+        return self.config.dim
+
     def _slice(self, alias: str) -> slice:
-        i, d = list(self.spaces).index(alias), self.config.dim
-        return slice(i * d, (i + 1) * d)
+        return self._slices[alias]
 
     def decode(self, alias: str, latent: torch.Tensor) -> torch.Tensor:
         """(d, h, w) or (N, d) latent -> (D, h, w) or (N, D) in the space's own units."""
@@ -55,7 +66,7 @@ class DistillField(FeatureField):
 
     def linear_head(self, space, image):
         """The decoder is linear: products in the latent's d + 1 dimensions (FeatureField.render_text_dots)."""
-        z = image[self._slice(space)].reshape(self.config.dim, -1).T
+        z = image[self._slice(space)].reshape(self.latent_dims[space], -1).T
         return [z], self.weights[_p(space)].detach(), self.biases[_p(space)].detach()
 
     def gaussian_features(self, space: str) -> torch.Tensor:
@@ -69,13 +80,18 @@ FIELD = DistillField
 
 # ------------------------------------------------------------------------------------------ training
 def _pca_init(field_: DistillField, alias: str, views: list[torch.Tensor]) -> None:
-    d = field_.config.dim
-    flat = torch.cat([v.reshape(v.shape[0], -1) for v in views], dim=1).T  # (P, D)
+    """Decoder of `alias` = the training features' mean and top principal directions (orthonormal
+    columns; the identity when the latent keeps every dimension)."""
+    d = field_.latent_dims[alias]
+    flat = torch.cat([v.reshape(v.shape[0], -1) for v in views], dim=1).T.float()  # (P, D)
     mean = flat.mean(0)
-    k = min(d, flat.shape[0], flat.shape[1])
-    _, _, v = torch.linalg.svd(flat - mean, full_matrices=False)
-    basis = torch.zeros(flat.shape[1], d)
-    basis[:, :k] = v[:k].T
+    if d >= flat.shape[1]:
+        basis = torch.eye(flat.shape[1], d)
+    else:
+        k = min(d, flat.shape[0])
+        _, _, v = torch.linalg.svd(flat - mean, full_matrices=False)
+        basis = torch.zeros(flat.shape[1], d)
+        basis[:, :k] = v[:k].T
     with torch.no_grad():
         field_.weights[_p(alias)].copy_(basis)
         field_.biases[_p(alias)].copy_(mean)
@@ -108,8 +124,14 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
     torch.manual_seed(cfg.seed)
     field_ = DistillField(bundle.gaussians, spaces, cfg)
-    for spec in spaces:
-        _pca_init(field_, spec.alias, [targets[spec.alias][i] for i in data.train_indices])
+    warm = {}
+    if cfg.warm_start:  # decoders at the PCA, latents lifted from the views (fields.lift)
+        from fmsplat.fields.lift import lift_latents
+
+        warm = lift_latents(field_, bundle, targets, LIFT_SCALE, LIFT_MIN_WEIGHT, progress=progress)
+    else:
+        for spec in spaces:
+            _pca_init(field_, spec.alias, [targets[spec.alias][i] for i in data.train_indices])
     decoders = list(field_.weights.values()) + list(field_.biases.values())
     optimizer = torch.optim.Adam([{"params": [field_.features], "lr": cfg.lr_features},
                                   {"params": decoders, "lr": cfg.lr_decoder}])
@@ -128,7 +150,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
     run = run_fit(method="distill", scene_dir=scene_dir, config=cfg, scene=scene_identity(bundle, spaces),
                   views=data.train_indices, optimizer=optimizer, loss=loss, state=field_.state_dict,
                   load=field_.load_state_dict, resume=resume, progress=progress)
-    field_.summary = {**run, "final_loss": (run["final"] or {}).get("loss"),
+    field_.summary = {**run, **warm, "warm_start": cfg.warm_start, "final_loss": (run["final"] or {}).get("loss"),
                       "bytes_per_gaussian": field_.features.shape[1] * 4,
                       "decoder_bytes": sum(p.numel() * 4 for p in decoders)}
     finish(field_, scene_dir)

@@ -16,7 +16,7 @@ import torch
 
 from fmsplat.render.projection import Projection, project_gaussians, tile_grid
 
-__all__ = ["RenderResult", "rasterize", "project_gaussians", "available_backends"]
+__all__ = ["RenderResult", "accumulate", "rasterize", "project_gaussians", "available_backends"]
 
 
 @dataclass
@@ -191,3 +191,46 @@ def rasterize(
         bg = torch.as_tensor(background, dtype=image.dtype).reshape(-1)
         image = image + (1.0 - alpha)[..., None] * bg
     return RenderResult(image=image, alpha=alpha, depth=depth, means2d=means2d, radii=proj.radii, backend=backend)
+
+
+def accumulate(
+    means: torch.Tensor,
+    quats: torch.Tensor,
+    scales: torch.Tensor,
+    opacities: torch.Tensor,
+    signal: torch.Tensor,
+    viewmat: torch.Tensor,
+    K: torch.Tensor,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjoint of `rasterize` for per-Gaussian channels: for an (H, W, C) `signal` over the image,
+    returns (sums (N, C), weights (N,)) where sums[g] = sum over pixels p of w_gp * signal[p] and
+    weights[g] = sum_p w_gp, w_gp being Gaussian g's blending weight at p (alpha x transmittance).
+    Rendering channels x gives image = sum_g w_gp x_g, so sums = d<image, signal>/dx: a 2D map lifted
+    onto the Gaussians with no optimisation (sums / weights is each Gaussian's weighted mean of it).
+    Geometry is read, never differentiated. Backends as `rasterize`; numba runs a forward-only kernel."""
+    if signal.dim() != 3:
+        raise ValueError(f"accumulate: signal must be (H, W, C), got shape {tuple(signal.shape)}")
+    height, width = int(signal.shape[0]), int(signal.shape[1])
+    if backend == "auto":
+        backend = "gsplat" if means.is_cuda and "gsplat" in available_backends() else "numba"
+    geometry = [t.detach() for t in (means, quats, scales, opacities)]
+    if backend != "numba":  # autograd through the chosen rasterizer: exact, slower
+        ones = signal.new_ones(height, width, 1)
+        channels = torch.zeros(means.shape[0], signal.shape[2] + 1, dtype=signal.dtype, device=signal.device,
+                               requires_grad=True)
+        with torch.enable_grad():
+            res = rasterize(*geometry, channels, viewmat, K, width, height, backend=backend)
+            (grad,) = torch.autograd.grad((res.image * torch.cat([signal.detach(), ones], dim=2)).sum(), channels)
+        return grad[:, :-1], grad[:, -1]
+    from fmsplat.render import numba_kernels as nk
+
+    _check_inputs(means=geometry[0], quats=geometry[1], scales=geometry[2], opacities=geometry[3], signal=signal)
+    means, quats, scales, opacities = geometry
+    proj = project_gaussians(means, quats, scales, opacities, viewmat.to(means.dtype), K.to(means.dtype), width, height)
+    offsets, ids, pixel_box, tiles_x, order = _bin(proj, opacities, width, height)
+    arrays = [t.detach().to(torch.float32).contiguous().numpy() for t in (proj.means2d, proj.conics, opacities)]
+    buf = nk.accumulate_weights(offsets, ids, *arrays, pixel_box, width, height, tiles_x, order,
+                                signal.detach().to(torch.float32).contiguous().numpy(), numba.get_num_threads())
+    out = torch.from_numpy(buf).sum(0)
+    return out[:, :-1].to(signal.dtype), out[:, -1].to(signal.dtype)

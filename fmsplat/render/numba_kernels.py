@@ -304,3 +304,75 @@ def rasterize_backward(
                 buf_geom[tid, g, 4] += g_cc
                 buf_geom[tid, g, 5] += g_op
     return buf_feats, buf_geom
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def accumulate_weights(offsets, ids, means2d, conics, opacities, pixel_box, width, height, tiles_x, tile_order,
+                       signal, n_threads):
+    """The adjoint of compositing features: per Gaussian, the sum over the pixels it reaches of its
+    blending weight w (alpha x transmittance, the same rules as `rasterize_forward`) times `signal`
+    (H, W, C) at the pixel, and the sum of w alone. Per-thread buffers (n_threads, N, C + 1), the last
+    channel the weight; the caller sums over threads."""
+    n_total = means2d.shape[0]
+    n_ch = signal.shape[2]
+    buf = np.zeros((n_threads, n_total, n_ch + 1), dtype=np.float32)
+    for i in prange(tile_order.shape[0]):
+        tid = numba.get_thread_id()
+        tile = tile_order[i]
+        tx0 = (tile % tiles_x) * TILE
+        ty0 = (tile // tiles_x) * TILE
+        tx1 = min(tx0 + TILE, width) - 1
+        ty1 = min(ty0 + TILE, height) - 1
+        n_pix = (tx1 - tx0 + 1) * (ty1 - ty0 + 1)
+        trans = np.ones(TILE_PIXELS, dtype=np.float32)
+        done = np.zeros(TILE_PIXELS, dtype=np.bool_)
+        n_done = 0
+        g_sum = np.zeros(n_ch + 1, dtype=np.float32)
+        for k in range(offsets[tile], offsets[tile + 1]):
+            g = ids[k]
+            gx0 = max(pixel_box[g, 0], tx0)
+            gx1 = min(pixel_box[g, 1], tx1)
+            gy0 = max(pixel_box[g, 2], ty0)
+            gy1 = min(pixel_box[g, 3], ty1)
+            mx = means2d[g, 0]
+            my = means2d[g, 1]
+            ca = conics[g, 0]
+            cb = conics[g, 1]
+            cc = conics[g, 2]
+            op = opacities[g]
+            cutoff = cutoff_sigma(op)
+            touched = False
+            for py in range(gy0, gy1 + 1):
+                dy = np.float32(py) + HALF - my
+                row = (py - ty0) * TILE
+                lo, hi = row_span(dy, mx, ca, cb, cc, cutoff, gx0, gx1)
+                for px in range(lo, hi + 1):
+                    p = row + px - tx0
+                    if done[p]:
+                        continue
+                    dx = np.float32(px) + HALF - mx
+                    sigma = HALF * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sigma < ZERO:
+                        continue
+                    alpha = min(ALPHA_MAX, op * math.exp(-sigma))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    t_next = trans[p] * (ONE - alpha)
+                    if t_next < T_MIN:
+                        done[p] = True
+                        n_done += 1
+                        continue
+                    if not touched:
+                        touched = True
+                        g_sum[:] = ZERO
+                    w = alpha * trans[p]
+                    for c in range(n_ch):
+                        g_sum[c] += w * signal[py, px, c]
+                    g_sum[n_ch] += w
+                    trans[p] = t_next
+            if touched:
+                for c in range(n_ch + 1):
+                    buf[tid, g, c] += g_sum[c]
+            if n_done == n_pix:
+                break
+    return buf

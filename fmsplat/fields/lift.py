@@ -1,0 +1,118 @@
+"""Training-free lifting: per-Gaussian features as blending-weighted means of the teacher's pixel features.
+
+A rendered feature is a weighted sum of per-Gaussian features, the weight of Gaussian g at pixel p
+being w_gp = alpha_gp x transmittance. One pass of the rasterizer's adjoint per training view
+(`fmsplat.render.accumulate`) therefore gives every Gaussian sum_p w_gp F_p and sum_p w_gp, summed
+over views; their ratio is the feature that best explains, in the least-squares sense of each
+Gaussian taken alone, the pixels it paints (the idea of "Occam's LGS", Cheng et al. 2024). No
+optimisation, no steps: seconds where distillation takes minutes.
+
+The map lifted is linear in the features, so each space is first projected onto its training features'
+top-`dim` principal components (the distillation baseline's decoder), and all spaces' latents plus
+the weight travel as the channels of one pass: the field stored is exactly a `DistillField` (latents
+and linear decoders), so it renders, queries and warm-starts like one. `dim=0` lifts full features.
+
+Teacher maps are on their own coarse grid: each is projected, bilinearly resampled to the lifting
+resolution (`render_scale` of the image), and weighted per pixel.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from fmsplat.fields.base import FieldError, SceneBundle, SpaceSpec, open_scene, param_key, parse_spaces, resample
+from fmsplat.fields.configs import LiftConfig as Config
+from fmsplat.fields.distill import DEFAULT_MODELS, DistillField, _pca_init
+from fmsplat.fields.loop import finish, fit_entry
+from fmsplat.render import accumulate
+
+# Channels per adjoint pass: the kernel keeps (threads x N x channels) floats.
+MAX_CHANNELS = 96
+
+
+class LiftField(DistillField):
+    method = "lift"
+    config_class = Config
+
+    def latent_dim(self, spec: SpaceSpec) -> int:
+        return self.config.dim if self.config.dim else spec.dim
+
+
+FIELD = LiftField
+
+
+def lift_maps(gaussians, cameras, maps, progress: bool = False, desc: str = "lift") -> tuple[torch.Tensor, torch.Tensor]:
+    """Lift per-view maps onto the Gaussians: `maps[k]` (C, h, w) seen by `cameras[k]` (rendered at the
+    camera's size; the map resampled to it). Returns (means (N, C): sum_views sum_p w_gp map_p / sum w_gp,
+    zero where a Gaussian has no weight; weights (N,): sum_views sum_p w_gp)."""
+    means, quats, scales, opacities = (t.detach() for t in gaussians.activated())
+    n = means.shape[0]
+    channels = int(maps[0].shape[0]) if len(maps) else 0
+    sums = torch.zeros(n, channels)
+    weights = torch.zeros(n)
+    for cam, fmap in tqdm(list(zip(cameras, maps)), desc=desc, disable=not progress, dynamic_ncols=True):
+        signal = resample(fmap.float(), (cam.height, cam.width)).permute(1, 2, 0)
+        for c0 in range(0, channels, MAX_CHANNELS):
+            s, w = accumulate(means, quats, scales, opacities, signal[..., c0:c0 + MAX_CHANNELS].contiguous(),
+                              cam.viewmat_tensor(), cam.K_tensor())
+            sums[:, c0:c0 + MAX_CHANNELS] += s
+        weights += w
+    lifted = torch.where(weights[:, None] > 0, sums / weights.clamp_min(1e-12)[:, None], torch.zeros(()))
+    return lifted, weights
+
+
+def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, render_scale: float, min_weight: float,
+                 normalize: bool = False, progress: bool = True) -> dict:
+    """Set `field_`'s decoders to each space's PCA of the training features and its latents to the lifted
+    latents (every space in one pass per view). Returns statistics for the summary."""
+    data = bundle.dataset
+    views = data.train_indices
+    bases = {}
+    for alias in field_.spaces:
+        _pca_init(field_, alias, [targets[alias][i] for i in views])
+        bases[alias] = (field_.weights[param_key(alias)].detach(), field_.biases[param_key(alias)].detach())
+    t0 = time.perf_counter()
+
+    def latent_map(i):  # (sum d, h, w) on the finest of the spaces' grids
+        parts = []
+        for a, (w, b) in bases.items():
+            t = targets[a][i].float()
+            if normalize:  # every cell's direction counts alike, at the mean feature's length
+                t = t / t.norm(dim=0, keepdim=True).clamp_min(1e-12) * b.norm()
+            parts.append(torch.einsum("Dd,Dhw->dhw", w, t - b[:, None, None]))
+        grid = (max(z.shape[-2] for z in parts), max(z.shape[-1] for z in parts))
+        return torch.cat([resample(z, grid) for z in parts])
+
+    cameras = [data.cameras[i].scaled(render_scale) for i in views]
+    lifted, weights = lift_maps(bundle.gaussians, cameras, [latent_map(i) for i in views], progress=progress)
+    unseen = weights < min_weight
+    lifted[unseen] = 0.0
+    with torch.no_grad():
+        field_.features.copy_(lifted)
+    return {"lift_seconds": round(time.perf_counter() - t0, 2), "lift_views": len(views),
+            "unseen_gaussians": int(unseen.sum()), "lift_render_scale": render_scale}
+
+
+def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> LiftField:
+    """Lift the teacher features onto the Gaussians of `scene_dir` (no optimisation); saves SCENE/fields/lift/."""
+    t0 = time.perf_counter()
+    bundle = bundle or open_scene(scene_dir)
+    spaces = parse_spaces(models, DEFAULT_MODELS, "lift")
+    if not bundle.dataset.train_indices:
+        raise FieldError(f"{scene_dir}: the dataset has no training views")
+    targets = bundle.targets(spaces, progress)
+    field_ = LiftField(bundle.gaussians, spaces, cfg)
+    stats = lift_latents(field_, bundle, targets, cfg.render_scale, cfg.min_weight, cfg.normalize, progress)
+    field_.summary = {"steps": 0, "fit_seconds": round(time.perf_counter() - t0, 2), **stats,
+                      "bytes_per_gaussian": field_.features.shape[1] * 4,
+                      "decoder_bytes": sum(p.numel() * 4 for p in list(field_.weights.values()) + list(field_.biases.values()))}
+    finish(field_, scene_dir)
+    return field_
+
+
+fit = fit_entry("lift", _fit)
+
+__all__ = ["Config", "FIELD", "LiftField", "fit", "lift_latents", "lift_maps"]
