@@ -81,39 +81,71 @@ def variant_dir(scene: Path, work: Path, name: str) -> Path:
     return d
 
 
-def run_variant(scene: Path, work: Path, name: str, steps: int | None, progress: bool, extra: dict | None = None,
-                latency_repeats: int = 5, preset: str = "paper") -> dict:
+def _record(d: Path, name: str, method: str, models, overrides: dict, field, fit_seconds, fit_wall,
+            latency_repeats: int, progress: bool, steps) -> dict:
     from fmsplat.eval import evaluate_scene, load_result
-    from fmsplat.fields import fit_field
 
-    method, models, overrides, _ = VARIANTS[name]
-    overrides = {**(extra or {}), **overrides}  # the variant's own settings win over --opt
-    if steps is not None and method != "lift":
-        overrides["steps"] = steps
-        name = f"{name}@{steps}"
-    d = variant_dir(scene, work, name)
-    overrides["preset"] = preset
-    record = d / "bench.json"
-    if record.is_file():
-        saved = json.loads(record.read_text())
-        if saved.get("overrides") == overrides and saved.get("models") == models:
-            return saved
-    t = time.perf_counter()
-    settings = {k: v for k, v in overrides.items() if k != "preset"}
-    field = fit_field(d, method, models=models, resume=True, progress=progress, preset=preset, **settings)
-    fit_wall = time.perf_counter() - t
     evaluate_scene(d, method=method, out_dir=d / "eval", panels=False, progress=progress,
                    latency_repeats=latency_repeats)
     result = load_result(d / "eval")  # the JSON form, as written
     tensors = d / "fields" / method / "field.safetensors"
     s = field.summary
     out = {"variant": name, "method": method, "models": models, "overrides": overrides,
-           "fit_seconds": s.get("fit_seconds"), "fit_wall": fit_wall, "steps": s.get("steps"),
+           "fit_seconds": fit_seconds, "fit_wall": fit_wall, "steps": steps,
            "field_bytes": tensors.stat().st_size if tensors.is_file() else None,
            "num_gaussians": len(field.gaussians), "memory": s.get("memory"), "summary": result["summary"],
            "teacher": result.get("teacher"), "space": result.get("space")}
-    record.write_text(json.dumps(out, indent=1))
+    (d / "bench.json").write_text(json.dumps(out, indent=1))
     return out
+
+
+def run_variant(scene: Path, work: Path, name: str, steps: int | None, progress: bool, extra: dict | None = None,
+                latency_repeats: int = 5, preset: str = "paper", snapshots: tuple[int, ...] = ()) -> list[dict]:
+    """Fit and score one variant; with `snapshots`, the same run is also saved and scored after each of
+    those step counts (fields.loop.observing): rows for every snapshot, then the finished fit."""
+    from fmsplat.fields import fit_field
+    from fmsplat.fields.loop import observing
+
+    method, models, overrides, _ = VARIANTS[name]
+    overrides = {**(extra or {}), **overrides}  # the variant's own settings win over --opt
+    if steps is not None and method != "lift":
+        overrides["steps"] = steps
+    overrides["preset"] = preset
+    snapshots = tuple(sorted(set(snapshots))) if method != "lift" else ()
+    d = variant_dir(scene, work, name)
+    names = {k: f"{name}@{k}" for k in snapshots}
+    records = [variant_dir(scene, work, n) / "bench.json" for n in names.values()] + [d / "bench.json"]
+    if all(r.is_file() for r in records):
+        saved = [json.loads(r.read_text()) for r in records]
+        if all(x.get("overrides") == overrides and x.get("models") == models for x in saved):
+            return saved
+    settings = {k: v for k, v in overrides.items() if k != "preset"}
+    taken: dict[int, tuple[Path, float]] = {}
+    clock = {"start": time.perf_counter(), "paused": 0.0}
+
+    def snapshot(method_, field_, done):
+        if done in names and done not in taken:
+            t = time.perf_counter()
+            sd = variant_dir(scene, work, names[done])
+            summary, field_.summary = field_.summary, {"steps": done, "snapshot_of": name}
+            field_.save(sd)
+            field_.summary = summary
+            taken[done] = (sd, t - clock["start"] - clock["paused"])
+            clock["paused"] += time.perf_counter() - t
+
+    with observing(snapshot):
+        field = fit_field(d, method, models=models, resume=True, progress=progress, preset=preset, **settings)
+    fit_wall = time.perf_counter() - clock["start"] - clock["paused"]
+    rows = []
+    for done, (sd, elapsed) in sorted(taken.items()):
+        from fmsplat.fields import load_field
+
+        snap = load_field(sd, method)
+        rows.append(_record(sd, name, method, models, overrides, snap, round(elapsed, 1), elapsed, latency_repeats,
+                            progress, done))
+    rows.append(_record(d, name, method, models, overrides, field, field.summary.get("fit_seconds"), fit_wall,
+                        latency_repeats, progress, field.summary.get("steps")))
+    return rows
 
 
 def _f(v, digits=3, pct=False):
@@ -157,8 +189,8 @@ def main() -> None:
     ap.add_argument("--set", default="methods", choices=sorted(SETS))
     ap.add_argument("--only", default=None, help=f"comma-separated variants instead of a set; known: {', '.join(VARIANTS)}")
     ap.add_argument("--steps", type=int, default=None, help="steps of every fit (default: each method's)")
-    ap.add_argument("--sweep", default=None, help="comma-separated step counts: each variant fitted once per count "
-                                                  "(and at its default), e.g. 0,100,400")
+    ap.add_argument("--sweep", default=None, help="comma-separated step counts at which each fit is also saved and "
+                                                  "scored (one run per variant), e.g. 0,100,400")
     ap.add_argument("--preset", default="paper", choices=["paper", "cpu"], help="settings the variants start from")
     ap.add_argument("--opt", action="append", default=[],
                     help="METHOD:KEY=VALUE, repeatable: a config override for every variant of METHOD "
@@ -181,13 +213,13 @@ def main() -> None:
         extra.setdefault(method, {}).update(parse_opts(method, [pair]))  # read by each setting's declared type
     work = args.work or args.scene.resolve().parent / "bench-fields"
     rows = []
-    counts = [int(c) for c in args.sweep.split(",")] + [args.steps] if args.sweep else [args.steps]
+    snapshots = tuple(int(c) for c in args.sweep.split(",")) if args.sweep else ()
     for name in names:
-        for steps in dict.fromkeys(counts if VARIANTS[name][0] != "lift" else [None]):
-            print(f"== {name}{'' if steps is None else f' @ {steps} steps'}: {VARIANTS[name][3]}", flush=True)
-            rows.append(run_variant(args.scene, work, name, steps, not args.quiet, extra.get(VARIANTS[name][0], {}),
-                                    args.latency_repeats, args.preset))
-            print(table(rows[-1:]), flush=True)
+        print(f"== {name}: {VARIANTS[name][3]}", flush=True)
+        got = run_variant(args.scene, work, name, args.steps, not args.quiet, extra.get(VARIANTS[name][0], {}),
+                          args.latency_repeats, args.preset, snapshots)
+        rows += got
+        print(table(got), flush=True)
     print()
     print(f"scene {args.scene} ({rows[0]['num_gaussians']} Gaussians), query space {rows[0]['space']}"
           + (f", {args.steps} steps each" if args.steps else ", each method's default steps")

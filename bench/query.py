@@ -17,6 +17,9 @@ row runs the 2D extractor on the photo resized to SIZE x SIZE and computes the s
 upsampled map (fmsplat.query.relevancy.relevancy_upsampled, as `fmsplat eval` scores it): the cost a method without a 3D field pays for every new view. `x teacher` is the
 teacher's map time over the method's (higher: the 3D field answers faster). All rows are measured in
 one run, so their ratios hold even when the machine is busy; absolute times move with the load.
+`3D ms` is a 3D answer with no view (QueryEngine.locate: per-Gaussian relevancy, the connected part,
+its box and Gaussians; median, features cached as in a session), `3D first ms` the first one, which
+computes every Gaussian's feature once.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def main() -> None:
     text = "espresso cup"
     phrases = ["a red chair", "kitchen sink", "wooden table", "yellow duck", "green plant", "blue mug"]
     header = (f"{'scene / method':34} {'space':8} {'render ms':>10} {'relevancy ms':>13} {'map ms':>8} {'text ms':>8} "
-              f"{'x teacher':>10}")
+              f"{'x teacher':>10} {'3D ms':>8} {'3D first ms':>12}")
     rows = []
     teacher_ms = None
     for scene in args.scenes:
@@ -96,6 +99,12 @@ def main() -> None:
                 i[0] += 1
 
             text_ms = _median_ms(embed_new, min(args.repeats, 2 * len(phrases)))
+            # a 3D answer (QueryEngine.locate, no view): the first pays the per-Gaussian features once
+            engine.reset()
+            t = time.perf_counter()
+            engine.locate(text)
+            first_3d_ms = 1e3 * (time.perf_counter() - t)
+            locate_ms = _median_ms(lambda: engine.locate(text), args.repeats)
             if teacher_ms is None:
                 extractor = engine.spec.extractor()
                 image = resize(to_bchw(data.image(view)), (args.size, args.size))
@@ -105,15 +114,16 @@ def main() -> None:
                     return relevancy_upsampled(feats, (args.size, args.size), emb[0], neg)
 
                 teacher_ms = _median_ms(teacher_map, args.repeats)
-                rows.append(("teacher (2D)", engine.space, None, None, teacher_ms, None))
+                rows.append(("teacher (2D)", engine.space, None, None, teacher_ms, None, None, None))
             name = f"{scene.name}/{method}" if len(args.scenes) > 1 else method
-            rows.append((name, engine.space, render_ms, rel_ms, map_ms, text_ms))
+            rows.append((name, engine.space, render_ms, rel_ms, map_ms, text_ms, locate_ms, first_3d_ms))
     print(header)
     print("-" * len(header))
-    for name, space, r_ms, l_ms, m_ms, t_ms in rows:
+    for name, space, r_ms, l_ms, m_ms, t_ms, g_ms, f_ms in rows:
         fmt = lambda v: f"{v:.1f}" if v is not None else "–"  # noqa: E731
         ratio = f"{teacher_ms / m_ms:.1f}" if name != "teacher (2D)" else "1.0"
-        print(f"{name:34} {space:8} {fmt(r_ms):>10} {fmt(l_ms):>13} {fmt(m_ms):>8} {fmt(t_ms):>8} {ratio:>10}")
+        print(f"{name:34} {space:8} {fmt(r_ms):>10} {fmt(l_ms):>13} {fmt(m_ms):>8} {fmt(t_ms):>8} {ratio:>10} "
+              f"{fmt(g_ms):>8} {fmt(f_ms):>12}")
 
 
 if __name__ == "__main__":

@@ -158,14 +158,11 @@ def _in_box(boxes, x, y) -> bool:
     return bool(((boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3])).any())
 
 
-def test_fit_localises_the_labelled_objects(fitted, tiny_dataset):
+def _localisation(field, scene, tiny_dataset) -> tuple[int, int, int]:
+    """(relevancy peaks inside the label's box, labels brighter on their object than elsewhere, labels)."""
     from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy
     from fmsplat.scene.labels import read_label_dir
 
-    scene, field = fitted
-    assert field.summary["steps"] == FIT["steps"] and field.summary["fit_seconds"] > 0
-    assert (scene / "fields" / "fmgs" / "field.json").is_file()
-    assert not (scene / "fields" / "fmgs" / fmgs.CHECKPOINT).exists()  # removed once the field is saved
     labels = read_label_dir(tiny_dataset)
     space = field.space(field.language_space)
     negatives = space.encode_text(list(CANONICAL_NEGATIVES))
@@ -186,9 +183,27 @@ def test_fit_localises_the_labelled_objects(fitted, tiny_dataset):
             mask = torch.from_numpy(view.mask(category))
             brighter += bool(rel[mask].mean() > rel[~mask].mean())
             total += 1
+    return hits, brighter, total
+
+
+def test_fit_localises_the_labelled_objects(fitted, tiny_dataset):
+    scene, field = fitted
+    assert field.summary["steps"] == FIT["steps"] and field.summary["fit_seconds"] > 0
+    assert (scene / "fields" / "fmgs" / "field.json").is_file()
+    assert not (scene / "fields" / "fmgs" / fmgs.CHECKPOINT).exists()  # removed once the field is saved
+    hits, brighter, total = _localisation(field, scene, tiny_dataset)
     assert total >= 5
     assert hits > total / 2, f"relevancy peaks inside the object's box for {hits} of {total} labelled objects"
     assert brighter >= total - 1, f"the label's relevancy is higher on its object than elsewhere for {brighter} of {total}"
+
+
+def test_warm_start_alone_localises(copy_scene, tiny_dataset):
+    """Zero render steps: the hash grid and heads pre-fitted to the lifted features at the Gaussians'
+    centres already put most relevancy peaks in their boxes (a cold start is a constant field)."""
+    field = fmgs.fit(copy_scene, models=TEST_MODELS, **dict(FIT, steps=0))
+    assert field.summary["warm_loss_end"] < 0.8 * field.summary["warm_loss_start"]
+    hits, _, total = _localisation(field, copy_scene, tiny_dataset)
+    assert hits > total / 2, f"relevancy peaks inside the object's box for {hits} of {total} labelled objects"
 
 
 def test_save_load_round_trip(fitted):

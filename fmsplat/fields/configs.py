@@ -235,6 +235,9 @@ class FMGSConfig(FitConfig):
                                        gt=0, le=4)
     loss_grid: Literal["alignment", "own"] = setting("alignment", "alignment: both losses on the alignment map's grid "
                                                                   "(paper); own: each on its teacher's grid")
+    warm_start: bool = setting(True, "pre-fit the hash grid and heads, before any render, to the lifted features "
+                                     "at the feature Gaussians' centres (fields.lift; false: zero tables, published)")
+    warm_steps: int = setting(200, "Adam steps of that pre-fit (batches of 2,048 Gaussians; no rendering)", ge=0)
     checkpoint_every: int = setting(500, "steps between checkpoints (SCENE/fields/fmgs/checkpoint.pt)",
                                          ge=1, resume_free=True)
     seed: int = setting(0, "head initialisation and view order")
@@ -288,6 +291,10 @@ class M3Config(FitConfig):
     learn_projection: bool = setting(False, "train W_m (official: a fixed random projection)")
     lr_queries: float = setting(5e-4, "Adam learning rate of the principal queries (initialised N(0, 1))", gt=0)
     lr_projection: float = setting(5e-4, "Adam learning rate of W_m when learn_projection", gt=0)
+    warm_start: bool = setting(True, "pre-fit each Gaussian's queries, before any render, so that its attention over "
+                                     "the bank reproduces its lifted feature (fields.lift; false: N(0, 1), published)")
+    warm_steps: int = setting(200, "Adam steps of that pre-fit (batches of 4,096 Gaussians; no rendering)", ge=0)
+    warm_dim: int = setting(64, "principal components per model in the lifted targets of the pre-fit", ge=1)
     n_points: int = setting(2000, "random points per view and model in the feature loss", ge=1)
     feature_weight: float = setting(0.5, "per-model loss weight: feature_weight * ((1 - cos) + MSE)", ge=0)
     joint: bool = setting(False, "also fine-tune the Gaussians with the RGB loss (official: joint)")
@@ -297,6 +304,10 @@ class M3Config(FitConfig):
                                          ge=1, resume_free=True)
     seed: int = setting(0, "queries, projections, view order and sample points")
     max_block_mb: int = setting(256, "memory budget of one similarity / attention block (MiB)", ge=1, resume_free=True)
+    query_top_k: int = setting(0, "relevancy maps and 3D answers attend over each pixel's (Gaussian's) top-k bank "
+                                  "entries only (0: the whole bank, exact): products then cost k and k^2, not D and "
+                                  "K x D; an approximation: at k = 32 per-Gaussian features kept cos 0.76-0.95 to "
+                                  "the exact ones on the tiny room, so it is off by default", ge=0, resume_free=True)
     torch_threads: int = setting(0, "torch intra-op threads while fitting (0: unchanged; M3's steps are attention "
                                     "matmuls, faster with torch's threads)", ge=0, resume_free=True)
 

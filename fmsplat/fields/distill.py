@@ -79,19 +79,24 @@ FIELD = DistillField
 
 
 # ------------------------------------------------------------------------------------------ training
-def _pca_init(field_: DistillField, alias: str, views: list[torch.Tensor]) -> None:
-    """Decoder of `alias` = the training features' mean and top principal directions (orthonormal
-    columns; the identity when the latent keeps every dimension)."""
-    d = field_.latent_dims[alias]
+def pca_basis(views: list[torch.Tensor], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(basis (D, d) with orthonormal columns, mean (D,)) of the features of (D, h, w) maps: their top-d
+    principal directions (the identity when d covers every dimension)."""
     flat = torch.cat([v.reshape(v.shape[0], -1) for v in views], dim=1).T.float()  # (P, D)
     mean = flat.mean(0)
     if d >= flat.shape[1]:
-        basis = torch.eye(flat.shape[1], d)
-    else:
-        k = min(d, flat.shape[0])
-        _, _, v = torch.linalg.svd(flat - mean, full_matrices=False)
-        basis = torch.zeros(flat.shape[1], d)
-        basis[:, :k] = v[:k].T
+        return torch.eye(flat.shape[1], d), mean
+    k = min(d, flat.shape[0])
+    _, _, v = torch.linalg.svd(flat - mean, full_matrices=False)
+    basis = torch.zeros(flat.shape[1], d)
+    basis[:, :k] = v[:k].T
+    return basis, mean
+
+
+def _pca_init(field_: DistillField, alias: str, views: list[torch.Tensor]) -> None:
+    """Decoder of `alias` = the training features' mean and top principal directions (orthonormal
+    columns; the identity when the latent keeps every dimension)."""
+    basis, mean = pca_basis(views, field_.latent_dims[alias])
     with torch.no_grad():
         field_.weights[_p(alias)].copy_(basis)
         field_.biases[_p(alias)].copy_(mean)
@@ -149,7 +154,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
     run = run_fit(method="distill", scene_dir=scene_dir, config=cfg, scene=scene_identity(bundle, spaces),
                   views=data.train_indices, optimizer=optimizer, loss=loss, state=field_.state_dict,
-                  load=field_.load_state_dict, resume=resume, progress=progress)
+                  load=field_.load_state_dict, resume=resume, progress=progress, field=field_)
     field_.summary = {**run, **warm, "warm_start": cfg.warm_start, "final_loss": (run["final"] or {}).get("loss"),
                       "bytes_per_gaussian": field_.features.shape[1] * 4,
                       "decoder_bytes": sum(p.numel() * 4 for p in decoders)}

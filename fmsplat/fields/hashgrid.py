@@ -386,13 +386,15 @@ class HashGrid(torch.nn.Module):
         return FrozenLookup(rows=torch.from_numpy(full.copy()), level_rows=torch.from_numpy(level_rows),
                             idx=torch.from_numpy(rows.astype(np.int32)), weights=torch.from_numpy(weights))
 
-    def encode_frozen(self, lookup: FrozenLookup, compact: torch.Tensor) -> torch.Tensor:
-        """forward(x) for the points `lookup` was built from, reading the compact table `compact`
-        ((len(lookup.rows), F), e.g. a trainable copy of table[lookup.rows])."""
+    def encode_frozen(self, lookup: FrozenLookup, compact: torch.Tensor, points: torch.Tensor | None = None) -> torch.Tensor:
+        """forward(x) for the points `lookup` was built from (or the subset of them indexed by `points`),
+        reading the compact table `compact` ((len(lookup.rows), F), e.g. a trainable copy of table[lookup.rows])."""
         if compact.shape != (len(lookup.rows), self.features) or compact.dtype != torch.float32:
             raise ValueError(f"HashGrid: compact table must be float32 ({len(lookup.rows)}, {self.features}), "
                              f"got {compact.dtype} {tuple(compact.shape)}")
-        return _Gather.apply(compact, lookup.idx, lookup.weights)
+        if points is None:
+            return _Gather.apply(compact, lookup.idx, lookup.weights)
+        return _Gather.apply(compact, lookup.idx[points].contiguous(), lookup.weights[points].contiguous())
 
     # -- compact persistence: a zero-initialised table is mostly zeros after training
     def sparse_state(self) -> dict[str, torch.Tensor]:

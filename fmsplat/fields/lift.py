@@ -64,17 +64,15 @@ def lift_maps(gaussians, cameras, maps, progress: bool = False, desc: str = "lif
     return lifted, weights
 
 
-def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, render_scale: float, min_weight: float,
-                 normalize: bool = False, progress: bool = True) -> dict:
-    """Set `field_`'s decoders to each space's PCA of the training features and its latents to the lifted
-    latents (every space in one pass per view). Returns statistics for the summary."""
+def lift_spaces(bundle: SceneBundle, targets: dict, bases: dict, render_scale: float, normalize: bool = False,
+                progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
+    """Lift every space at once: `bases[alias]` = (W (D, d), b (D,)) projects the teacher's map of `alias`
+    to d latents. Returns (latents (N, sum d), weights (N,), alias -> slice of the latents)."""
     data = bundle.dataset
     views = data.train_indices
-    bases = {}
-    for alias in field_.spaces:
-        _pca_init(field_, alias, [targets[alias][i] for i in views])
-        bases[alias] = (field_.weights[param_key(alias)].detach(), field_.biases[param_key(alias)].detach())
-    t0 = time.perf_counter()
+    slices, start = {}, 0
+    for alias, (w, _) in bases.items():
+        slices[alias], start = slice(start, start + w.shape[1]), start + w.shape[1]
 
     def latent_map(i):  # (sum d, h, w) on the finest of the spaces' grids
         parts = []
@@ -87,7 +85,20 @@ def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, rende
         return torch.cat([resample(z, grid) for z in parts])
 
     cameras = [data.cameras[i].scaled(render_scale) for i in views]
-    lifted, weights = lift_maps(bundle.gaussians, cameras, [latent_map(i) for i in views], progress=progress)
+    latents, weights = lift_maps(bundle.gaussians, cameras, [latent_map(i) for i in views], progress=progress)
+    return latents, weights, slices
+
+
+def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, render_scale: float, min_weight: float,
+                 normalize: bool = False, progress: bool = True) -> dict:
+    """Set `field_`'s decoders to each space's PCA of the training features and its latents to the lifted
+    latents (every space in one pass per view). Returns statistics for the summary."""
+    views = bundle.dataset.train_indices
+    for alias in field_.spaces:
+        _pca_init(field_, alias, [targets[alias][i] for i in views])
+    bases = {a: (field_.weights[param_key(a)].detach(), field_.biases[param_key(a)].detach()) for a in field_.spaces}
+    t0 = time.perf_counter()
+    lifted, weights, _ = lift_spaces(bundle, targets, bases, render_scale, normalize, progress)
     unseen = weights < min_weight
     lifted[unseen] = 0.0
     with torch.no_grad():
@@ -115,4 +126,4 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
 fit = fit_entry("lift", _fit)
 
-__all__ = ["Config", "FIELD", "LiftField", "fit", "lift_latents", "lift_maps"]
+__all__ = ["Config", "FIELD", "LiftField", "fit", "lift_latents", "lift_maps", "lift_spaces"]

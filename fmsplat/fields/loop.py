@@ -11,6 +11,7 @@ when both match, and names what differs otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -26,6 +27,20 @@ from fmsplat.fields.base import torch_threads
 from fmsplat.fields.configs import FieldError, FitConfig, make_config
 
 CHECKPOINT = "checkpoint.pt"
+# Callables (method, field, steps done) run after every step of every fit (benchmarks snapshot fields
+# mid-run with them: one run gives the quality at several step counts); see `observing`.
+OBSERVERS: list[Callable] = []
+
+
+@contextlib.contextmanager
+def observing(fn: Callable):
+    """Run `fn(method, field, steps_done)` after every step of the fits inside the block (and once
+    with steps_done = 0 before the first) for methods that pass their field to `run_fit`."""
+    OBSERVERS.append(fn)
+    try:
+        yield
+    finally:
+        OBSERVERS.remove(fn)
 
 
 def scene_identity(bundle, spaces, **extra) -> dict:
@@ -54,7 +69,7 @@ def check_identity(path: Path, saved: dict, now: dict) -> None:
 
 def run_fit(*, method: str, scene_dir, config: FitConfig, scene: dict, views: list[int],
             optimizer: torch.optim.Optimizer, loss: Callable, state: Callable[[], dict],
-            load: Callable[[dict], None], resume: bool = False, progress: bool = True) -> dict:
+            load: Callable[[dict], None], resume: bool = False, progress: bool = True, field=None) -> dict:
     """Run `config.steps` steps (see the module docstring); returns the loop's part of the summary:
     steps, fit_seconds, seconds_per_step, resumed_from_step, final (the last step's values)."""
     ckpt = Path(scene_dir) / "fields" / method / CHECKPOINT
@@ -88,6 +103,9 @@ def run_fit(*, method: str, scene_dir, config: FitConfig, scene: dict, views: li
 
     train = torch.tensor(views)
     last: dict = {}
+    observers = list(OBSERVERS) if field is not None else []
+    for fn in observers:
+        fn(method, field, start)
     t0 = time.perf_counter()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=method, disable=not progress,
                dynamic_ncols=True)
@@ -98,6 +116,8 @@ def run_fit(*, method: str, scene_dir, config: FitConfig, scene: dict, views: li
         value.backward()
         optimizer.step()
         last = {"loss": value.item(), **parts}
+        for fn in observers:
+            fn(method, field, step + 1)
         if step % 10 == 0:
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if isinstance(v, float)}, refresh=False)
         done = step + 1
@@ -132,4 +152,4 @@ def finish(field_, scene_dir) -> None:
     (Path(scene_dir) / "fields" / field_.method / CHECKPOINT).unlink(missing_ok=True)
 
 
-__all__ = ["CHECKPOINT", "check_identity", "finish", "fit_entry", "run_fit", "scene_identity"]
+__all__ = ["CHECKPOINT", "OBSERVERS", "check_identity", "finish", "fit_entry", "observing", "run_fit", "scene_identity"]

@@ -43,15 +43,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fmsplat.fields.base import FeatureField, FieldError, SceneBundle, SpaceSpec, open_scene, parse_spaces, splat
+from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SceneBundle, SpaceSpec, camera_at, open_scene, \
+    parse_spaces, splat
 from fmsplat.fields.configs import M3Config as Config
 from fmsplat.fields.loop import CHECKPOINT, finish, fit_entry, run_fit, scene_identity
-from fmsplat.fields.memory import MemoryBank, bank_path, flatten_views, memory_attention, nonzero_rows, read_bank, \
-    write_bank
+from fmsplat.fields.memory import MemoryBank, attention_keys, attention_logits, bank_path, flatten_views, \
+    memory_attention, nonzero_rows, read_bank, write_bank
 from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import rgb_loss
 
 DEFAULT_MODELS = ("effnet", "effnet-mid", "effnet-labels")
+LIFT_SCALE, LIFT_MIN_WEIGHT = 0.25, 1e-3  # the warm start lifts as LiftConfig's defaults
 
 
 def _lookup(table: dict, spec: SpaceSpec, default):
@@ -126,11 +128,54 @@ class M3Field(FeatureField):
         """(C, h, w) rendered queries -> (D_m, h, w): memory attention of model `alias`'s slice."""
         return self.attend(alias, image[self.slices[alias]].flatten(1).T).T.reshape(-1, *image.shape[1:])
 
+    def attend_top_k(self, alias: str, q: torch.Tensor, k: int) -> torch.Tensor:
+        """`attend` over each row's k highest-scoring bank entries only (logits at c per entry, then k x D
+        per row instead of K x D)."""
+        bank = self.bank(alias)
+        keys, gram = attention_keys(self.projection(alias).float(), bank)
+        out = []
+        for s in range(0, q.shape[0], 1024):
+            v, idx = attention_logits(q[s:s + 1024].float(), keys, gram, self.config.temperature).topk(k, dim=1)
+            out.append(torch.einsum("pk,pkd->pd", torch.softmax(v, dim=1), bank[idx]))
+        return torch.cat(out) if out else q.new_zeros(0, bank.shape[1])
+
     def gaussian_features(self, space: str) -> torch.Tensor:
-        """(N, D) attention output of every Gaussian's own query (chunked by the attention)."""
+        """(N, D) attention output of every Gaussian's own query; over the top `query_top_k` bank entries
+        when set (as relevancy maps), else the whole bank."""
         self.space(space)
+        k = self.config.query_top_k
         with torch.no_grad():
-            return self.attend(space, self.queries[:, self.slices[space]])
+            q = self.queries[:, self.slices[space]]
+            if 0 < k < self.bank(space).shape[0]:
+                return self.attend_top_k(space, q, k)
+            return self.attend(space, q)
+
+    def render_text_dots(self, camera, space, texts, size=None):
+        """Relevancy inputs (FeatureField.render_text_dots) through top-k attention: the logits cost c per
+        bank entry (attention_keys), each pixel keeps its `query_top_k` largest, and with f = sum_k a_k m_k,
+        t.f = sum_k a_k (m_k.t) and |f|^2 = a G a over the kept entries (G the bank's Gram matrix):
+        no D-dimensional feature is formed. At T = 0.05 the dropped entries carry almost no weight
+        (bench/README.md, "M3 at query time")."""
+        k = self.config.query_top_k
+        bank = self.bank(space)
+        if k <= 0 or k >= bank.shape[0]:
+            return super().render_text_dots(camera, space, texts, size)
+        cam = camera_at(camera, size)
+        with torch.no_grad():
+            res = self.splat_raw(cam)
+            q = res.image[self.slices[space]].flatten(1).T
+            keys, gram = attention_keys(self.projection(space).float(), bank)
+            bank_text = bank @ texts.float().T  # (K, T)
+            bank_gram = bank @ bank.T  # (K, K)
+            dots, sq = [], []
+            for s in range(0, q.shape[0], 16384):
+                v, idx = attention_logits(q[s:s + 16384], keys, gram, self.config.temperature).topk(k, dim=1)
+                a = torch.softmax(v, dim=1)  # (p, k)
+                dots.append(torch.einsum("pk,pkt->tp", a, bank_text[idx]))
+                sq.append(torch.einsum("pk,pl,pkl->p", a, a, bank_gram[idx[:, :, None], idx[:, None, :]]))
+        hw = (cam.height, cam.width)
+        return (torch.cat(dots, 1).reshape(-1, *hw), torch.cat(sq).reshape(hw),
+                FieldRender({}, res.alpha, res.expected_depth(), cam))
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for i, alias in enumerate(self.spaces):  # a saved field brings its banks: take their sizes
@@ -196,6 +241,84 @@ def build_bank(bundle: SceneBundle, spec: SpaceSpec, maps: dict[str, torch.Tenso
     return bank, stats
 
 
+# ------------------------------------------------------------------------------------------ warm start
+WARM_BATCH = 4096
+WARM_TOP_K = 16  # bank entries kept per Gaussian in the target attention (the rest carry ~nothing at T = 0.05)
+WARM_CANDIDATES = 32  # entries nearest each target in the softmax's normaliser ...
+WARM_NEGATIVES = 256  # ... plus this many random entries per step (the rest of the bank, sampled)
+WARM_LR = 0.05
+
+
+def fit_queries(field_: M3Field, alias: str, targets: torch.Tensor, steps: int, generator: torch.Generator
+                ) -> tuple[torch.Tensor, dict]:
+    """Queries (n, c) whose memory attention over the bank of `alias` reproduces `targets` (n, D), without
+    rendering. Each row's target is the attention the feature itself would receive, softmax(cos(t, bank) / T)
+    over its top WARM_TOP_K entries. The queries start at the least-squares solution of q W = t and
+    minimise the cross-entropy to it by Adam; the softmax's normaliser runs over each row's
+    WARM_CANDIDATES nearest entries plus WARM_NEGATIVES random ones per step (a sampled softmax: a step
+    costs c per entry on a few hundred entries, whatever the bank's size). `cross_entropy_*` in the
+    returned statistics are over the whole bank."""
+    bank = field_.bank(alias).float()
+    w = field_.projection(alias).detach().float()
+    temperature = field_.config.temperature
+    unit_bank = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    unit_t = targets / targets.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    k_top, k_cand = min(WARM_TOP_K, len(bank)), min(WARM_CANDIDATES, len(bank))
+    top_p, cand = [], []
+    for s in range(0, len(targets), WARM_BATCH):
+        v, i = (unit_t[s:s + WARM_BATCH] @ unit_bank.T / temperature).topk(k_cand, dim=1)
+        top_p.append(torch.softmax(v[:, :k_top], dim=1))
+        cand.append(i)
+    top_p, cand = torch.cat(top_p), torch.cat(cand)  # the target entries are the first k_top candidates
+    q = (targets @ w.T @ torch.linalg.inv(w @ w.T)).requires_grad_(True)  # least squares: q W = t
+    keys, gram = attention_keys(w, bank)
+    opt = torch.optim.Adam([q], lr=WARM_LR)
+
+    def full_cross_entropy():
+        rows = torch.arange(min(len(q), WARM_BATCH))
+        with torch.no_grad():
+            logp = torch.log_softmax(attention_logits(q[rows], keys, gram, temperature), dim=1)
+            return round(float(-(top_p[rows] * logp.gather(1, cand[rows, :k_top])).sum(1).mean()), 4)
+
+    start = full_cross_entropy()
+    for _ in range(steps):
+        rows = torch.randint(len(q), (min(WARM_BATCH, len(q)),), generator=generator)
+        negatives = torch.randint(len(bank), (min(WARM_NEGATIVES, len(bank)),), generator=generator)
+        qr = q[rows]
+        norm = ((qr @ gram) * qr).sum(-1).clamp_min(0).sqrt()[:, None] * temperature + 1e-12
+        own = torch.einsum("bc,cbk->bk", qr, keys[:, cand[rows]]) / norm
+        shared = (qr @ keys[:, negatives]) / norm
+        # (a random entry that is also a candidate counts twice in the normaliser: a slight, harmless bias)
+        logz = torch.logsumexp(torch.cat([own, shared], dim=1), dim=1)
+        loss = -(top_p[rows] * (own[:, :k_top] - logz[:, None])).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return q.detach(), {"cross_entropy_start": start, "cross_entropy_end": full_cross_entropy()}
+
+
+def warm_start(field_: M3Field, bundle: SceneBundle, targets: dict, cfg: Config, progress: bool) -> dict:
+    """Every seen Gaussian's queries pre-fitted to its lifted feature (fields.lift over `warm_dim` principal
+    components per model, then fit_queries); unseen Gaussians keep their random queries."""
+    from fmsplat.fields.distill import pca_basis
+    from fmsplat.fields.lift import lift_spaces
+
+    t0 = time.perf_counter()
+    views = bundle.dataset.train_indices
+    bases = {a: pca_basis([targets[a][i] for i in views], cfg.warm_dim) for a in field_.spaces}
+    latents, weights, slices = lift_spaces(bundle, targets, bases, LIFT_SCALE, progress=progress)
+    seen = weights >= LIFT_MIN_WEIGHT
+    generator = torch.Generator().manual_seed(cfg.seed)
+    stats = {}
+    for alias, (w, b) in bases.items():
+        lifted = latents[seen][:, slices[alias]] @ w.T + b
+        q, stats[alias] = fit_queries(field_, alias, lifted, cfg.warm_steps, generator)
+        with torch.no_grad():
+            field_.queries[seen, field_.slices[alias]] = q
+    return {"warm_seconds": round(time.perf_counter() - t0, 2), "warm_seen_gaussians": int(seen.sum()),
+            "warm_fit": stats}
+
+
 # ------------------------------------------------------------------------------------------ training
 def sample_points(n: int, generator: torch.Generator) -> torch.Tensor:
     """(n, 2) uniform random points as grid_sample coordinates in [-1, 1] (x, y)."""
@@ -249,6 +372,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
     torch.manual_seed(cfg.seed)
     field_ = M3Field(bundle.gaussians, spaces, cfg, banks)
+    warm = warm_start(field_, bundle, targets, cfg, progress) if cfg.warm_start else {}
     groups = [{"params": [field_.queries], "lr": cfg.lr_queries, "name": "queries"}]
     if cfg.learn_projection:
         groups.append({"params": [field_.projection(a) for a in field_.spaces], "lr": cfg.lr_projection,
@@ -300,14 +424,14 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
     scene = scene_identity(bundle, spaces, banks={a: len(b) for a, b in banks.items()})
     run = run_fit(method="m3", scene_dir=scene_dir, config=cfg, scene=scene, views=data.train_indices,
-                  optimizer=optimizer, loss=loss, load=load, resume=resume, progress=progress,
+                  optimizer=optimizer, loss=loss, load=load, resume=resume, progress=progress, field=field_,
                   state=lambda: {"field": field_.state_dict(), "loss_ema": ema["loss"],
                                  "geometry": {k: v.detach() for k, v in geometry.items()}})
     if cfg.joint:
         field_.gaussians = _as_model({k: v.detach() for k, v in geometry.items()}, sh_degree)
         field_.owns_geometry = True
     field_.summary = {
-        **run, "bank_seconds": round(bank_seconds, 2), "final_loss_ema": ema["loss"], "joint": cfg.joint,
+        **run, **warm, "warm_start": cfg.warm_start, "bank_seconds": round(bank_seconds, 2), "final_loss_ema": ema["loss"], "joint": cfg.joint,
         "query_dims": {a: s.stop - s.start for a, s in field_.slices.items()},
         "banks": bank_stats, "memory": field_.footprint(),
     }
@@ -317,5 +441,5 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
 fit = fit_entry("m3", _fit)
 
-__all__ = ["CHECKPOINT", "Config", "FIELD", "M3Field", "build_bank", "feature_loss", "fit", "point_sample",
-           "sample_points", "slice_layout", "tau_of"]
+__all__ = ["CHECKPOINT", "Config", "FIELD", "M3Field", "build_bank", "feature_loss", "fit", "fit_queries", "point_sample",
+           "sample_points", "slice_layout", "tau_of", "warm_start"]

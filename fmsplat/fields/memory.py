@@ -379,18 +379,25 @@ def memory_attention(q: torch.Tensor, projection: torch.Tensor, bank: torch.Tens
         raise ValueError("memory_attention: the memory bank is empty")
     if not temperature > 0:
         raise ValueError(f"memory_attention: temperature must be positive, got {temperature}")
-    w = projection.to(q.dtype)
     b = bank.to(q.dtype)
-    keys = w @ _unit(b).T  # (c, K): cos numerator is q @ keys
-    gram = w @ w.T  # (c, c): |q W|^2 = q gram qᵀ
+    keys, gram = attention_keys(projection.to(q.dtype), b)
     rows = chunk or attention_chunk_rows(b.shape[0], b.shape[1], max_block_bytes)
     out = []
     for s in range(0, q.shape[0], rows):
-        qc = q[s:s + rows]
-        norm = ((qc @ gram) * qc).sum(-1).clamp_min(0).sqrt()
-        logits = (qc @ keys) / ((norm + COS_EPS)[:, None] * temperature)
-        out.append(torch.softmax(logits, dim=-1) @ b)
+        out.append(torch.softmax(attention_logits(q[s:s + rows], keys, gram, temperature), dim=-1) @ b)
     return torch.cat(out) if out else q.new_zeros(0, b.shape[1])
+
+
+def attention_keys(projection: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys (c, K), gram (c, c)) of W (c, D) and a bank (K, D): cos(q W, bank_k) = (q keys)_k / sqrt(q gram qᵀ),
+    so the attention's logits cost c per bank entry, never D."""
+    return projection @ _unit(bank).T, projection @ projection.T
+
+
+def attention_logits(q: torch.Tensor, keys: torch.Tensor, gram: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(P, K) logits cos(q W, bank) / T of the memory attention for queries q (P, c)."""
+    norm = ((q @ gram) * q).sum(-1).clamp_min(0).sqrt()
+    return (q @ keys) / ((norm + COS_EPS)[:, None] * temperature)
 
 
 # ------------------------------------------------------------------------------------------ bank files
