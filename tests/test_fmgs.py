@@ -142,7 +142,8 @@ def test_language_basis_has_the_heads_dot_products():
 # 12×16 teacher grid), 600 steps of Adam (RAdam's rectification damps its first ~1,000 steps); about
 # 0.05 s a step on 2 idle cores. Measured on two differently trained tiny scenes: the relevancy peak
 # fell inside the box for 6 of 7 labelled objects on both, and 150 steps were not enough (2 of 7 on one)
-FIT = dict(pyramid=False, steps=600, render_scale=0.25, optimizer="adam", progress=False)
+# (cold start, the published training; the warm start has its own test, test_warm_start_alone_localises)
+FIT = dict(pyramid=False, steps=600, render_scale=0.25, optimizer="adam", progress=False, warm_start=False)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +201,7 @@ def test_fit_localises_the_labelled_objects(fitted, tiny_dataset):
 def test_warm_start_alone_localises(copy_scene, tiny_dataset):
     """Zero render steps: the hash grid and heads pre-fitted to the lifted features at the Gaussians'
     centres already put most relevancy peaks in their boxes (a cold start is a constant field)."""
-    field = fmgs.fit(copy_scene, models=TEST_MODELS, **dict(FIT, steps=0))
+    field = fmgs.fit(copy_scene, models=TEST_MODELS, **dict(FIT, steps=0, warm_start=True))
     assert field.summary["warm_loss_end"] < 0.8 * field.summary["warm_loss_start"]
     hits, _, total = _localisation(field, copy_scene, tiny_dataset)
     assert hits > total / 2, f"relevancy peaks inside the object's box for {hits} of {total} labelled objects"
