@@ -19,7 +19,8 @@ FAST = {
     "distill": dict(models=["effnet-mid"], render_scale=0.5),
     "fmgs": dict(models=["effnet@input_scale=4", "effnet-mid@stride=8"], pyramid=False, render_scale=0.25,
                  optimizer="adam", grids=((4, 4, 32),), log2_table=12, hidden=32, language_layers=2, warm_steps=3),
-    "m3": dict(models=["effnet"], n_points=64, render_scale=0.25, lr_queries=0.05, bank_method="fast", warm_steps=3),
+    "m3": dict(models=["effnet"], n_points=64, render_scale=0.25, lr_queries=0.05, bank_method="fast", warm_start=True,
+               warm_steps=3),
 }
 STEPS, EVERY, CUT = 6, 2, 5  # interrupted during step 5 (backward call 5), after the checkpoint of step 4
 # backward calls of each method's warm start before its first step (its pre-fit steps; one space for m3)
