@@ -44,6 +44,8 @@ VARIANTS: dict[str, tuple[str, list[str] | None, dict, str]] = {
     "lift-norm": ("lift", None, {"normalize": True}, "lifting unit-length teacher features"),
     "lift-full": ("lift", None, {"dim": 0}, "lifting the full teacher features (N x D floats per space)"),
     "m3-cold": ("m3", None, {"warm_start": False}, "M3, queries start at N(0, 1) (published)"),
+    "m3-warm": ("m3", None, {"warm_start": True}, "M3, queries pre-fitted to the lifted features (off by default)"),
+    "fmgs-cold": ("fmgs", None, {**TILE, "warm_start": False}, "FMGS, hash grid and heads start at random (published)"),
     "fmgs": ("fmgs", None, dict(TILE), "FMGS, paper settings (hybrid pyramid, pixel alignment after 2,500/4,200)"),
     "m3": ("m3", None, {}, "M3, effnet + effnet-mid + effnet-labels, fixed W (official), Config defaults"),
     "fmgs-no-pyramid": ("fmgs", None, {"pyramid": False}, "FMGS ablation: plain dense language map"),
@@ -60,7 +62,7 @@ VARIANTS: dict[str, tuple[str, list[str] | None, dict, str]] = {
 }
 SETS = {
     "methods": ["fmgs", "m3", "distill", "lift"],
-    "warm": ["lift", "lift-norm", "distill", "distill-cold", "m3", "m3-cold"],
+    "warm": ["lift", "lift-norm", "distill", "distill-cold", "fmgs", "fmgs-cold", "m3", "m3-warm"],
     "fmgs-ablations": ["fmgs", "fmgs-no-pyramid", "fmgs-no-align"],
     "m3-ablations": ["m3", "m3-2models", "m3-1model", "m3-q8", "m3-q32", "m3-learned-w", "distill-16", "m3-paper-lr",
                      "m3-lr5e-3"],

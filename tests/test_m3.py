@@ -271,7 +271,7 @@ def test_top_k_attention_converges_to_the_whole_bank(fitted):
     maps, feats = {}, {}
     try:
         for k in (0, 1, 32, n_bank - 1):
-            field_.config = replace(saved, query_top_k=k)
+            field_.config = replace(saved, query_top_k=k, query_scale=1.0, query_rank=0)
             dots, sq, render = field_.render_text_dots(cam, "effnet", texts)
             maps[k] = (dots / sq.clamp_min(1e-12).sqrt())[:, render.alpha > 0.5]
             feats[k] = field_.gaussian_features("effnet")
@@ -282,3 +282,44 @@ def test_top_k_attention_converges_to_the_whole_bank(fitted):
     assert map_err[n_bank - 1] < map_err[32] < map_err[1], map_err
     assert map_err[n_bank - 1] < 1e-2 * float(maps[0].max() - maps[0].min()), map_err
     assert feat_cos[n_bank - 1] > 0.999 and feat_cos[32] > feat_cos[1], feat_cos
+
+
+def test_query_shortcuts_match_the_exact_attention(fitted):
+    """Relevancy inputs of M3: every pixel attending over the whole bank (query_scale 1, query_rank 0) equals
+    decoding the D-dimensional features and taking dot products (the generic path); norms through the bank's
+    top-r directions approach the exact ones as r grows and equal them at full rank; attention on a coarser
+    grid departs from the per-pixel maps less the finer the grid."""
+    from dataclasses import replace
+
+    from fmsplat.fields.base import FeatureField
+
+    scene, field_ = fitted
+    bundle = open_scene(scene)
+    cam = bundle.dataset.cameras[bundle.dataset.test_indices[0]]
+    texts = F.normalize(field_.space("effnet").encode_text(["chair", "plant", "lamp"]), dim=-1)
+    saved = field_.config
+    out = {}
+    try:
+        field_.config = replace(saved, query_scale=1.0, query_rank=0, query_top_k=0)
+        ref_dots, ref_sq, render = FeatureField.render_text_dots(field_, cam, "effnet", texts)
+        bank = field_.bank("effnet")
+        for scale, rank in ((1.0, 0), (1.0, 4), (1.0, 32), (1.0, min(bank.shape)), (0.5, 0), (0.125, 0)):
+            field_.__dict__.pop("_norm_bases", None)
+            field_.config = replace(saved, query_scale=scale, query_rank=rank, query_top_k=0)
+            out[scale, rank] = field_.render_text_dots(cam, "effnet", texts)[:2]
+    finally:
+        field_.config = saved
+    seen = render.alpha > 0.5
+    scale_of = float(ref_sq[seen].mean())
+    dots, sq = out[1.0, 0]
+    assert torch.allclose(dots, ref_dots, atol=1e-5 * float(ref_dots.abs().max())), float((dots - ref_dots).abs().max())
+    assert torch.allclose(sq, ref_sq, rtol=1e-4, atol=1e-6 * scale_of)
+    norm_err = {r: float((out[1.0, r][1] - ref_sq)[seen].abs().max()) / scale_of for r in (4, 32, min(bank.shape))}
+    assert norm_err[min(bank.shape)] < 1e-4 and norm_err[32] < norm_err[4], norm_err
+    for r in (4, 32):  # the dot products never go through the basis
+        assert torch.allclose(out[1.0, r][0], ref_dots, atol=1e-5 * float(ref_dots.abs().max()))
+    cos = lambda d, s: (d / s.clamp_min(1e-12).sqrt())[:, seen]  # noqa: E731
+    ref = cos(ref_dots, ref_sq)
+    grid_err = {s: float((cos(*out[s, 0]) - ref).abs().mean()) for s in (0.5, 0.125)}
+    assert grid_err[0.5] < grid_err[0.125], grid_err
+    assert grid_err[0.5] < 0.1 * float(ref.std()), (grid_err, float(ref.std()))

@@ -309,6 +309,11 @@ class M3Config(FitConfig):
                                   "entries only (0: the whole bank, exact): products then cost k and k^2, not D and "
                                   "K x D; an approximation: at k = 32 per-Gaussian features kept cos 0.76-0.95 to "
                                   "the exact ones on the tiny room, so it is off by default", ge=0, resume_free=True)
+    query_scale: float = setting(0.25, "relevancy maps attend at this fraction of the map's resolution (the "
+                                       "paper attends at the teacher's grid), then upsample; 1: every pixel",
+                                 gt=0, le=1, resume_free=True)
+    query_rank: int = setting(64, "squared norms of attended features in relevancy maps through the bank's top-r "
+                                  "principal directions (0: exact, K x D per pixel)", ge=0, resume_free=True)
     torch_threads: int = setting(0, "torch intra-op threads while fitting (0: unchanged; M3's steps are attention "
                                     "matmuls, faster with torch's threads)", ge=0, resume_free=True)
 

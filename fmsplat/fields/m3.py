@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 
 from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SceneBundle, SpaceSpec, camera_at, open_scene, \
-    parse_spaces, splat
+    parse_spaces, resample, splat
 from fmsplat.fields.configs import M3Config as Config
 from fmsplat.fields.loop import CHECKPOINT, finish, fit_entry, run_fit, scene_identity
-from fmsplat.fields.memory import MemoryBank, attention_keys, attention_logits, bank_path, flatten_views, \
+from fmsplat.fields.memory import MemoryBank, attention_chunk_rows, attention_keys, attention_logits, bank_path, flatten_views, \
     memory_attention, nonzero_rows, read_bank, write_bank
 from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import rgb_loss
@@ -150,32 +150,70 @@ class M3Field(FeatureField):
                 return self.attend_top_k(space, q, k)
             return self.attend(space, q)
 
-    def render_text_dots(self, camera, space, texts, size=None):
-        """Relevancy inputs (FeatureField.render_text_dots) through top-k attention: the logits cost c per
-        bank entry (attention_keys), each pixel keeps its `query_top_k` largest, and with f = sum_k a_k m_k,
-        t.f = sum_k a_k (m_k.t) and |f|^2 = a G a over the kept entries (G the bank's Gram matrix):
-        no D-dimensional feature is formed. At T = 0.05 the dropped entries carry almost no weight
-        (bench/README.md, "M3 at query time")."""
-        k = self.config.query_top_k
+    def norm_basis(self, space: str) -> torch.Tensor:
+        """(K, r) coordinates of the bank's entries on its top r = `query_rank` principal directions (right
+        singular vectors): |a @ bank|^2 ~ |a @ coords|^2 for attention weights a, exact when r reaches the
+        bank's rank (r = 0: the bank itself). Computed once per space (a seeded randomised SVD)."""
         bank = self.bank(space)
-        if k <= 0 or k >= bank.shape[0]:
-            return super().render_text_dots(camera, space, texts, size)
-        cam = camera_at(camera, size)
-        with torch.no_grad():
-            res = self.splat_raw(cam)
-            q = res.image[self.slices[space]].flatten(1).T
-            keys, gram = attention_keys(self.projection(space).float(), bank)
-            bank_text = bank @ texts.float().T  # (K, T)
+        r = self.config.query_rank
+        if r <= 0 or r >= min(bank.shape):
+            return bank
+        cache = self.__dict__.setdefault("_norm_bases", {})
+        if space not in cache:
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                _, _, v = torch.svd_lowrank(bank, q=min(r + 16, *bank.shape), niter=4, M=None)
+            cache[space] = (bank @ v[:, :r]).contiguous()
+        return cache[space]
+
+    def attended_text_dots(self, space: str, q: torch.Tensor, texts: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """For (P, c) queries of `space` and unit texts (T, D): the dot products (T, P) of the texts with the
+        attended features f = a @ bank and their squared norms (P,), never forming f. t.f = a @ (bank t)
+        exactly; |f|^2 through `norm_basis` (exact when `query_rank` is 0). With `query_top_k`, each row
+        keeps its k largest logits and |f|^2 = a G a over them (G the bank's Gram matrix)."""
+        bank = self.bank(space)
+        cfg = self.config
+        keys, gram = attention_keys(self.projection(space).float(), bank)
+        bank_text = bank @ texts.float().T  # (K, T)
+        k = cfg.query_top_k
+        dots, sq = [], []
+        if 0 < k < bank.shape[0]:
             bank_gram = bank @ bank.T  # (K, K)
-            dots, sq = [], []
             for s in range(0, q.shape[0], 16384):
-                v, idx = attention_logits(q[s:s + 16384], keys, gram, self.config.temperature).topk(k, dim=1)
+                v, idx = attention_logits(q[s:s + 16384], keys, gram, cfg.temperature).topk(k, dim=1)
                 a = torch.softmax(v, dim=1)  # (p, k)
                 dots.append(torch.einsum("pk,pkt->tp", a, bank_text[idx]))
                 sq.append(torch.einsum("pk,pl,pkl->p", a, a, bank_gram[idx[:, :, None], idx[:, None, :]]))
+        else:
+            basis = self.norm_basis(space)
+            rows = attention_chunk_rows(bank.shape[0], basis.shape[1] + bank_text.shape[1], cfg.max_block_mb << 20)
+            for s in range(0, q.shape[0], rows):
+                a = torch.softmax(attention_logits(q[s:s + rows], keys, gram, cfg.temperature), dim=1)
+                dots.append((a @ bank_text).T)
+                y = a @ basis
+                sq.append((y * y).sum(1))
+        return torch.cat(dots, 1), torch.cat(sq)
+
+    def render_text_dots(self, camera, space, texts, size=None):
+        """Relevancy inputs (FeatureField.render_text_dots) as the paper attends: the rendered queries of
+        `space` are area-averaged to `query_scale` of the map's resolution (the paper resizes them to the
+        teacher's grid), attention runs there (attended_text_dots: no D-dimensional feature is formed),
+        and the dot products and squared norms are upsampled bilinearly to the map (t.f is linear in f, so
+        the dots are those of the upsampled features; the norms are an upper bound at edges). Alpha and
+        depth stay at full resolution. query_scale 1 and query_rank 0: the exact per-pixel attention."""
+        cfg = self.config
+        cam = camera_at(camera, size)
         hw = (cam.height, cam.width)
-        return (torch.cat(dots, 1).reshape(-1, *hw), torch.cat(sq).reshape(hw),
-                FieldRender({}, res.alpha, res.expected_depth(), cam))
+        grid = (max(1, round(hw[0] * cfg.query_scale)), max(1, round(hw[1] * cfg.query_scale)))
+        with torch.no_grad():
+            res = splat(self.gaussians, self.queries[:, self.slices[space]], cam)
+            q = resample(res.image, grid).flatten(1).T.float()
+            dots, sq = self.attended_text_dots(space, q, texts)
+            dots, sq = dots.reshape(-1, *grid), sq.reshape(1, *grid)
+            if grid != hw:
+                dots, sq = resample(dots, hw), resample(sq, hw)
+        return dots, sq[0].clamp_min(0), FieldRender({}, res.alpha, res.expected_depth(), cam)
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         for i, alias in enumerate(self.spaces):  # a saved field brings its banks: take their sizes
