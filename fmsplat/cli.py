@@ -296,6 +296,10 @@ def render(
         typer.echo(str(p))
 
 
+RAY_HELP = ("Run per view on a Ray cluster (pip install 'fmsplat[ray]'): 'local' starts one on this machine, "
+            "'auto' joins the one running here, HOST:PORT an existing cluster (its scene files on a shared disk).")
+
+
 @app.command()
 def features(
     scene: str = typer.Argument(..., help="Scene directory; features go to SCENE/features/<model key>/."),
@@ -305,11 +309,14 @@ def features(
     pyramid: bool = typer.Option(False, "--pyramid", help="FMGS hybrid multi-scale map (language-aligned models)."),
     opt: list[str] = typer.Option([], "--opt", help="Extractor option KEY=VALUE, repeatable (input_scale=2, stride=8, mode=maskclip)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)."),
+    ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", help=RAY_HELP),
+    workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Extract dense foundation-model features of every view and cache them (resumable)."""
     from fmsplat.foundation.command import parse_options, run_features
 
-    s = run_features(scene, data, downscale, model, pyramid, options=parse_options(opt), threads=threads)
+    s = run_features(scene, data, downscale, model, pyramid, options=parse_options(opt), threads=threads, ray=ray,
+                     workers=workers or None)
     typer.echo(f"{s['folder']}: {s['views']} views, {s['dim']}-d, grid {s['grid']}, {s['seconds']} s")
 
 
@@ -334,6 +341,8 @@ def fit(
     steps: int = typer.Option(None, "--steps", help="Optimisation steps (default: the preset's)."),
     opt: list[str] = typer.Option([], "--opt", help="Setting KEY=VALUE, repeatable, read by its declared type (listed below)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the field's last checkpoint."),
+    ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", help="--method lift: " + RAY_HELP),
+    workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Fit a feature field (foundation-model features) on a trained Gaussian scene, geometry frozen."""
     from fmsplat.fields import fit_field
@@ -343,6 +352,11 @@ def fit(
     overrides = parse_opts(method, opt)
     if steps is not None:
         overrides["steps"] = steps
+    if ray:
+        if method != "lift":
+            raise typer.BadParameter(f"--ray runs per-view stages: fit --method lift (and fmsplat features), not "
+                                     f"--method {method}; extract its features with fmsplat features --ray first")
+        overrides["ray"], overrides["workers"] = ray, workers
     why = "chosen with --preset"
     if preset is None:
         preset, why = default_preset()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from fmsplat import __version__, atomic
 from fmsplat.fields.configs import ConfigError, FieldError
-from fmsplat.foundation.cache import FeatureCache, extract_features
+from fmsplat.foundation.cache import CachedMaps, FeatureCache, extract_features
 from fmsplat.foundation.registry import get_extractor
 from fmsplat.gaussians import GaussianModel
 from fmsplat.render import rasterize
@@ -148,9 +148,11 @@ class SceneBundle:
     dataset: SceneDataset
     gaussians: GaussianModel
 
-    def feature_cache(self, spec: SpaceSpec, progress: bool = True) -> FeatureCache:
-        """The feature cache of `spec` for every view of the dataset, extracting what is missing."""
-        return extract_features(self.dataset, spec.extractor(), self.root, progress=progress)
+    def feature_cache(self, spec: SpaceSpec, progress: bool = True, ray: str | None = None,
+                      workers: int | None = None) -> FeatureCache:
+        """The feature cache of `spec` for every view of the dataset, extracting what is missing (on a Ray
+        cluster when `ray` is an address: fmsplat.parallel)."""
+        return extract_features(self.dataset, spec.extractor(), self.root, progress=progress, ray=ray, workers=workers)
 
     def targets(self, spaces: list[SpaceSpec], progress: bool = True) -> dict[str, list[torch.Tensor]]:
         """alias -> the cached teacher map (D, h, w) of every view, extracting what is missing."""
@@ -158,6 +160,16 @@ class SceneBundle:
         for spec in spaces:
             cache = self.feature_cache(spec, progress=progress)
             out[spec.alias] = [cache.get(self.view_name(i)) for i in range(len(self.dataset))]
+        return out
+
+    def target_views(self, spaces: list[SpaceSpec], progress: bool = True, ray: str | None = None,
+                     workers: int | None = None) -> dict[str, CachedMaps]:
+        """As `targets`, but each view's map is read from the cache when indexed (CachedMaps): memory does not
+        grow with the number of views, and the sequences can be sent to Ray workers."""
+        out = {}
+        for spec in spaces:
+            cache = self.feature_cache(spec, progress=progress, ray=ray, workers=workers)
+            out[spec.alias] = CachedMaps(cache, [self.view_name(i) for i in range(len(self.dataset))])
         return out
 
     def view_name(self, i: int) -> str:

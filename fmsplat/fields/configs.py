@@ -188,6 +188,10 @@ class LiftConfig(FitConfig):
                                        resume_free=True)
     seed: int = setting(0, "unused (lifting is deterministic)")
     torch_threads: int = setting(0, "torch intra-op threads while lifting (0: unchanged)", ge=0, resume_free=True)
+    ray: str = setting("", "Ray cluster for extraction and lifting, one task per view (fmsplat.parallel): 'local' "
+                           "starts one on this machine, else an address such as 10.0.0.5:6379; empty: this process",
+                       resume_free=True)
+    workers: int = setting(0, "Ray workers (0: one per CPU of the cluster)", ge=0, resume_free=True)
 
 
 # ------------------------------------------------------------------------------------------ fmgs

@@ -79,18 +79,40 @@ FIELD = DistillField
 
 
 # ------------------------------------------------------------------------------------------ training
-def pca_basis(views: list[torch.Tensor], d: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pca_basis(views, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(basis (D, d) with orthonormal columns, mean (D,)) of the features of (D, h, w) maps: their top-d
-    principal directions (the identity when d covers every dimension)."""
-    flat = torch.cat([v.reshape(v.shape[0], -1) for v in views], dim=1).T.float()  # (P, D)
-    mean = flat.mean(0)
-    if d >= flat.shape[1]:
-        return torch.eye(flat.shape[1], d), mean
-    k = min(d, flat.shape[0])
-    _, _, v = torch.linalg.svd(flat - mean, full_matrices=False)
-    basis = torch.zeros(flat.shape[1], d)
-    basis[:, :k] = v[:k].T
-    return basis, mean
+    principal directions (the identity when d covers every dimension). The maps are read one at a time
+    (a lazy sequence such as CachedMaps streams from disk): the mean and the D x D scatter are summed in
+    float64, so memory does not grow with the number of views."""
+    total, sums, scatter, dim = 0, None, None, None
+    for v in views:
+        flat = v.reshape(v.shape[0], -1).double()  # (D, p)
+        if sums is None:
+            dim = flat.shape[0]
+            if d >= dim:
+                return torch.eye(dim, d), _mean_of(views)
+            sums, scatter = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
+        total += flat.shape[1]
+        sums += flat.sum(1)
+        scatter += flat @ flat.T
+    if sums is None or total == 0:
+        raise ValueError("pca_basis: no features given")
+    mean = sums / total
+    cov = scatter / total - torch.outer(mean, mean)
+    _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
+    k = min(d, total)
+    basis = torch.zeros(dim, d)
+    basis[:, :k] = vecs[:, -k:].flip(1).float()
+    return basis, mean.float()
+
+
+def _mean_of(views) -> torch.Tensor:
+    sums, total = None, 0
+    for v in views:
+        flat = v.reshape(v.shape[0], -1).double()
+        sums = flat.sum(1) if sums is None else sums + flat.sum(1)
+        total += flat.shape[1]
+    return (sums / total).float()
 
 
 def _pca_init(field_: DistillField, alias: str, views: list[torch.Tensor]) -> None:

@@ -19,6 +19,7 @@ resolution (`render_scale` of the image), and weighted per pixel.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
@@ -27,6 +28,7 @@ from fmsplat.fields.base import FieldError, SceneBundle, SpaceSpec, open_scene, 
 from fmsplat.fields.configs import LiftConfig as Config
 from fmsplat.fields.distill import DEFAULT_MODELS, DistillField, _pca_init
 from fmsplat.fields.loop import finish, fit_entry
+from fmsplat.parallel import resolve_address
 from fmsplat.render import accumulate
 
 # Channels per adjoint pass: the kernel keeps (threads x N x channels) floats.
@@ -64,41 +66,87 @@ def lift_maps(gaussians, cameras, maps, progress: bool = False, desc: str = "lif
     return lifted, weights
 
 
-def lift_spaces(bundle: SceneBundle, targets: dict, bases: dict, render_scale: float, normalize: bool = False,
-                progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
-    """Lift every space at once: `bases[alias]` = (W (D, d), b (D,)) projects the teacher's map of `alias`
-    to d latents. Returns (latents (N, sum d), weights (N,), alias -> slice of the latents)."""
-    data = bundle.dataset
-    views = data.train_indices
-    slices, start = {}, 0
-    for alias, (w, _) in bases.items():
-        slices[alias], start = slice(start, start + w.shape[1]), start + w.shape[1]
+class ViewLifter:
+    """Lifts one training view: projects each space's teacher map onto its basis, resamples the latents to the
+    view's camera and runs the adjoint pass. The same object serves the local loop and a Ray worker (it
+    pickles as the Gaussians' geometry, the cameras and bases, and lazy map sequences such as CachedMaps)."""
 
-    def latent_map(i):  # (sum d, h, w) on the finest of the spaces' grids
+    def __init__(self, geometry: tuple, cameras: dict, targets: dict, bases: dict, normalize: bool) -> None:
+        self.geometry = tuple(t.detach() for t in geometry)
+        self.cameras, self.targets, self.bases, self.normalize = cameras, targets, bases, normalize
+
+    def latent_map(self, i: int) -> torch.Tensor:
+        """(sum d, h, w) latents of view i on the finest of the spaces' grids."""
         parts = []
-        for a, (w, b) in bases.items():
-            t = targets[a][i].float()
-            if normalize:  # every cell's direction counts alike, at the mean feature's length
+        for a, (w, b) in self.bases.items():
+            t = self.targets[a][i].float()
+            if self.normalize:  # every cell's direction counts alike, at the mean feature's length
                 t = t / t.norm(dim=0, keepdim=True).clamp_min(1e-12) * b.norm()
             parts.append(torch.einsum("Dd,Dhw->dhw", w, t - b[:, None, None]))
         grid = (max(z.shape[-2] for z in parts), max(z.shape[-1] for z in parts))
         return torch.cat([resample(z, grid) for z in parts])
 
-    cameras = [data.cameras[i].scaled(render_scale) for i in views]
-    latents, weights = lift_maps(bundle.gaussians, cameras, [latent_map(i) for i in views], progress=progress)
+    def lift(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sums (N, C), weights (N,)) of view i: sum_p w_gp latent_p and sum_p w_gp."""
+        cam = self.cameras[i]
+        fmap = self.latent_map(i)
+        means, quats, scales, opacities = self.geometry
+        signal = resample(fmap, (cam.height, cam.width)).permute(1, 2, 0)
+        sums = torch.zeros(means.shape[0], fmap.shape[0])
+        weights = None
+        for c0 in range(0, fmap.shape[0], MAX_CHANNELS):
+            s, w = accumulate(means, quats, scales, opacities, signal[..., c0:c0 + MAX_CHANNELS].contiguous(),
+                              cam.viewmat_tensor(), cam.K_tensor())
+            sums[:, c0:c0 + MAX_CHANNELS] = s
+            weights = w
+        return sums, weights
+
+
+def lift_spaces(bundle: SceneBundle, targets: dict, bases: dict, render_scale: float, normalize: bool = False,
+                progress: bool = True, ray: str | None = None, workers: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
+    """Lift every space at once: `bases[alias]` = (W (D, d), b (D,)) projects the teacher's map of `alias`
+    (`targets[alias][i]`, view i) to d latents. Returns (latents (N, sum d), weights (N,), alias -> slice of
+    the latents). With `ray` (a cluster address, fmsplat.parallel), each view is one task on `workers`
+    actors and the driver adds up the per-view sums as they arrive: the same result up to the order of
+    the float additions."""
+    data = bundle.dataset
+    views = data.train_indices
+    slices, start = {}, 0
+    for alias, (w, _) in bases.items():
+        slices[alias], start = slice(start, start + w.shape[1]), start + w.shape[1]
+    lifter = ViewLifter(bundle.gaussians.activated(), {i: data.cameras[i].scaled(render_scale) for i in views},
+                        targets, bases, normalize)
+    n = len(bundle.gaussians)
+    sums, weights = torch.zeros(n, start), torch.zeros(n)
+
+    def add(_, result) -> None:
+        sums.add_(result[0])
+        weights.add_(result[1])
+
+    if ray is not None:
+        from fmsplat.parallel import map_views
+
+        map_views(lambda lf=lifter: lf, "lift", list(views), add, address=ray, workers=workers, progress=progress,
+                  desc="lift")
+    else:
+        for i in tqdm(views, desc="lift", disable=not progress, dynamic_ncols=True):
+            add(i, lifter.lift(i))
+    latents = torch.where(weights[:, None] > 0, sums / weights.clamp_min(1e-12)[:, None], torch.zeros(()))
     return latents, weights, slices
 
 
 def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, render_scale: float, min_weight: float,
-                 normalize: bool = False, progress: bool = True) -> dict:
+                 normalize: bool = False, progress: bool = True, ray: str | None = None,
+                 workers: int | None = None) -> dict:
     """Set `field_`'s decoders to each space's PCA of the training features and its latents to the lifted
     latents (every space in one pass per view). Returns statistics for the summary."""
     views = bundle.dataset.train_indices
     for alias in field_.spaces:
-        _pca_init(field_, alias, [targets[alias][i] for i in views])
+        _pca_init(field_, alias, _Views(targets[alias], views))
     bases = {a: (field_.weights[param_key(a)].detach(), field_.biases[param_key(a)].detach()) for a in field_.spaces}
     t0 = time.perf_counter()
-    lifted, weights, _ = lift_spaces(bundle, targets, bases, render_scale, normalize, progress)
+    lifted, weights, _ = lift_spaces(bundle, targets, bases, render_scale, normalize, progress, ray, workers)
     unseen = weights < min_weight
     lifted[unseen] = 0.0
     with torch.no_grad():
@@ -107,16 +155,34 @@ def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, rende
             "unseen_gaussians": int(unseen.sum()), "lift_render_scale": render_scale}
 
 
+class _Views(Sequence):
+    """maps[i] for i in views, lazily (a CachedMaps stays on disk)."""
+
+    def __init__(self, maps, views) -> None:
+        self.maps, self.views = maps, list(views)
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, k):
+        return self.maps[self.views[k]]
+
+
 def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> LiftField:
-    """Lift the teacher features onto the Gaussians of `scene_dir` (no optimisation); saves SCENE/fields/lift/."""
+    """Lift the teacher features onto the Gaussians of `scene_dir` (no optimisation); saves SCENE/fields/lift/.
+    The teacher maps stream from the feature cache one view at a time (memory flat in the number of views);
+    with `ray` set, extraction and lifting run on that Ray cluster (fmsplat.parallel)."""
     t0 = time.perf_counter()
     bundle = bundle or open_scene(scene_dir)
     spaces = parse_spaces(models, DEFAULT_MODELS, "lift")
     if not bundle.dataset.train_indices:
         raise FieldError(f"{scene_dir}: the dataset has no training views")
-    targets = bundle.targets(spaces, progress)
+    ray = resolve_address(cfg.ray or None)
+    workers = cfg.workers or None
+    targets = bundle.target_views(spaces, progress, ray=ray, workers=workers)
     field_ = LiftField(bundle.gaussians, spaces, cfg)
-    stats = lift_latents(field_, bundle, targets, cfg.render_scale, cfg.min_weight, cfg.normalize, progress)
+    stats = lift_latents(field_, bundle, targets, cfg.render_scale, cfg.min_weight, cfg.normalize, progress, ray,
+                         workers)
     field_.summary = {"steps": 0, "fit_seconds": round(time.perf_counter() - t0, 2), **stats,
                       "bytes_per_gaussian": field_.features.shape[1] * 4,
                       "decoder_bytes": sum(p.numel() * 4 for p in list(field_.weights.values()) + list(field_.biases.values()))}
@@ -126,4 +192,4 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
 fit = fit_entry("lift", _fit)
 
-__all__ = ["Config", "FIELD", "LiftField", "fit", "lift_latents", "lift_maps", "lift_spaces"]
+__all__ = ["Config", "FIELD", "LiftField", "fit", "lift_latents", "lift_maps", "lift_spaces", "ViewLifter"]

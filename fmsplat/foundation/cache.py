@@ -25,6 +25,7 @@ from fmsplat.errors import FmsplatError
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+_VERIFIED: set[tuple] = set()  # (path, sha256, view, size, mtime, inode) of files hashed and found intact here
 
 
 class CacheError(FmsplatError, RuntimeError):
@@ -90,7 +91,8 @@ class FeatureCache:
         return list(self.manifest["views"])
 
     def problem(self, name: str) -> str | None:
-        """Why view `name` cannot be used (None when its file is complete and intact)."""
+        """Why view `name` cannot be used (None when its file is complete and intact). A file verified once
+        in this process is not hashed again while its size and modification time stay the same."""
         entry = self.manifest["views"].get(name)
         if entry is None:
             return "not in the manifest"
@@ -106,11 +108,16 @@ class FeatureCache:
         size = path.stat().st_size
         if size != entry["bytes"]:
             return f"{path} has {size} bytes, the manifest records {entry['bytes']} (truncated or overwritten)"
+        stat = path.stat()
+        stamp = (str(path), entry["sha256"], name, stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        if stamp in _VERIFIED:
+            return None
         if _sha256(path) != entry["sha256"]:
             return f"{path} does not match its recorded SHA-256 (corrupted)"
         owner = _stored_view(path)
         if owner != name:
             return f"{path} holds the features of view {owner!r}, not of this view (swapped)"
+        _VERIFIED.add(stamp)
         return None
 
     def has(self, name: str) -> bool:
@@ -157,6 +164,41 @@ class FeatureCache:
         return self.get(name)
 
 
+class _Key:
+    """What FeatureCache needs of an extractor to read its cache: the key and the dimension."""
+
+    def __init__(self, key: str, dim: int) -> None:
+        self.key, self.dim = key, dim
+
+
+class CachedMaps(Sequence):
+    """The cached maps of some views as a lazy, picklable sequence: item k is read (and verified) from disk
+    when asked for, as float32 (D, h, w), and not kept. Fitting that streams views through it holds one
+    view at a time, whatever their number; a Ray worker given it reads the same files."""
+
+    def __init__(self, cache: FeatureCache, names: Sequence[str]) -> None:
+        self.scene_dir, self.key, self.dim = cache.scene_dir, cache.key, cache.dim
+        self.names = list(names)
+        missing = [n for n in self.names if not cache.has(n)]
+        if missing:
+            raise CacheError(f"{cache.root}: no usable features for {len(missing)} view(s), e.g. '{missing[0]}': "
+                             f"{cache.problem(missing[0])}")
+        self._cache: FeatureCache | None = cache
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cache": None}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[j] for j in range(*k.indices(len(self)))]
+        if self._cache is None:
+            self._cache = FeatureCache(self.scene_dir, _Key(self.key, self.dim))
+        return self._cache.get(self.names[k])
+
+
 def _stored_view(path: Path) -> str | None:
     """The view name recorded inside a cached feature file (None when unreadable)."""
     from safetensors import safe_open
@@ -192,18 +234,42 @@ def _views(source, names: Sequence[str] | None):
     return [(n, (lambda v=v: v)) for n, v in zip(vnames, items)]
 
 
-def extract_features(source, extractor, scene_dir, progress: bool = True, names: Sequence[str] | None = None) -> FeatureCache:
+class _Encoder:
+    """A Ray worker of extract_features: one extractor per worker process."""
+
+    def __init__(self, extractor) -> None:
+        self.extractor = extractor
+
+    def encode(self, image) -> tuple[torch.Tensor, tuple[int, int]]:
+        return self.extractor.encode_images(image)[0].to(torch.float16), _image_size(image)
+
+
+def extract_features(source, extractor, scene_dir, progress: bool = True, names: Sequence[str] | None = None,
+                     ray: str | None = None, workers: int | None = None) -> FeatureCache:
     """Encode every view not yet validly cached and store it; returns the FeatureCache.
 
     source: a SceneDataset (views named by camera name), a mapping name -> image, or a sequence /
     batch of images (named `names`, default view_0000, view_0001, ...). Images are float in [0, 1],
     (H, W, 3) or (3, H, W). Views already cached and intact are skipped, so a killed run resumes.
+    `ray`: a cluster address (fmsplat.parallel; "local" starts one): views are encoded by `workers`
+    Ray actors, each holding the extractor, and written here as each finishes (the cache is the
+    checkpoint of a distributed run too).
     """
     from tqdm.auto import tqdm
 
     cache = FeatureCache(scene_dir, extractor)
     todo = [(n, load) for n, load in _views(source, names) if not cache.has(n)]
-    for name, load in tqdm(todo, desc=f"features {cache.key}", unit="view", disable=not progress):
+    desc = f"features {cache.key}"
+    if ray is not None and todo:
+        from fmsplat.parallel import map_views
+
+        def store(i: int, result) -> None:
+            cache.put(todo[i][0], result[0], result[1])
+
+        map_views(lambda e=extractor: _Encoder(e), "encode", [load for _, load in todo], store, address=ray,
+                  workers=workers, progress=progress, desc=desc, lazy=True)
+        return cache
+    for name, load in tqdm(todo, desc=desc, unit="view", disable=not progress):
         image = load()
         cache.put(name, extractor.encode_images(image)[0], _image_size(image))
     return cache

@@ -55,6 +55,8 @@ def run_features(
     options: dict | None = None,
     progress: bool = True,
     threads: int = 0,
+    ray: str | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Extract features for all views (training and held-out) into SCENE/features/<key>/; returns a summary."""
     from fmsplat.foundation.cache import extract_features
@@ -73,7 +75,9 @@ def run_features(
     dataset = load_dataset(path, downscale=scale)
     extractor = get_extractor(model, pyramid=pyramid, **(options or {}))
     start = time.perf_counter()
-    cache = extract_features(dataset, extractor, scene_dir, progress=progress)
+    from fmsplat.parallel import resolve_address
+
+    cache = extract_features(dataset, extractor, scene_dir, progress=progress, ray=resolve_address(ray), workers=workers)
     return {
         "folder": str(cache.root),
         "key": cache.key,
