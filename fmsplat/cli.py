@@ -309,7 +309,7 @@ def features(
     pyramid: bool = typer.Option(False, "--pyramid", help="FMGS hybrid multi-scale map (language-aligned models)."),
     opt: list[str] = typer.Option([], "--opt", help="Extractor option KEY=VALUE, repeatable (input_scale=2, stride=8, mode=maskclip)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)."),
-    ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", help=RAY_HELP),
+    ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True, help=RAY_HELP),
     workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Extract dense foundation-model features of every view and cache them (resumable)."""
@@ -341,7 +341,8 @@ def fit(
     steps: int = typer.Option(None, "--steps", help="Optimisation steps (default: the preset's)."),
     opt: list[str] = typer.Option([], "--opt", help="Setting KEY=VALUE, repeatable, read by its declared type (listed below)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the field's last checkpoint."),
-    ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", help="--method lift: " + RAY_HELP),
+    ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True, help="--method lift (extraction and lifting) "
+                            "or m3 (extraction and Algorithm 1 banks): " + RAY_HELP),
     workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Fit a feature field (foundation-model features) on a trained Gaussian scene, geometry frozen."""
@@ -353,10 +354,14 @@ def fit(
     if steps is not None:
         overrides["steps"] = steps
     if ray:
-        if method != "lift":
-            raise typer.BadParameter(f"--ray runs per-view stages: fit --method lift (and fmsplat features), not "
-                                     f"--method {method}; extract its features with fmsplat features --ray first")
-        overrides["ray"], overrides["workers"] = ray, workers
+        if method not in ("lift", "m3") and os.environ.get("FMSPLAT_RAY_ADDRESS") == ray:
+            typer.echo(f"fmsplat fit: FMSPLAT_RAY_ADDRESS not used: --method {method} has no per-view stage on Ray "
+                       f"(extract its features with fmsplat features first)", err=True)
+        elif method not in ("lift", "m3"):
+            raise typer.BadParameter(f"--ray runs per-view stages: fit --method lift or m3 (and fmsplat features), "
+                                     f"not --method {method}; extract its features with fmsplat features --ray first")
+        else:
+            overrides["ray"], overrides["workers"] = ray, workers
     why = "chosen with --preset"
     if preset is None:
         preset, why = default_preset()

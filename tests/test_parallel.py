@@ -137,3 +137,18 @@ def test_cached_maps_read_lazily_and_notice_a_file_damaged_after_reading(tiny_sc
     with pytest.raises(CacheError, match="SHA-256"):
         maps[3]
     assert isinstance(maps, CachedMaps)
+
+
+def test_algorithm1_bank_on_ray_is_the_local_bank(local_cluster, bundle):
+    """M3's Algorithm 1 with its similarity chunks as Ray tasks (answers arriving in any order, the scan in
+    row order on the driver) keeps exactly the rows, and counts, of the local run."""
+    from fmsplat.fields.memory import flatten_views, nonzero_rows, similarity_reduction
+
+    spec = parse_spaces(["effnet-mid"], [], "m3")[0]
+    maps = bundle.target_views([spec], progress=False)["effnet-mid"]
+    x = flatten_views([maps[i] for i in bundle.dataset.train_indices])
+    x = x[nonzero_rows(x)]
+    local_idx, local_counts = similarity_reduction(x, 0.75, chunk=97, return_counts=True)
+    ray_idx, ray_counts = similarity_reduction(x, 0.75, chunk=97, return_counts=True, ray=local_cluster, workers=2)
+    assert 10 < len(local_idx) < 0.8 * len(x)  # a real reduction, over several chunks
+    assert torch.equal(local_idx, ray_idx) and torch.equal(local_counts, ray_counts)

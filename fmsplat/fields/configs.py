@@ -313,6 +313,10 @@ class M3Config(FitConfig):
                                   "entries only (0: the whole bank, exact): products then cost k and k^2, not D and "
                                   "K x D; an approximation: at k = 32 per-Gaussian features kept cos 0.76-0.95 to "
                                   "the exact ones on the tiny room, so it is off by default", ge=0, resume_free=True)
+    ray: str = setting("", "Ray cluster for extraction and the Algorithm 1 banks' similarity chunks (fmsplat.parallel): "
+                           "'local' starts one on this machine, else an address; empty: this process",
+                       resume_free=True)
+    workers: int = setting(0, "Ray workers (0: one per CPU of the cluster)", ge=0, resume_free=True)
     query_scale: float = setting(0.25, "relevancy maps attend at this fraction of the map's resolution (the "
                                        "paper attends at the teacher's grid), then upsample; 1: every pixel",
                                  gt=0, le=1, resume_free=True)

@@ -51,6 +51,7 @@ from fmsplat.fields.memory import MemoryBank, attention_chunk_rows, attention_ke
     memory_attention, nonzero_rows, read_bank, write_bank
 from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import rgb_loss
+from fmsplat.parallel import resolve_address
 
 DEFAULT_MODELS = ("effnet", "effnet-mid", "effnet-labels")
 LIFT_SCALE, LIFT_MIN_WEIGHT = 0.25, 1e-3  # the warm start lifts as LiftConfig's defaults
@@ -236,12 +237,13 @@ FIELD = M3Field
 
 # ------------------------------------------------------------------------------------------ banks
 def build_bank(bundle: SceneBundle, spec: SpaceSpec, maps: dict[str, torch.Tensor], config: Config,
-               progress: bool = True) -> tuple[MemoryBank, dict]:
+               progress: bool = True, ray: str | None = None) -> tuple[MemoryBank, dict]:
     """The memory bank of `spec` over the training views (`maps`: view name -> (D, h, w), in view order).
 
     Cached in SCENE/memory/<key>.safetensors with its tau, method and views: reused when they match;
     a 'fast' bank built on some of the views grows by the missing ones (streaming) instead of being
-    rebuilt. Zero feature rows (no target) are left out."""
+    rebuilt. Zero feature rows (no target) are left out. `ray`: Algorithm 1's similarity chunks run on
+    that Ray cluster (the same bank)."""
     tau = tau_of(config, spec)
     method = config.bank_method
     names = list(maps)
@@ -267,7 +269,8 @@ def build_bank(bundle: SceneBundle, spec: SpaceSpec, maps: dict[str, torch.Tenso
         x = x[nonzero_rows(x)]
         if x.shape[0] == 0:
             raise FieldError(f"m3: every feature of '{spec.alias}' on the training views is zero; nothing to remember")
-        bank = MemoryBank.from_rows(x, tau, method=method, progress=progress, max_block_bytes=block)
+        bank = MemoryBank.from_rows(x, tau, method=method, progress=progress, max_block_bytes=block,
+                                    ray=ray if method == "algorithm1" else None, workers=config.workers or None)
     seconds = time.perf_counter() - t0
     info = {"key": spec.key, "alias": spec.alias, "tau": tau, "method": method, "views": names,
             "rows_seen": int(bank.rows_seen)}
@@ -398,13 +401,17 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
     if not data.train_indices:
         raise FieldError(f"{scene_dir}: the dataset has no training views")
     slice_layout(cfg, spaces)  # fail on a bad layout before any extraction
+    ray = resolve_address(cfg.ray or None)
+    if ray is not None:  # extraction on the cluster; the caches then serve the rest
+        for spec in spaces:
+            bundle.feature_cache(spec, progress, ray=ray, workers=cfg.workers or None)
     targets = bundle.targets(spaces, progress)
 
     t_bank = time.perf_counter()
     banks, bank_stats = {}, {}
     for spec in spaces:
         maps = {bundle.view_name(i): targets[spec.alias][i] for i in data.train_indices}
-        bank, bank_stats[spec.alias] = build_bank(bundle, spec, maps, cfg, progress)
+        bank, bank_stats[spec.alias] = build_bank(bundle, spec, maps, cfg, progress, ray)
         banks[spec.alias] = bank.raw.clone()
     bank_seconds = time.perf_counter() - t_bank
 

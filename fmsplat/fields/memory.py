@@ -113,14 +113,52 @@ def _alg1_chunk(sim, used, start, tau, kept, counts):  # pragma: no cover - comp
         counts[j] = n
 
 
+@njit(cache=True)
+def _alg1_lists(offsets, neighbours, used, start, kept, counts):  # pragma: no cover - compiled
+    """_alg1_chunk on the rows' lists of neighbours within tau (CSR: row r's are neighbours[offsets[r]:offsets[r+1]])."""
+    for r in range(offsets.shape[0] - 1):
+        j = start + r
+        if used[j]:
+            continue
+        touched = False
+        for e in range(offsets[r], offsets[r + 1]):
+            if used[neighbours[e]]:
+                touched = True
+                break
+        if touched:
+            continue
+        kept[j] = True
+        for e in range(offsets[r], offsets[r + 1]):
+            used[neighbours[e]] = True
+        counts[j] = offsets[r + 1] - offsets[r]
+
+
+class _NeighbourLists:
+    """A Ray worker of similarity_reduction: each task is one chunk of rows, answered as their neighbours
+    within tau (CSR), the O(chunk x P x D) part of Algorithm 1; the order-dependent scan stays on the driver."""
+
+    def __init__(self, unit: torch.Tensor, tau: float, chunk: int) -> None:
+        self.unit, self.tau, self.chunk = unit, tau, chunk
+
+    def rows(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        within = (self.unit[start:start + self.chunk] @ self.unit.T).numpy() >= np.float32(self.tau)
+        r, k = np.nonzero(within)
+        offsets = np.zeros(within.shape[0] + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=within.shape[0]), out=offsets[1:])
+        return offsets, k.astype(np.int64)
+
+
 def similarity_reduction(features, tau: float, chunk: int = DEFAULT_CHUNK, max_block_bytes: int = DEFAULT_BLOCK_BYTES,
-                         progress: bool = False, return_counts: bool = False):
+                         progress: bool = False, return_counts: bool = False, ray: str | None = None,
+                         workers: int | None = None):
     """Algorithm 1 of M3 (official behaviour, see the module docstring): indices of the kept rows.
 
     features: (P, D) raw pixel features (flatten_views of all training views). The bank is
     ``features[indices]`` (raw, not normalised). `chunk` rows per similarity block (official 5,000),
     lowered when chunk × P float32 would exceed `max_block_bytes` — the result is the same. With
-    `return_counts`, also returns how many rows each kept row marked used (its |S|)."""
+    `return_counts`, also returns how many rows each kept row marked used (its |S|). With `ray` (a
+    cluster address, fmsplat.parallel), the similarity chunks are Ray tasks returning each row's
+    neighbours within tau, and the scan runs here on them in row order: the same bank."""
     x = _as_rows(features)
     tau = _check_tau(tau)
     p = x.shape[0]
@@ -131,11 +169,27 @@ def similarity_reduction(features, tau: float, chunk: int = DEFAULT_CHUNK, max_b
     used = np.zeros(p, dtype=np.bool_)
     kept = np.zeros(p, dtype=np.bool_)
     counts = np.zeros(p, dtype=np.int64)
-    starts = range(0, p, chunk)
-    for start in tqdm(starts, desc=f"memory bank (Algorithm 1, tau={tau:g})", unit="chunk", disable=not progress,
-                      dynamic_ncols=True):
-        sim = (unit[start:start + chunk] @ unit.T).numpy()
-        _alg1_chunk(sim, used, start, np.float32(tau), kept, counts)
+    starts = list(range(0, p, chunk))
+    desc = f"memory bank (Algorithm 1, tau={tau:g})"
+    if ray is not None:
+        from fmsplat.parallel import map_views
+
+        arrived: dict[int, tuple] = {}
+        scanned = [0]  # chunks scanned so far: the scan needs them in order, they arrive in any order
+
+        def scan(k: int, lists) -> None:
+            arrived[k] = lists
+            while scanned[0] in arrived:
+                offsets, neighbours = arrived.pop(scanned[0])
+                _alg1_lists(offsets, neighbours, used, starts[scanned[0]], kept, counts)
+                scanned[0] += 1
+
+        map_views(lambda w=_NeighbourLists(unit, tau, chunk): w, "rows", starts, scan, address=ray, workers=workers,
+                  progress=progress, desc=desc)
+    else:
+        for start in tqdm(starts, desc=desc, unit="chunk", disable=not progress, dynamic_ncols=True):
+            sim = (unit[start:start + chunk] @ unit.T).numpy()
+            _alg1_chunk(sim, used, start, np.float32(tau), kept, counts)
     idx = torch.from_numpy(np.flatnonzero(kept))
     if return_counts:
         return idx, torch.from_numpy(counts[kept])
@@ -213,15 +267,20 @@ class MemoryBank:
 
     # -- construction
     @classmethod
-    def from_rows(cls, features, tau: float, method: str = "fast", progress: bool = False, **kw) -> "MemoryBank":
-        """A bank of (P, D) rows built by `method`: 'fast' (streaming greedy) or 'algorithm1' (official)."""
+    def from_rows(cls, features, tau: float, method: str = "fast", progress: bool = False, ray: str | None = None,
+                  workers: int | None = None, **kw) -> "MemoryBank":
+        """A bank of (P, D) rows built by `method`: 'fast' (streaming greedy) or 'algorithm1' (official; its
+        similarity chunks on a Ray cluster when `ray` is an address)."""
         x = _as_rows(features)
         bank = cls(x.shape[1], tau, **kw)
         if method == "fast":
+            if ray is not None:
+                raise ValueError("the 'fast' bank is one sequential pass and does not run on Ray; use "
+                                 "bank_method=algorithm1 with ray, or leave ray unset")
             bank.add(x, progress=progress)
         elif method == "algorithm1":
             idx, counts = similarity_reduction(x, tau, max_block_bytes=bank.max_block_bytes, progress=progress,
-                                               return_counts=True)
+                                               return_counts=True, ray=ray, workers=workers)
             bank._set(x[idx].clone(), counts)
             bank.rows_seen = x.shape[0]
         else:
