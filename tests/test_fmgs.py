@@ -278,3 +278,22 @@ def test_relevancy_without_decoding_equals_the_decoded_map(fitted):
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
     assert render.features == {} and render.depth.shape == (48, 64)
     torch.testing.assert_close(engine.relevancy_map(cam, "cat", size=(64, 48)), slow[0], atol=1e-4, rtol=0)
+
+
+def test_fit_observers_see_the_table_as_trained(copy_scene):
+    """The optimiser trains a compact copy of the touched hash-table rows; observers of the fit loop (bench
+    snapshots) see the field's table with those rows written back at every step."""
+    from fmsplat.fields.loop import observing
+
+    seen = {}
+
+    def grab(method, field_, done):
+        t = field_.grid.table.detach().double()
+        seen[done] = (float(t.sum()), float((t * t).sum()))
+
+    with observing(grab):
+        field = fmgs.fit(copy_scene, models=TEST_MODELS, **dict(FIT, steps=3, warm_start=False))
+    t = field.grid.table.detach().double()
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert seen[3] == (float(t.sum()), float((t * t).sum()))
+    assert seen[1] != seen[0] and seen[2] != seen[1]

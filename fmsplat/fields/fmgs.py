@@ -381,11 +381,15 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
             compact.copy_(state["compact"])
         field_.heads.load_state_dict(state["heads"])
 
+    def sync() -> None:  # the field's table from the compact rows the optimiser trains
+        with torch.no_grad():
+            field_.grid.table[lookup.rows] = compact.detach()
+
     run = run_fit(method="fmgs", scene_dir=scene_dir, config=cfg, scene=scene_identity(bundle, spaces),
                   views=train, optimizer=optimizer, loss=loss, resume=resume, progress=progress, load=load,
-                  state=lambda: {"compact": compact.detach(), "heads": field_.heads.state_dict()})
-    with torch.no_grad():
-        field_.grid.table[lookup.rows] = compact.detach()
+                  state=lambda: {"compact": compact.detach(), "heads": field_.heads.state_dict()}, field=field_,
+                  sync=sync)
+    sync()
     field_.summary = {
         **run, **warm, "warm_start": cfg.warm_start, "history": history,
         "carriers": int(field_.carriers()[0].sum()), "num_gaussians": len(bundle.gaussians),

@@ -69,9 +69,11 @@ def check_identity(path: Path, saved: dict, now: dict) -> None:
 
 def run_fit(*, method: str, scene_dir, config: FitConfig, scene: dict, views: list[int],
             optimizer: torch.optim.Optimizer, loss: Callable, state: Callable[[], dict],
-            load: Callable[[dict], None], resume: bool = False, progress: bool = True, field=None) -> dict:
+            load: Callable[[dict], None], resume: bool = False, progress: bool = True, field=None,
+            sync: Callable[[], None] | None = None) -> dict:
     """Run `config.steps` steps (see the module docstring); returns the loop's part of the summary:
-    steps, fit_seconds, seconds_per_step, resumed_from_step, final (the last step's values)."""
+    steps, fit_seconds, seconds_per_step, resumed_from_step, final (the last step's values). `field` is
+    what observers see; `sync()`, when given, writes trainable state kept outside it back before they do."""
     ckpt = Path(scene_dir) / "fields" / method / CHECKPOINT
     identity = {"config": config.resume_identity(), "scene": scene}
     generator = torch.Generator().manual_seed(config.seed)
@@ -104,8 +106,14 @@ def run_fit(*, method: str, scene_dir, config: FitConfig, scene: dict, views: li
     train = torch.tensor(views)
     last: dict = {}
     observers = list(OBSERVERS) if field is not None else []
-    for fn in observers:
-        fn(method, field, start)
+
+    def observe(done: int) -> None:
+        if observers and sync is not None:
+            sync()
+        for fn in observers:
+            fn(method, field, done)
+
+    observe(start)
     t0 = time.perf_counter()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps, desc=method, disable=not progress,
                dynamic_ncols=True)
@@ -116,8 +124,7 @@ def run_fit(*, method: str, scene_dir, config: FitConfig, scene: dict, views: li
         value.backward()
         optimizer.step()
         last = {"loss": value.item(), **parts}
-        for fn in observers:
-            fn(method, field, step + 1)
+        observe(step + 1)
         if step % 10 == 0:
             bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if isinstance(v, float)}, refresh=False)
         done = step + 1
