@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from query import _median_ms  # noqa: E402  (bench/query.py, beside this script)
 
 OPTIONS = [  # (name, overrides of M3Config)
     ("exact: every pixel attends over the whole bank", dict(query_scale=1.0, query_rank=0, query_top_k=0)),
@@ -30,16 +30,6 @@ OPTIONS = [  # (name, overrides of M3Config)
     ("1/4 resolution + top-64 norms (default)", dict(query_scale=0.25, query_rank=64, query_top_k=0)),
     ("1/8 resolution + top-64 norms", dict(query_scale=0.125, query_rank=64, query_top_k=0)),
 ]
-
-
-def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
 
 
 def main() -> None:

@@ -81,8 +81,10 @@ def child_views(scene: Path, cache_root: Path, n: int, mode: str) -> dict:
 
 def synthetic_cache(scene: Path, root: Path, n: int) -> None:
     """root/features/<key>/ with n views syn_00000.. whose maps repeat the scene's training maps."""
+    from safetensors.torch import load_file, save_file
+
     from fmsplat.fields.base import open_scene, parse_spaces
-    from fmsplat.foundation.cache import FeatureCache
+    from fmsplat.foundation.cache import FeatureCache, _sha256, view_filename
 
     bundle = open_scene(scene)
     for spec in parse_spaces(MODELS, MODELS, "lift"):
@@ -91,13 +93,14 @@ def synthetic_cache(scene: Path, root: Path, n: int) -> None:
         train = [bundle.view_name(i) for i in bundle.dataset.train_indices]
         dst.root.mkdir(parents=True, exist_ok=True)
         have = len(dst.views)
-        for k in range(have, n):  # files copied, manifest written once (put() would rewrite it n times)
-            name = train[k % len(train)]
-            entry = dict(src.manifest["views"][name])
-            fname = f"syn_{k:05d}.safetensors"
-            shutil.copyfile(src.root / entry["file"], dst.root / fname)
-            entry["file"] = fname
-            dst.manifest["views"][f"syn_{k:05d}"] = entry
+        for k in range(have, n):  # as FeatureCache.put writes them, the manifest once at the end
+            name, src_name = f"syn_{k:05d}", train[k % len(train)]
+            fname = view_filename(name)
+            half = load_file(str(src.root / src.manifest["views"][src_name]["file"]))["features"]
+            save_file({"features": half}, str(dst.root / fname), metadata={"key": dst.key, "view": name})
+            dst.manifest["views"][name] = {"file": fname, "grid": list(half.shape[1:]),
+                                           "bytes": (dst.root / fname).stat().st_size,
+                                           "sha256": _sha256(dst.root / fname)}
         dst._write_manifest()
 
 

@@ -498,12 +498,16 @@ def eval_cmd(
     no_panels: bool = typer.Option(False, "--no-panels", help="Skip the per-query PNG panels."),
     compare: list[str] = typer.Option([], "--compare", help="Other eval.json files (or folders) to put in the comparison table."),
     latency_repeats: int = typer.Option(5, "--latency-repeats", help="Timed relevancy maps for the latency median (0: skip)."),
+    ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True,
+                            help="Score the labelled views (and extract their teacher features) per view: " + RAY_HELP),
+    workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Score a fitted field (LERF localisation, LangSplat mIoU, 3D, feature fidelity, PSNR, latency) and the 2D teacher."""
     from fmsplat.eval import evaluate_scene, format_comparison, load_result
+    from fmsplat.parallel import resolve_address
 
     r = evaluate_scene(scene, data=data, method=method, out_dir=out, panels=not no_panels, render_scale=render_scale,
-                       latency_repeats=latency_repeats, space=space)
+                       latency_repeats=latency_repeats, space=space, ray=resolve_address(ray), workers=workers or None)
     others = [load_result(c) for c in compare]
     typer.echo(format_comparison([r, *others]))
     typer.echo(f"written: {r['out_dir']}/eval.json, eval.md" + ("" if no_panels else f", {len(r['panels'])} panels"))

@@ -152,3 +152,26 @@ def test_algorithm1_bank_on_ray_is_the_local_bank(local_cluster, bundle):
     ray_idx, ray_counts = similarity_reduction(x, 0.75, chunk=97, return_counts=True, ray=local_cluster, workers=2)
     assert 10 < len(local_idx) < 0.8 * len(x)  # a real reduction, over several chunks
     assert torch.equal(local_idx, ray_idx) and torch.equal(local_counts, ray_counts)
+
+
+def test_eval_on_ray_scores_every_view_as_the_local_run(local_cluster, tiny_scene, tmp_path):
+    """fmsplat eval --ray: the labelled views scored by 2 Ray workers holding the field (the teacher's features
+    extracted on the cluster first) give the local run's queries, in the same order, with the same scores."""
+    from fmsplat.eval import evaluate_scene
+
+    scene = tmp_path / "scene"
+    shutil.copytree(tiny_scene, scene)
+    fit_field(scene, "lift", models=["effnet"], progress=False)
+    shutil.rmtree(scene / "features" / "effnet-lite0__scale1")  # the teacher is extracted again, on the cluster
+    quick = dict(method="lift", out_dir=False, progress=False, fidelity=False, rgb=False, latency_repeats=0)
+    remote = evaluate_scene(scene, ray=local_cluster, workers=2, **quick)
+    local = evaluate_scene(scene, **quick)
+    assert len(local["queries"]) >= 5
+    assert [(q["view"], q["category"]) for q in remote["queries"]] == [(q["view"], q["category"]) for q in local["queries"]]
+    for a, b in zip(local["queries"], remote["queries"]):
+        assert a["lift"]["pixel"] == b["lift"]["pixel"]
+        for key in ("teacher",):
+            assert a[key].keys() == b[key].keys()
+    for key in ("loc_acc", "miou"):
+        assert remote["summary"][key] == pytest.approx(local["summary"][key], abs=1e-9), key
+    assert remote["teacher"]["loc_acc"] == pytest.approx(local["teacher"]["loc_acc"], abs=1e-9)

@@ -141,7 +141,7 @@ class EvalConfig:
 
 def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None, out_dir=None, progress: bool = True,
                    field: FeatureField | None = None, space: str | None = None, config: "EvalConfig | None" = None,
-                   **settings) -> dict:
+                   ray: str | None = None, workers: int | None = None, **settings) -> dict:
     """Evaluate the field of `method` (default: the newest) in `scene_dir` on the labels of `data`
     (default: the scene's dataset); writes eval.json, eval.md and panels under `out_dir` (default
     SCENE/eval/<method>/, or SCENE/eval/<method>-<space>/ when `space` is given; `out_dir=False`
@@ -151,7 +151,8 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     protocol's settings are `config` (EvalConfig), or EvalConfig's fields given as keywords; `teacher`,
     `fidelity`, `rgb`, `panels` and `latency_repeats=0` switch parts off for quick runs. The scorers:
     `score_views` (2D and lifted 3D per labelled view), `score_objects` (the 3D answers), then fidelity,
-    RGB and latency on the held-out views."""
+    RGB and latency on the held-out views. `ray`: the labelled views are scored on that Ray cluster
+    (fmsplat.parallel; `workers` actors): the same result."""
     cfg = config if config is not None else EvalConfig(**settings)
     t_start = time.perf_counter()
     scene_dir = Path(scene_dir)
@@ -177,7 +178,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     out = None if out_dir is False else (Path(out_dir) if out_dir is not None else default_out)
     teacher_cache = FeatureCache(bundle.root, engine.spec.extractor()) if cfg.teacher else None
     queries, empty_views, panel_files, categories = score_views(
-        engine, bundle, labels, index, objects, objects_path, out, teacher_cache, cfg, progress)
+        engine, bundle, labels, index, objects, objects_path, out, teacher_cache, cfg, progress, ray, workers)
     if not queries and empty_views:
         raise EvalError(f"{scene_dir}: nothing is visible in any of the {len(empty_views)} labelled views with objects "
                         f"(rendered opacity < 0.5 everywhere); no metrics. Are the scene and the dataset {root} the same?")
@@ -227,43 +228,96 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
 
 
 def score_views(engine: QueryEngine, bundle: SceneBundle, labels: dict, index: dict, objects, objects_path: Path,
-                out: Path | None, teacher_cache, cfg: "EvalConfig", progress: bool = False):
+                out: Path | None, teacher_cache, cfg: "EvalConfig", progress: bool = False, ray: str | None = None,
+                workers: int | None = None):
     """Scorer of the labelled views: LERF localisation and LangSplat segmentation of every labelled category
     (and of the 2D teacher), the argmax lifted to 3D, panels. Returns (queries, empty views, panel files,
-    categories in order)."""
-    field = engine.field
-    neg_emb = engine.negative_embeddings
-    render_scale, seg_kernel, seg_threshold = cfg.render_scale, cfg.seg_kernel, cfg.seg_threshold
+    categories in order). With `ray` (a cluster address, fmsplat.parallel) every labelled view is a task on
+    `workers` Ray actors, each holding the field (the teacher's features are extracted first, on the cluster
+    too, so that workers only read the cache); the results are gathered in view order, as here."""
+    scorer = ViewScorer(engine, bundle, labels, index, objects, objects_path, out,
+                        teacher_cache is not None, cfg)
+    stems = list(labels)
+    results: dict[int, tuple] = {}
+    if ray is not None:
+        from fmsplat.foundation.cache import extract_features
+        from fmsplat.parallel import map_views
+
+        if teacher_cache is not None:
+            views = {bundle.view_name(index[s]): (lambda i=index[s]: bundle.dataset.image(i)) for s in stems}
+            extract_features(views, teacher_cache.extractor, bundle.root, progress=progress, ray=ray, workers=workers)
+        map_views(lambda sc=scorer: sc, "score", stems, results.__setitem__, address=ray, workers=workers,
+                  progress=progress, desc=f"eval {engine.field.method}")
+    else:
+        for k, stem in enumerate(tqdm(stems, desc=f"eval {engine.field.method}", unit="view", disable=not progress)):
+            results[k] = scorer.score(stem)
     queries: list[dict] = []
     empty_views: list[str] = []
     panel_files: list[str] = []
     categories: dict[str, None] = {}
-    for stem, vl in tqdm(list(labels.items()), desc=f"eval {field.method}", unit="view", disable=not progress):
-        i = index[stem]
+    for k, stem in enumerate(stems):
+        view_queries, empty, panels = results[k]
+        if empty:
+            empty_views.append(stem)
+            warnings.warn(f"{bundle.root}: nothing is visible in labelled view {stem} (rendered opacity < 0.5 "
+                          f"everywhere); its {len(labels[stem].categories())} queries are left out of the metrics",
+                          stacklevel=2)
+        for q in view_queries:
+            categories[q["category"]] = None
+        queries += view_queries
+        panel_files += panels
+    return queries, empty_views, panel_files, list(categories)
+
+
+class ViewScorer:
+    """Scores one labelled view (score_views): in this process, or as a Ray worker holding the field."""
+
+    def __init__(self, engine: QueryEngine, bundle: SceneBundle, labels: dict, index: dict, objects,
+                 objects_path: Path, out: Path | None, teacher: bool, cfg: "EvalConfig") -> None:
+        self.engine, self.bundle, self.labels, self.index = engine, bundle, labels, index
+        self.objects, self.objects_path, self.out, self.cfg = objects, objects_path, out, cfg
+        self.teacher = teacher
+        self._teacher_cache = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_teacher_cache": None}
+
+    def teacher_cache(self):
+        if self.teacher and self._teacher_cache is None:
+            self._teacher_cache = FeatureCache(self.bundle.root, self.engine.spec.extractor())
+        return self._teacher_cache
+
+    def score(self, stem: str) -> tuple[list[dict], bool, list[str]]:
+        """(queries, nothing visible, panel files) of labelled view `stem`."""
+        engine, bundle, cfg = self.engine, self.bundle, self.cfg
+        vl = self.labels[stem]
+        objects, objects_path, out = self.objects, self.objects_path, self.out
+        neg_emb = engine.negative_embeddings
+        render_scale, seg_kernel, seg_threshold = cfg.render_scale, cfg.seg_kernel, cfg.seg_threshold
+        queries: list[dict] = []
+        panel_files: list[str] = []
+        i = self.index[stem]
         cam = bundle.dataset.cameras[i]
         cats = vl.categories()
         if not cats:
-            continue
+            return queries, False, panel_files
         label_size = (vl.width, vl.height)
         render_size = (max(1, round(vl.width * render_scale)), max(1, round(vl.height * render_scale)))
         render = engine.render(cam, render_size)
         alpha = render.alpha.detach().cpu().numpy() if torch.is_tensor(render.alpha) else np.asarray(render.alpha)
         if not (alpha >= 0.5).any():
             # Nothing of the scene is in this view: its relevancy would be noise scored as an answer.
-            empty_views.append(stem)
-            warnings.warn(f"{bundle.root}: nothing is visible in labelled view {stem} (rendered opacity < 0.5 "
-                          f"everywhere); its {len(cats)} queries are left out of the metrics", stacklevel=2)
-            continue
+            return queries, True, panel_files
         text_emb = engine.embed(cats)
         rel = relevancy_upsampled(render.features[engine.space].detach().float(), (vl.height, vl.width), text_emb,
                                   neg_emb, engine.temperature)
         t_rel = None
+        teacher_cache = self.teacher_cache()
         if teacher_cache is not None:
             t_feats = teacher_cache.get_or_compute(bundle.view_name(i), bundle.dataset.image(i))
             t_rel = relevancy_upsampled(t_feats, (vl.height, vl.width), text_emb, neg_emb, engine.temperature)
         image = _label_image(bundle, i, vl)
         for k, cat in enumerate(cats):
-            categories[cat] = None
             q = _score_query(rel[k].numpy().astype(np.float64), vl, cat, seg_kernel, seg_threshold)
             q.update({"view": stem, "category": cat})
             # lift the (lightly smoothed) argmax through the rendered depth (render and label sizes may differ)
@@ -289,7 +343,7 @@ def score_views(engine: QueryEngine, bundle: SceneBundle, labels: dict, index: d
                                        seg_kernel, seg_threshold))
                 panel_files.append(str(path.relative_to(out)))
             queries.append(q)
-    return queries, empty_views, panel_files, list(categories)
+        return queries, False, panel_files
 
 
 def score_objects(engine: QueryEngine, categories, objects, objects_path: Path) -> list[dict]:

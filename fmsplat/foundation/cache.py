@@ -223,8 +223,8 @@ def _views(source, names: Sequence[str] | None):
         if len(set(vnames)) != len(vnames):
             raise ValueError("dataset views have duplicate names; the cache needs unique names")
         return [(n, (lambda i=i: source.image(i))) for i, n in enumerate(vnames)]
-    if isinstance(source, Mapping):
-        return [(str(k), (lambda v=v: v)) for k, v in source.items()]
+    if isinstance(source, Mapping):  # name -> image, or name -> a callable loading it (read when encoded)
+        return [(str(k), (v if callable(v) else (lambda v=v: v))) for k, v in source.items()]
     if isinstance(source, (torch.Tensor, np.ndarray)) and source.ndim == 3:
         source = [source]
     items = list(source)
@@ -248,7 +248,8 @@ def extract_features(source, extractor, scene_dir, progress: bool = True, names:
                      ray: str | None = None, workers: int | None = None) -> FeatureCache:
     """Encode every view not yet validly cached and store it; returns the FeatureCache.
 
-    source: a SceneDataset (views named by camera name), a mapping name -> image, or a sequence /
+    source: a SceneDataset (views named by camera name), a mapping name -> image (or -> a callable
+    returning it, called when the view is encoded), or a sequence /
     batch of images (named `names`, default view_0000, view_0001, ...). Images are float in [0, 1],
     (H, W, 3) or (3, H, W). Views already cached and intact are skipped, so a killed run resumes.
     `ray`: a cluster address (fmsplat.parallel; "local" starts one): views are encoded by `workers`
