@@ -297,7 +297,7 @@ class M3Config(FitConfig):
     lr_projection: float = setting(5e-4, "Adam learning rate of W_m when learn_projection", gt=0)
     warm_start: bool = setting(False, "pre-fit each Gaussian's queries, before any render, so that its attention "
                                       "over the bank reproduces its lifted feature (fields.lift); off by default: on "
-                                      "the bench room it localised 53% at 0 and 800 steps against 67% cold at 800")
+                                      "the bench room it localised 53% at 0 and 800 steps, 50-67% cold at 800")
     warm_steps: int = setting(200, "Adam steps of that pre-fit (batches of 4,096 Gaussians; no rendering)", ge=0)
     warm_dim: int = setting(64, "principal components per model in the lifted targets of the pre-fit", ge=1)
     n_points: int = setting(2000, "random points per view and model in the feature loss", ge=1)
