@@ -81,38 +81,31 @@ FIELD = DistillField
 # ------------------------------------------------------------------------------------------ training
 def pca_basis(views, d: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(basis (D, d) with orthonormal columns, mean (D,)) of the features of (D, h, w) maps: their top-d
-    principal directions (the identity when d covers every dimension). The maps are read one at a time
-    (a lazy sequence such as CachedMaps streams from disk): the mean and the D x D scatter are summed in
-    float64, so memory does not grow with the number of views."""
+    principal directions (the identity when d covers every dimension). The maps are read once, one at a
+    time (a lazy sequence such as CachedMaps, or a generator, streams from disk): the mean and the D x D
+    scatter are summed in float64, so memory does not grow with the number of views."""
     total, sums, scatter, dim = 0, None, None, None
     for v in views:
         flat = v.reshape(v.shape[0], -1).double()  # (D, p)
         if sums is None:
             dim = flat.shape[0]
-            if d >= dim:
-                return torch.eye(dim, d), _mean_of(views)
-            sums, scatter = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64)
+            sums = torch.zeros(dim, dtype=torch.float64)
+            scatter = torch.zeros(dim, dim, dtype=torch.float64) if d < dim else None
         total += flat.shape[1]
         sums += flat.sum(1)
-        scatter += flat @ flat.T
+        if scatter is not None:
+            scatter += flat @ flat.T
     if sums is None or total == 0:
         raise ValueError("pca_basis: no features given")
     mean = sums / total
+    if scatter is None:
+        return torch.eye(dim, d), mean.float()
     cov = scatter / total - torch.outer(mean, mean)
     _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
     k = min(d, total)
     basis = torch.zeros(dim, d)
     basis[:, :k] = vecs[:, -k:].flip(1).float()
     return basis, mean.float()
-
-
-def _mean_of(views) -> torch.Tensor:
-    sums, total = None, 0
-    for v in views:
-        flat = v.reshape(v.shape[0], -1).double()
-        sums = flat.sum(1) if sums is None else sums + flat.sum(1)
-        total += flat.shape[1]
-    return (sums / total).float()
 
 
 def _pca_init(field_: DistillField, alias: str, views: list[torch.Tensor]) -> None:
@@ -147,7 +140,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
     data = bundle.dataset
     if not data.train_indices:
         raise FieldError(f"{scene_dir}: the dataset has no training views")
-    targets = bundle.targets(spaces, progress)
+    targets = bundle.target_views(spaces, progress)  # read per step from the cache: memory flat in the views
 
     torch.manual_seed(cfg.seed)
     field_ = DistillField(bundle.gaussians, spaces, cfg)
@@ -158,7 +151,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
         warm = lift_latents(field_, bundle, targets, LIFT_SCALE, LIFT_MIN_WEIGHT, progress=progress)
     else:
         for spec in spaces:
-            _pca_init(field_, spec.alias, [targets[spec.alias][i] for i in data.train_indices])
+            _pca_init(field_, spec.alias, (targets[spec.alias][i] for i in data.train_indices))
     decoders = list(field_.weights.values()) + list(field_.biases.values())
     optimizer = torch.optim.Adam([{"params": [field_.features], "lr": cfg.lr_features},
                                   {"params": decoders, "lr": cfg.lr_decoder}])
