@@ -310,7 +310,7 @@ def features(
     opt: list[str] = typer.Option([], "--opt", help="Extractor option KEY=VALUE, repeatable (input_scale=2, stride=8, mode=maskclip)."),
     threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)."),
     ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True, help=RAY_HELP),
-    workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Extract dense foundation-model features of every view and cache them (resumable)."""
     from fmsplat.foundation.command import parse_options, run_features
@@ -343,7 +343,7 @@ def fit(
     resume: bool = typer.Option(False, "--resume", help="Continue from the field's last checkpoint."),
     ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True, help="--method lift (extraction and lifting) "
                             "or m3 (extraction and Algorithm 1 banks): " + RAY_HELP),
-    workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Fit a feature field (foundation-model features) on a trained Gaussian scene, geometry frozen."""
     from fmsplat.fields import fit_field
@@ -500,7 +500,7 @@ def eval_cmd(
     latency_repeats: int = typer.Option(5, "--latency-repeats", help="Timed relevancy maps for the latency median (0: skip)."),
     ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True,
                             help="Score the labelled views (and extract their teacher features) per view: " + RAY_HELP),
-    workers: int = typer.Option(0, "--workers", help="--ray: workers (0: one per CPU of the cluster)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Score a fitted field (LERF localisation, LangSplat mIoU, 3D, feature fidelity, PSNR, latency) and the 2D teacher."""
     from fmsplat.eval import evaluate_scene, format_comparison, load_result

@@ -57,6 +57,7 @@ def cluster(address: str | None, num_cpus: int | None = None):
     """Connected to the Ray cluster at `address` (LOCAL: a new one on this machine with `num_cpus`) for the
     block; a cluster started here is shut down after it, one already connected is left as it is."""
     ray = _ray()
+    _check_reachable(address)
     if ray.is_initialized():
         yield ray
         return
@@ -72,6 +73,23 @@ def cluster(address: str | None, num_cpus: int | None = None):
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str | None, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when HOST:PORT (or ray://HOST:PORT) accepts no connection: Ray
+    itself waits minutes for an unreachable head before giving up."""
+    if address in (None, LOCAL, "auto"):
+        return
+    import socket
+
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ParallelError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379), 'auto' or 'local'")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ParallelError(f"no Ray cluster answers at {address} ({err}); start one with `ray start --head` "
+                            f"there, or use --ray local") from err
 
 
 class _Host:

@@ -304,7 +304,6 @@ def test_query_shortcuts_match_the_exact_attention(fitted):
         ref_dots, ref_sq, render = FeatureField.render_text_dots(field_, cam, "effnet", texts)
         bank = field_.bank("effnet")
         for scale, rank in ((1.0, 0), (1.0, 4), (1.0, 32), (1.0, min(bank.shape)), (0.5, 0), (0.125, 0)):
-            field_.__dict__.pop("_norm_bases", None)
             field_.config = replace(saved, query_scale=scale, query_rank=rank, query_top_k=0)
             out[scale, rank] = field_.render_text_dots(cam, "effnet", texts)[:2]
     finally:

@@ -175,3 +175,20 @@ def test_eval_on_ray_scores_every_view_as_the_local_run(local_cluster, tiny_scen
     for key in ("loc_acc", "miou"):
         assert remote["summary"][key] == pytest.approx(local["summary"][key], abs=1e-9), key
     assert remote["teacher"]["loc_acc"] == pytest.approx(local["teacher"]["loc_acc"], abs=1e-9)
+
+
+def test_a_cluster_that_is_not_there_is_named_in_seconds():
+    """A wrong --ray address fails at once with the address in one line (Ray alone waits minutes)."""
+    import socket
+
+    from fmsplat.parallel import ParallelError, cluster
+
+    with socket.socket() as s:  # a free local port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ParallelError, match=f"no Ray cluster answers at 127.0.0.1:{port}"):
+        with cluster(f"127.0.0.1:{port}"):
+            pass
+    with pytest.raises(ParallelError, match="not HOST:PORT"):
+        with cluster("nonsense"):
+            pass

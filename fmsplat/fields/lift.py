@@ -46,24 +46,38 @@ class LiftField(DistillField):
 FIELD = LiftField
 
 
+def lift_view(geometry: tuple, cam, fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One view's adjoint pass: (sums (N, C): sum_p w_gp map_p, weights (N,): sum_p w_gp) for the activated
+    `geometry` (means, quats, scales, opacities) seen by `cam`, the map (C, h, w) resampled to its size."""
+    means, quats, scales, opacities = geometry
+    signal = resample(fmap.float(), (cam.height, cam.width)).permute(1, 2, 0)
+    sums = torch.zeros(means.shape[0], fmap.shape[0])
+    weights = torch.zeros(means.shape[0])
+    for c0 in range(0, fmap.shape[0], MAX_CHANNELS):
+        sums[:, c0:c0 + MAX_CHANNELS], weights = accumulate(
+            means, quats, scales, opacities, signal[..., c0:c0 + MAX_CHANNELS].contiguous(), cam.viewmat_tensor(),
+            cam.K_tensor())
+    return sums, weights
+
+
+def weighted_means(sums: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sums / weights per Gaussian, zero where a Gaussian has no weight."""
+    return torch.where(weights[:, None] > 0, sums / weights.clamp_min(1e-12)[:, None], torch.zeros(()))
+
+
 def lift_maps(gaussians, cameras, maps, progress: bool = False, desc: str = "lift") -> tuple[torch.Tensor, torch.Tensor]:
     """Lift per-view maps onto the Gaussians: `maps[k]` (C, h, w) seen by `cameras[k]` (rendered at the
     camera's size; the map resampled to it). Returns (means (N, C): sum_views sum_p w_gp map_p / sum w_gp,
     zero where a Gaussian has no weight; weights (N,): sum_views sum_p w_gp)."""
-    means, quats, scales, opacities = (t.detach() for t in gaussians.activated())
-    n = means.shape[0]
-    channels = int(maps[0].shape[0]) if len(maps) else 0
-    sums = torch.zeros(n, channels)
+    geometry = tuple(t.detach() for t in gaussians.activated())
+    n = geometry[0].shape[0]
+    sums = torch.zeros(n, int(maps[0].shape[0]) if len(maps) else 0)
     weights = torch.zeros(n)
     for cam, fmap in tqdm(list(zip(cameras, maps)), desc=desc, disable=not progress, dynamic_ncols=True):
-        signal = resample(fmap.float(), (cam.height, cam.width)).permute(1, 2, 0)
-        for c0 in range(0, channels, MAX_CHANNELS):
-            s, w = accumulate(means, quats, scales, opacities, signal[..., c0:c0 + MAX_CHANNELS].contiguous(),
-                              cam.viewmat_tensor(), cam.K_tensor())
-            sums[:, c0:c0 + MAX_CHANNELS] += s
+        s, w = lift_view(geometry, cam, fmap)
+        sums += s
         weights += w
-    lifted = torch.where(weights[:, None] > 0, sums / weights.clamp_min(1e-12)[:, None], torch.zeros(()))
-    return lifted, weights
+    return weighted_means(sums, weights), weights
 
 
 class ViewLifter:
@@ -88,18 +102,7 @@ class ViewLifter:
 
     def lift(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sums (N, C), weights (N,)) of view i: sum_p w_gp latent_p and sum_p w_gp."""
-        cam = self.cameras[i]
-        fmap = self.latent_map(i)
-        means, quats, scales, opacities = self.geometry
-        signal = resample(fmap, (cam.height, cam.width)).permute(1, 2, 0)
-        sums = torch.zeros(means.shape[0], fmap.shape[0])
-        weights = None
-        for c0 in range(0, fmap.shape[0], MAX_CHANNELS):
-            s, w = accumulate(means, quats, scales, opacities, signal[..., c0:c0 + MAX_CHANNELS].contiguous(),
-                              cam.viewmat_tensor(), cam.K_tensor())
-            sums[:, c0:c0 + MAX_CHANNELS] = s
-            weights = w
-        return sums, weights
+        return lift_view(self.geometry, self.cameras[i], self.latent_map(i))
 
 
 def lift_spaces(bundle: SceneBundle, targets: dict, bases: dict, render_scale: float, normalize: bool = False,
@@ -132,8 +135,7 @@ def lift_spaces(bundle: SceneBundle, targets: dict, bases: dict, render_scale: f
     else:
         for i in tqdm(views, desc="lift", disable=not progress, dynamic_ncols=True):
             add(i, lifter.lift(i))
-    latents = torch.where(weights[:, None] > 0, sums / weights.clamp_min(1e-12)[:, None], torch.zeros(()))
-    return latents, weights, slices
+    return weighted_means(sums, weights), weights, slices
 
 
 def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, render_scale: float, min_weight: float,
@@ -192,4 +194,4 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
 fit = fit_entry("lift", _fit)
 
-__all__ = ["Config", "FIELD", "LiftField", "fit", "lift_latents", "lift_maps", "lift_spaces", "ViewLifter"]
+__all__ = ["Config", "FIELD", "LiftField", "fit", "lift_latents", "lift_maps", "lift_spaces", "lift_view", "ViewLifter"]

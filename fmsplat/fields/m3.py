@@ -160,12 +160,13 @@ class M3Field(FeatureField):
         if r <= 0 or r >= min(bank.shape):
             return bank
         cache = self.__dict__.setdefault("_norm_bases", {})
-        if space not in cache:
+        key = (space, r, bank.data_ptr(), tuple(bank.shape))  # a new rank or a reloaded bank: a new basis
+        if key not in cache:
             with torch.random.fork_rng():
                 torch.manual_seed(0)
                 _, _, v = torch.svd_lowrank(bank, q=min(r + 16, *bank.shape), niter=4, M=None)
-            cache[space] = (bank @ v[:, :r]).contiguous()
-        return cache[space]
+            cache[key] = (bank @ v[:, :r]).contiguous()
+        return cache[key]
 
     def attended_text_dots(self, space: str, q: torch.Tensor, texts: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor]:
