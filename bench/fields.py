@@ -45,6 +45,9 @@ VARIANTS: dict[str, tuple[str, list[str] | None, dict, str]] = {
     "lift-full": ("lift", None, {"dim": 0}, "lifting the full teacher features (N x D floats per space)"),
     "m3-cold": ("m3", None, {"warm_start": False}, "M3, queries start at N(0, 1) (published)"),
     "m3-warm": ("m3", None, {"warm_start": True}, "M3, queries pre-fitted to the lifted features (off by default)"),
+    "m3-pca": ("m3", None, {"projection_init": "pca"}, "M3, W_m = the bank's principal directions (fixed)"),
+    "m3-pca-warm": ("m3", None, {"projection_init": "pca", "warm_start": True},
+                    "M3, W_m = the bank's principal directions, queries pre-fitted to the lifted features"),
     "fmgs-cold": ("fmgs", None, {**TILE, "warm_start": False}, "FMGS, hash grid and heads start at random (published)"),
     "fmgs": ("fmgs", None, dict(TILE), "FMGS, paper settings (hybrid pyramid, pixel alignment after 2,500/4,200)"),
     "m3": ("m3", None, {}, "M3, effnet + effnet-mid + effnet-labels, fixed W (official), Config defaults"),
@@ -55,6 +58,8 @@ VARIANTS: dict[str, tuple[str, list[str] | None, dict, str]] = {
     "m3-q8": ("m3", None, {"slice_dims": "effnet=8,effnet-mid=16,effnet-labels=16"}, "M3, query dims halved"),
     "m3-q32": ("m3", None, {"slice_dims": "effnet=32,effnet-mid=64,effnet-labels=64"}, "M3, query dims doubled"),
     "m3-learned-w": ("m3", None, {"learn_projection": True}, "M3 with W_m learned (the paper's reading)"),
+    "m3-1model-pca-warm": ("m3", ["effnet"], {"projection_init": "pca", "warm_start": True},
+                           "M3 with one model (effnet), principal W_m, warm start (compare distill-16)"),
     "distill-16": ("distill", ["effnet"], {"dim": 16}, "plain distillation at M3's effnet query dim (16; "
                    "compare m3-1model: memory attention at the same dim)"),
     "m3-paper-lr": ("m3", None, {"lr_queries": 5e-4}, "M3 with the paper's query learning rate (5e-4)"),
@@ -64,6 +69,7 @@ SETS = {
     "methods": ["fmgs", "m3", "distill", "lift"],
     "warm": ["lift", "lift-norm", "distill", "distill-cold", "fmgs", "fmgs-cold", "m3", "m3-warm"],
     "fmgs-ablations": ["fmgs", "fmgs-no-pyramid", "fmgs-no-align"],
+    "m3-projection": ["distill-16", "m3-1model", "m3-1model-pca-warm", "m3", "m3-pca", "m3-pca-warm"],
     "m3-ablations": ["m3", "m3-2models", "m3-1model", "m3-q8", "m3-q32", "m3-learned-w", "distill-16", "m3-paper-lr",
                      "m3-lr5e-3"],
 }

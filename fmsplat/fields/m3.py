@@ -9,7 +9,8 @@ pass renders all slices; model m's slice q_m of a pixel reads its bank as
     e = q_m W_m,   feature = softmax(cos(e, bank_m) / 0.05) @ bank_m
 
 with W_m (c_m × D_m) drawn from N(0, 1) and kept fixed, as the official code does (the paper reads as
-if it were learned: ``learn_projection=True``). A rendered feature is therefore always a convex
+if it were learned: ``learn_projection=True``; ``projection_init="pca"`` takes the bank's principal
+directions instead, see principal_projection). A rendered feature is therefore always a convex
 combination of features the model really produced, in the model's own space, so its text encoder
 applies unchanged.
 
@@ -21,7 +22,13 @@ Gaussians too (no densification) with the 3DGS photometric loss, colour and quer
 (the official code trains everything jointly from scratch for 30,000 iterations).
 
 The paper's query learning rate (5e-4) barely moves the N(0, 1) queries in a few hundred steps: the
-`cpu` preset uses 0.05. Banks (fmsplat.fields.memory): Algorithm 1 (official, O(P²) in the P pixel
+`cpu` preset uses 0.05. Nor can a fixed random W serve a 16-dim query on a 1280-d space: cos(qW, b) sees
+only b's component in W's 16-dim row space, 1.3% of the bank's energy (c / D), so the logits stay within a
+few temperatures of each other and the attention is a blur of the bank (held-out 1 - cos 0.54 at best on
+the bench room). The `cpu` preset therefore takes W from the bank's principal directions
+(``projection_init="pca"``: 51% of the energy, best reach 0.29, below the 0.36 of a linear code of the
+same size) and pre-fits the queries to the lifted features (``warm_start``; bench/README.md, "M3's
+projection"). Banks (fmsplat.fields.memory): Algorithm 1 (official, O(P²) in the P pixel
 features) or ``fast`` (equally tight, covers every feature, bounded memory, grows with new views),
 cached in SCENE/memory/<extractor key>.safetensors with their tau, method and views.
 
@@ -283,60 +290,80 @@ def build_bank(bundle: SceneBundle, spec: SpaceSpec, maps: dict[str, torch.Tenso
     return bank, stats
 
 
+# ------------------------------------------------------------------------------------------ projection
+def principal_directions(bank: torch.Tensor, r: int) -> torch.Tensor:
+    """(D, r) orthonormal columns: the bank's top r uncentred principal directions (those keeping the most
+    of its entries' energy, mean included), largest first, signs fixed (positive sum) so that a slightly
+    different bank gives nearby directions. r <= D."""
+    b = bank.double()
+    _, vecs = torch.linalg.eigh(b.T @ b)  # ascending
+    top = vecs[:, -r:].flip(1)
+    return (top * torch.where(top.sum(0) < 0, -1.0, 1.0)).float().contiguous()
+
+
+def principal_projection(bank: torch.Tensor, c: int) -> torch.Tensor:
+    """(c, D) W whose rows are the bank's top c principal directions, each scaled to sqrt(D) like a random
+    N(0, 1) row (the queries' learning rate keeps its meaning).
+
+    Why: cos(qW, b) only sees b's component in W's row space. Random rows keep about c / D of the bank's
+    energy (1.3% for 16 of 1280 dims: each entry's norm shrinks to ~11%), so every logit stays within a few
+    multiples of the temperature and the attention cannot single out an entry; principal rows keep the
+    most any c rows can (51% on the bench room's effnet bank)."""
+    d = bank.shape[1]
+    if c > d:
+        raise FieldError(f"m3: projection_init=pca needs a query slice of at most the space's {d} dims, got {c}")
+    return (principal_directions(bank, c).T * d ** 0.5).contiguous()
+
+
 # ------------------------------------------------------------------------------------------ warm start
 WARM_BATCH = 4096
-WARM_TOP_K = 16  # bank entries kept per Gaussian in the target attention (the rest carry ~nothing at T = 0.05)
-WARM_CANDIDATES = 32  # entries nearest each target in the softmax's normaliser ...
-WARM_NEGATIVES = 256  # ... plus this many random entries per step (the rest of the bank, sampled)
+WARM_RANK = 128  # the pre-fit's loss is computed in the bank's top principal directions (exact at full rank)
 WARM_LR = 0.05
 
 
 def fit_queries(field_: M3Field, alias: str, targets: torch.Tensor, steps: int, generator: torch.Generator
                 ) -> tuple[torch.Tensor, dict]:
     """Queries (n, c) whose memory attention over the bank of `alias` reproduces `targets` (n, D), without
-    rendering. Each row's target is the attention the feature itself would receive, softmax(cos(t, bank) / T)
-    over its top WARM_TOP_K entries. The queries start at the least-squares solution of q W = t and
-    minimise the cross-entropy to it by Adam; the softmax's normaliser runs over each row's
-    WARM_CANDIDATES nearest entries plus WARM_NEGATIVES random ones per step (a sampled softmax: a step
-    costs c per entry on a few hundred entries, whatever the bank's size). `cross_entropy_*` in the
-    returned statistics are over the whole bank."""
+    rendering: the training's own feature loss, (1 - cos) + MSE, minimised by Adam over batches of
+    WARM_BATCH rows from the least-squares solution of q W = t. The attended feature a @ bank is never
+    formed: with V the bank's top WARM_RANK principal directions, f.t = (a @ bank V).(V^T t) and
+    |f|^2 = |a @ bank V|^2 (exact when the bank's rank is at most WARM_RANK), so a step costs
+    K x (c + r) per row, not K x D. `one_minus_cos_start/_end` in the returned statistics are exact (the
+    whole attention) on the first WARM_BATCH rows."""
     bank = field_.bank(alias).float()
     w = field_.projection(alias).detach().float()
-    temperature = field_.config.temperature
-    unit_bank = bank / bank.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    unit_t = targets / targets.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    k_top, k_cand = min(WARM_TOP_K, len(bank)), min(WARM_CANDIDATES, len(bank))
-    top_p, cand = [], []
-    for s in range(0, len(targets), WARM_BATCH):
-        v, i = (unit_t[s:s + WARM_BATCH] @ unit_bank.T / temperature).topk(k_cand, dim=1)
-        top_p.append(torch.softmax(v[:, :k_top], dim=1))
-        cand.append(i)
-    top_p, cand = torch.cat(top_p), torch.cat(cand)  # the target entries are the first k_top candidates
-    q = (targets @ w.T @ torch.linalg.inv(w @ w.T)).requires_grad_(True)  # least squares: q W = t
+    temperature, dim = field_.config.temperature, bank.shape[1]
+    v = principal_directions(bank, min(WARM_RANK, dim))
+    coords, t_coords = bank @ v, targets.float() @ v  # (K, r), (n, r)
+    t_sq = (targets.float() ** 2).sum(1)
     keys, gram = attention_keys(w, bank)
+    q = targets.float() @ w.T @ torch.linalg.inv(w @ w.T)  # least squares: q W = t
+    # attention is blind to a query's length: give each row the length of an N(0, 1) row, so that Adam's
+    # step (and the render fine-tuning's lr_queries) means the same as for random queries
+    q = (q / q.norm(dim=1, keepdim=True).clamp_min(1e-12) * q.shape[1] ** 0.5).requires_grad_(True)
     opt = torch.optim.Adam([q], lr=WARM_LR)
+    valid = t_sq > 1e-12
 
-    def full_cross_entropy():
-        rows = torch.arange(min(len(q), WARM_BATCH))
+    def exact_one_minus_cos():
+        rows = torch.arange(min(len(q), WARM_BATCH))[valid[:WARM_BATCH]]
         with torch.no_grad():
-            logp = torch.log_softmax(attention_logits(q[rows], keys, gram, temperature), dim=1)
-            return round(float(-(top_p[rows] * logp.gather(1, cand[rows, :k_top])).sum(1).mean()), 4)
+            out = memory_attention(q[rows], w, bank, temperature)
+        return round(float((1 - F.cosine_similarity(out, targets[rows].float(), dim=-1)).mean()), 4)
 
-    start = full_cross_entropy()
+    start = exact_one_minus_cos()
     for _ in range(steps):
         rows = torch.randint(len(q), (min(WARM_BATCH, len(q)),), generator=generator)
-        negatives = torch.randint(len(bank), (min(WARM_NEGATIVES, len(bank)),), generator=generator)
-        qr = q[rows]
-        norm = ((qr @ gram) * qr).sum(-1).clamp_min(0).sqrt()[:, None] * temperature + 1e-12
-        own = torch.einsum("bc,cbk->bk", qr, keys[:, cand[rows]]) / norm
-        shared = (qr @ keys[:, negatives]) / norm
-        # (a random entry that is also a candidate counts twice in the normaliser: a slight, harmless bias)
-        logz = torch.logsumexp(torch.cat([own, shared], dim=1), dim=1)
-        loss = -(top_p[rows] * (own[:, :k_top] - logz[:, None])).sum(1).mean()
+        rows = rows[valid[rows]]
+        if rows.numel() == 0:
+            continue
+        y = torch.softmax(attention_logits(q[rows], keys, gram, temperature), dim=1) @ coords
+        ft, ff, tt = (y * t_coords[rows]).sum(1), (y * y).sum(1), t_sq[rows]
+        cos = ft / (ff * tt).clamp_min(1e-12).sqrt()
+        loss = ((1 - cos) + (ff - 2 * ft + tt) / dim).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return q.detach(), {"cross_entropy_start": start, "cross_entropy_end": full_cross_entropy()}
+    return q.detach(), {"one_minus_cos_start": start, "one_minus_cos_end": exact_one_minus_cos()}
 
 
 def warm_start(field_: M3Field, bundle: SceneBundle, targets: dict, cfg: Config, progress: bool) -> dict:
@@ -418,6 +445,10 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
     torch.manual_seed(cfg.seed)
     field_ = M3Field(bundle.gaussians, spaces, cfg, banks)
+    if cfg.projection_init == "pca":
+        with torch.no_grad():
+            for alias, sl in field_.slices.items():
+                field_.projection(alias).copy_(principal_projection(field_.bank(alias), sl.stop - sl.start))
     warm = warm_start(field_, bundle, targets, cfg, progress) if cfg.warm_start else {}
     groups = [{"params": [field_.queries], "lr": cfg.lr_queries, "name": "queries"}]
     if cfg.learn_projection:
@@ -487,5 +518,5 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
 fit = fit_entry("m3", _fit)
 
-__all__ = ["CHECKPOINT", "Config", "FIELD", "M3Field", "build_bank", "feature_loss", "fit", "fit_queries", "point_sample",
+__all__ = ["CHECKPOINT", "Config", "FIELD", "M3Field", "build_bank", "feature_loss", "fit", "fit_queries", "point_sample", "principal_projection",
            "sample_points", "slice_layout", "tau_of", "warm_start"]
