@@ -161,7 +161,7 @@ class M3Field(FeatureField):
     def norm_basis(self, space: str) -> torch.Tensor:
         """(K, r) coordinates of the bank's entries on its top r = `query_rank` principal directions (right
         singular vectors): |a @ bank|^2 ~ |a @ coords|^2 for attention weights a, exact when r reaches the
-        bank's rank (r = 0: the bank itself). Computed once per space (a seeded randomised SVD)."""
+        bank's rank (r = 0: the bank itself). Computed once per space (principal_directions)."""
         bank = self.bank(space)
         r = self.config.query_rank
         if r <= 0 or r >= min(bank.shape):
@@ -169,10 +169,7 @@ class M3Field(FeatureField):
         cache = self.__dict__.setdefault("_norm_bases", {})
         key = (space, r, bank.data_ptr(), tuple(bank.shape))  # a new rank or a reloaded bank: a new basis
         if key not in cache:
-            with torch.random.fork_rng():
-                torch.manual_seed(0)
-                _, _, v = torch.svd_lowrank(bank, q=min(r + 16, *bank.shape), niter=4, M=None)
-            cache[key] = (bank @ v[:, :r]).contiguous()
+            cache[key] = (bank @ principal_directions(bank, r)).contiguous()
         return cache[key]
 
     def attended_text_dots(self, space: str, q: torch.Tensor, texts: torch.Tensor
