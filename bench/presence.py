@@ -100,8 +100,8 @@ def picture(scene: Path, phrases: list[str], view: int | None, out: Path, method
     from PIL import Image
 
     from fmsplat.query import SceneQuery
-    from fmsplat.query.viz import colorbar, hstack, relevancy_overlay, resize_map
-    from fmsplat.reconstruct.renders import render_image
+    from fmsplat.pictures import colorbar, hstack, relevancy_overlay, resize_map
+    from fmsplat.render.rgb import render_image
 
     sq = SceneQuery.open(scene, method=method)
     view = sq.view_index(view)

@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--text", default="cat")
     ap.add_argument("--view", type=int, default=0)
     args = ap.parse_args()
-    from fmsplat.server import Limits, SceneService, make_server
+    from fmsplat.apps.server import Limits, SceneService, make_server
 
     tmp = None
     if args.tiny or args.scene is None:

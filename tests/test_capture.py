@@ -15,8 +15,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fmsplat.cli import app
-from fmsplat.scene.capture import CaptureConfig, CaptureError, extract_video_frames, import_photos, process_data, write_video
+from fmsplat.apps.cli import app
+from fmsplat.scene.capture import CaptureConfig, CaptureError, extract_video_frames, import_photos, process_data
+from fmsplat.pictures import write_video
 from fmsplat.scene.sfm import pose_errors, poses_from_colmap, poses_from_transforms, umeyama
 
 VIDEO_FRAMES = 40

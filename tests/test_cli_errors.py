@@ -9,7 +9,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from fmsplat.cli import app
+from fmsplat.apps.cli import app
 
 
 def _run(args):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from fmsplat.demo import DemoConfig, run_demo
+from fmsplat.apps.demo import DemoConfig, run_demo
 
 
 def test_demo_skips_finished_stages_and_writes_a_report(tiny_dataset, tiny_scene, tmp_path):

@@ -41,7 +41,7 @@ def cli_result(tiny_scene, oracle, tmp_path_factory):
     import fmsplat.fields as fields
     from typer.testing import CliRunner
 
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
 
     scene = tmp_path_factory.mktemp("eval_scene") / "scene"
     shutil.copytree(tiny_scene, scene)

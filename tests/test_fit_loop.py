@@ -179,7 +179,7 @@ def test_fit_command_on_a_cpu_picks_the_cpu_preset_and_says_so(copy_scene, monke
     from typer.testing import CliRunner
 
     import fmsplat.fields as fields
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     seen = {}

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from fmsplat.cli import app
+from fmsplat.apps.cli import app
 from fmsplat.foundation.cache import FeatureCache
-from fmsplat.foundation.command import parse_options, resolve_data
+from fmsplat.apps.features import parse_options, resolve_data
 from fmsplat.foundation.registry import get_extractor
 
 

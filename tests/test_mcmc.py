@@ -273,7 +273,7 @@ def test_config_scaling_and_validation():
 
 def test_cli_passes_the_strategy(monkeypatch, tmp_path):
     import fmsplat.reconstruct
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
 
     seen = []
     monkeypatch.setattr(fmsplat.reconstruct, "train_gaussians",

@@ -172,7 +172,7 @@ def test_what_is_here_names_the_object(engine, objects, bundle):
 
 # ------------------------------------------------------------------------------------------ one colour scale
 def test_colour_scale_does_not_depend_on_the_maps_range():
-    from fmsplat.query.viz import colorbar, relevancy_overlay
+    from fmsplat.pictures import colorbar, relevancy_overlay
 
     image = np.full((40, 60, 3), 0.5)
     a = np.full((40, 60), 0.55)
@@ -208,7 +208,7 @@ def test_query_cli_answers_several_phrases_and_says_what_is_not_there(copy_scene
     from typer.testing import CliRunner
 
     import fmsplat.fields as fields
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
     from fmsplat.gaussians import GaussianModel
 
     oracle.save(copy_scene)

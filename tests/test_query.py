@@ -213,7 +213,7 @@ def test_query_cli_writes_relevancy_mask_ply_and_json(copy_scene, oracle, object
     from typer.testing import CliRunner
 
     import fmsplat.fields as fields
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
     from fmsplat.gaussians import GaussianModel
 
     oracle.save(copy_scene)

@@ -777,7 +777,7 @@ def test_cli_mutation_errors_are_single_lines(tmp_path):
     """A mutated dataset given to the CLI: one line on stderr, exit code 1, the file named."""
     from typer.testing import CliRunner
 
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
 
     _write_transforms(tmp_path / "data", _set(_transforms_meta(), ("fl_x",), 0))
     res = CliRunner().invoke(app, ["train", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--steps", "1"])

@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from fmsplat.reconstruct.renders import (
-    ERROR_MAX,
-    ERROR_PALETTE,
-    INVALID_COLOUR,
-    apply_palette,
-    comparison_panel,
-    interpolated_path,
-    orbit_path,
-    panel_layout,
-    render_image,
-    render_video,
-    to_uint8,
-)
+from fmsplat.pictures import ERROR_MAX, ERROR_PALETTE, INVALID_COLOUR, apply_palette, comparison_panel, panel_layout, to_uint8
+from fmsplat.reconstruct.renders import interpolated_path, orbit_path, render_video
+from fmsplat.render.rgb import render_image
 from fmsplat.scene.cameras import look_at_point
 from fmsplat.scene.synthetic import look_at_camera
 
@@ -243,7 +233,7 @@ def test_render_cli_writes_panels_and_videos(quick_scene, tmp_path):
     from PIL import Image
     from typer.testing import CliRunner
 
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
     from fmsplat.gaussians import GaussianModel
     from fmsplat.scene import load_dataset
 
@@ -272,7 +262,7 @@ def test_render_cli_writes_panels_and_videos(quick_scene, tmp_path):
 def test_render_cli_reports_a_missing_scene_or_gaussians_in_one_line(quick_scene, tmp_path):
     from typer.testing import CliRunner
 
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
 
     res = CliRunner().invoke(app, ["render", str(tmp_path / "nothing")])
     assert res.exit_code == 1 and "Traceback" not in res.output

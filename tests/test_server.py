@@ -41,7 +41,7 @@ class Running:
     """A uvicorn server in a thread, on a free loopback port."""
 
     def __init__(self, service, token=None) -> None:
-        from fmsplat.server import make_server
+        from fmsplat.apps.server import make_server
 
         self.port = free_port()
         self.server = make_server(service, "127.0.0.1", self.port, token)
@@ -97,7 +97,7 @@ def objects(tiny_dataset):
 
 @pytest.fixture(scope="module")
 def service(oracle_scene):
-    from fmsplat.server import SceneService
+    from fmsplat.apps.server import SceneService
 
     with pytest.MonkeyPatch.context() as mp:
         register_oracle(mp)
@@ -285,9 +285,9 @@ def test_token_is_required_when_set(service):
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
     from fmsplat.errors import UserInputError
-    from fmsplat.server import check_bind
+    from fmsplat.apps.server import check_bind
 
     check_bind("127.0.0.1", None)
     check_bind("::1", None)

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory) -> Path:
     """The tiny preset, generated once through the CLI (so the command is exercised too)."""
     from typer.testing import CliRunner
 
-    from fmsplat.cli import app
+    from fmsplat.apps.cli import app
 
     out = tmp_path_factory.mktemp("synthetic") / "tiny"
     result = CliRunner().invoke(app, ["make-scene", str(out), "--preset", "tiny", "--seed", "0"])

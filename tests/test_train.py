@@ -15,7 +15,8 @@ from PIL import Image
 
 from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import psnr
-from fmsplat.reconstruct import TrainConfig, evaluate_views, model_from_params, train_gaussians
+from fmsplat.gaussians import GaussianModel
+from fmsplat.reconstruct import TrainConfig, evaluate_views, train_gaussians
 from fmsplat.reconstruct import train as train_module
 from fmsplat.reconstruct.train import is_refine_step, is_reset_step
 from fmsplat.reconstruct.densify import DensityControl, reset_opacity
@@ -379,12 +380,12 @@ def test_sh_colors_match_eval_sh_with_gradients(degree):
 
 def test_evaluation_ignores_pixels_without_photo(blob, monkeypatch):
     """Undistortion leaves a border with no photo behind it: it must not count in PSNR."""
-    from fmsplat.reconstruct import render_view
+    from fmsplat.render.rgb import render_rgb
 
     data = load_dataset(blob, test_every=4)
     i = data.test_indices[1]
     model = GaussianModel.random(300, [-0.6] * 3, [0.6] * 3, sh_degree=0, seed=2, init_opacity=0.5)
-    pred = render_view(model, data.cameras[i], 0, (0, 0, 0)).image.detach().clamp(0, 1)
+    pred = render_rgb(model, data.cameras[i], 0, (0, 0, 0)).image.detach().clamp(0, 1)
     photo = torch.from_numpy(np.array(data.image(i)))
     expected = float(psnr(pred[:, 12:], photo[:, 12:]))
     clean = evaluate_views(model, data, [i], (0, 0, 0))["psnr"]

@@ -37,7 +37,7 @@ def test_viewer_answers_a_typed_label_in_the_browser(oracle_scene, objects, tmp_
     from PIL import Image
 
     from fmsplat.query import SceneQuery
-    from fmsplat.viewer import Viewer
+    from fmsplat.apps.viewer import Viewer
 
     with pytest.MonkeyPatch.context() as mp:
         register_oracle(mp)

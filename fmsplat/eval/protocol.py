@@ -47,7 +47,7 @@ from fmsplat.foundation.cache import FeatureCache
 from fmsplat.fields.base import FeatureField, SceneBundle
 from fmsplat.query.engine import QueryEngine
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy_upsampled
-from fmsplat.query.viz import colorbar, draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
+from fmsplat.pictures import colorbar, draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
 from fmsplat.scene.labels import SceneObjectInfo, ViewLabels, read_label_dir, read_objects
 
 TEACHER = "teacher"
@@ -414,7 +414,7 @@ def _panel(image, rel, q, vl: ViewLabels, cat: str, t_rel, kernel, threshold) ->
         tiles.append(draw_marker(draw_boxes(relevancy_overlay(image, t_rel), vl.boxes(cat)), tx, ty,
                                  colour=(0, 255, 0) if q[TEACHER]["hit"] else (255, 0, 0)))
         titles.append("teacher")
-    return colorbar(hstack(tiles, titles=titles))  # relevancy on the fixed scale (fmsplat.query.viz)
+    return colorbar(hstack(tiles, titles=titles))  # relevancy on the fixed scale (fmsplat.pictures)
 
 
 def _fidelity(bundle: SceneBundle, field: FeatureField, test_idx: list[int], render_scale: float, progress: bool) -> dict:
@@ -440,13 +440,13 @@ def _fidelity(bundle: SceneBundle, field: FeatureField, test_idx: list[int], ren
 
 
 def _rgb(bundle: SceneBundle, field: FeatureField, test_idx: list[int]) -> dict:
-    from fmsplat.reconstruct import render_view
+    from fmsplat.render.rgb import render_rgb
 
     background = tuple((bundle.meta.get("train_config") or {}).get("background", bundle.dataset.background))
     rows = []
     with torch.no_grad():
         for i in test_idx:
-            res = render_view(field.gaussians.detach(), bundle.dataset.cameras[i], field.gaussians.sh_degree, background)
+            res = render_rgb(field.gaussians.detach(), bundle.dataset.cameras[i], field.gaussians.sh_degree, background)
             pred = res.image.clamp(0, 1)
             gt = bundle.dataset.image_tensor(i)
             rows.append({"view": bundle.view_name(i), "psnr": M.rgb_psnr(pred, gt), "ssim": M.rgb_ssim(pred, gt)})

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from fmsplat import __version__, atomic
 from fmsplat.fields.configs import ConfigError, FieldError
 from fmsplat.foundation.cache import CachedMaps, FeatureCache, extract_features
-from fmsplat.foundation.registry import get_extractor
+from fmsplat.foundation.registry import get_extractor, parse_options
 from fmsplat.gaussians import GaussianModel
 from fmsplat.render import rasterize
 from fmsplat.scene import Camera, SceneDataset, load_dataset
@@ -97,8 +97,6 @@ def parse_space(text: str, pyramid: bool = False) -> SpaceSpec:
 
     Options follow '@' as KEY=VALUE pairs (also separated by '@'); the alias is the name before them,
     with a family's hub id shortened to the family ('clip:openai/...' -> 'clip')."""
-    from fmsplat.foundation.command import parse_options
-
     name, *pairs = text.strip().split("@")
     if not name:
         raise FieldError(f"empty model name in '{text}'")

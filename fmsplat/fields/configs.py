@@ -260,9 +260,19 @@ class FMGSConfig(FitConfig):
 
     @property
     def resolutions(self) -> list[int]:
-        from fmsplat.fields.hashgrid import geometric_resolutions
-
         return [r for levels, lo, hi in self.grids for r in geometric_resolutions(levels, lo, hi)]
+
+
+def geometric_resolutions(levels: int, min_res: int, max_res: int) -> list[int]:
+    """Instant-NGP's level resolutions: floor(min_res · b^l), b = (max_res / min_res)^(1/(levels-1))."""
+    if levels < 1 or min_res < 1 or max_res < min_res:
+        raise ValueError(f"need levels >= 1 and 1 <= min_res <= max_res, got {levels}, {min_res}, {max_res}")
+    if levels == 1:
+        return [int(min_res)]
+    b = math.exp((math.log(max_res) - math.log(min_res)) / (levels - 1))
+    # the small epsilon keeps exact powers (the last level = max_res) from rounding down
+    return [int(math.floor(min_res * b**level + 1e-6)) for level in range(levels)]
+
 
 
 # ------------------------------------------------------------------------------------------ m3

@@ -270,7 +270,7 @@ def warm_start(field_: FMGSField, bundle: SceneBundle, spaces, maps, lookup, com
     """Pre-fit the compact hash table and both heads so that each feature Gaussian's own decoded feature is
     its lifted one (fields.lift: blending-weighted mean of the teacher's pixels over the training views):
     a batched regression over points with the FMGS loss, no rendering."""
-    from fmsplat.fields.distill import pca_basis
+    from fmsplat.fields.latent import pca_basis
     from fmsplat.fields.lift import lift_spaces
 
     t0 = time.perf_counter()

@@ -44,18 +44,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from fmsplat.fields.configs import FMGSConfig, geometric_resolutions
+
 PRIMES = (1, 2654435761, 805459861)  # Instant-NGP's per-axis hash primes
-
-
-def geometric_resolutions(levels: int, min_res: int, max_res: int) -> list[int]:
-    """Instant-NGP's level resolutions: floor(min_res · b^l), b = (max_res / min_res)^(1/(levels-1))."""
-    if levels < 1 or min_res < 1 or max_res < min_res:
-        raise ValueError(f"need levels >= 1 and 1 <= min_res <= max_res, got {levels}, {min_res}, {max_res}")
-    if levels == 1:
-        return [int(min_res)]
-    b = math.exp((math.log(max_res) - math.log(min_res)) / (levels - 1))
-    # the small epsilon keeps exact powers (the last level = max_res) from rounding down
-    return [int(math.floor(min_res * b**level + 1e-6)) for level in range(levels)]
 
 
 @dataclass(frozen=True)
@@ -418,8 +409,6 @@ class HashGrid(torch.nn.Module):
 def fmgs_grid(config=None) -> HashGrid:
     """FMGS's grids (fields.configs.FMGSConfig: 12 levels 16→128 and 12 levels 128→512, T = 2^19, F = 8)
     as one 24-level grid."""
-    from fmsplat.fields.configs import FMGSConfig
-
     config = config or FMGSConfig()
     return HashGrid(config.resolutions, log2_table=config.log2_table, features=config.grid_features)
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from fmsplat.fields.base import FieldError, SceneBundle, SpaceSpec, open_scene, param_key, parse_spaces, resample
 from fmsplat.fields.configs import LiftConfig as Config
-from fmsplat.fields.distill import DEFAULT_MODELS, DistillField, _pca_init
+from fmsplat.fields.latent import DEFAULT_MODELS, DistillField, pca_init
 from fmsplat.fields.loop import finish, fit_entry
 from fmsplat.parallel import resolve_address
 from fmsplat.render import accumulate
@@ -145,7 +145,7 @@ def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, rende
     latents (every space in one pass per view). Returns statistics for the summary."""
     views = bundle.dataset.train_indices
     for alias in field_.spaces:
-        _pca_init(field_, alias, _Views(targets[alias], views))
+        pca_init(field_, alias, _Views(targets[alias], views))
     bases = {a: (field_.weights[param_key(a)].detach(), field_.biases[param_key(a)].detach()) for a in field_.spaces}
     t0 = time.perf_counter()
     lifted, weights, _ = lift_spaces(bundle, targets, bases, render_scale, normalize, progress, ray, workers)

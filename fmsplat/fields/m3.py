@@ -366,7 +366,7 @@ def fit_queries(field_: M3Field, alias: str, targets: torch.Tensor, steps: int, 
 def warm_start(field_: M3Field, bundle: SceneBundle, targets: dict, cfg: Config, progress: bool) -> dict:
     """Every seen Gaussian's queries pre-fitted to its lifted feature (fields.lift over `warm_dim` principal
     components per model, then fit_queries); unseen Gaussians keep their random queries."""
-    from fmsplat.fields.distill import pca_basis
+    from fmsplat.fields.latent import pca_basis
     from fmsplat.fields.lift import lift_spaces
 
     t0 = time.perf_counter()
@@ -418,7 +418,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
 
     models: extractor names (default effnet, effnet-mid, effnet-labels); config / preset / overrides:
     fields.configs.M3Config. Checkpoints and `resume` (same settings; `steps` may grow): fields.loop."""
-    from fmsplat.reconstruct.train import TrainConfig, _params_from_model
+    from fmsplat.reconstruct.train import TrainConfig
 
     bundle = bundle or open_scene(scene_dir)
     spaces = parse_spaces(models, DEFAULT_MODELS, "m3")
@@ -457,7 +457,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
     if cfg.joint:
         tc = TrainConfig()
         extent = float(bundle.meta.get("scene_extent") or data.extent or 1.0)
-        geometry = _params_from_model(bundle.gaussians)
+        geometry = bundle.gaussians.trainable()
         # fine-tuning a converged 3DGS: positions at the 3DGS schedule's final rate, the rest at theirs
         lrs = {"means": tc.lr_means_final * extent, "quats": tc.lr_quats, "scales": tc.lr_scales,
                "opacities": tc.lr_opacities, "sh0": tc.lr_sh0, "shN": tc.lr_shN}

@@ -62,3 +62,25 @@ def get_extractor(name: str, pyramid: bool = False, **options):
         return _family_factory(family)(ident, **options)
     known = ", ".join(list_extractors())
     raise ValueError(f"unknown extractor '{name}'; known: {known}")
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """Extractor options ["input_scale=2", "mode=maskclip"] -> {"input_scale": 2, "mode": "maskclip"}: values
+    read as int, float, true/false or text (each extractor checks its own keyword arguments). Field settings
+    are typed instead: fmsplat.fields.configs.parse_opts reads each by its declared type."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"extractor option '{pair}' is not KEY=VALUE")
+        for convert in (int, float):
+            try:
+                options[key] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            options[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return options
+
+

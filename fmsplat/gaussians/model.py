@@ -159,6 +159,24 @@ class GaussianModel:
     def detach(self) -> "GaussianModel":
         return self._map(lambda t: t.detach())
 
+    # ----------------------------------------------------------------------------- training
+    def param_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors 3DGS optimises, one per Adam group as the original code keeps them: means,
+        quats, scales, opacities, sh0 (N, 1, 3) and shN (N, K-1, 3)."""
+        return {"means": self.means, "quats": self.quats, "scales": self.scales, "opacities": self.opacities,
+                "sh0": self.sh[:, :1], "shN": self.sh[:, 1:]}
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        """`param_tensors` as fresh leaf parameters (float32, contiguous copies)."""
+        return {k: torch.nn.Parameter(v.detach().float().clone().contiguous()) for k, v in self.param_tensors().items()}
+
+    @classmethod
+    def from_params(cls, params: dict, sh_degree: int) -> "GaussianModel":
+        """Inverse of `param_tensors` (a trainer's parameter dict), detached."""
+        return cls(means=params["means"].detach(), quats=params["quats"].detach(), scales=params["scales"].detach(),
+                   opacities=params["opacities"].detach(), sh=torch.cat([params["sh0"], params["shN"]], 1).detach(),
+                   sh_degree=sh_degree)
+
     # ----------------------------------------------------------------------------- I/O
     def tensors(self) -> dict[str, torch.Tensor]:
         """Flat name -> tensor mapping (extras under 'extra.<name>'), e.g. for safetensors."""

@@ -1,5 +1,5 @@
 """fmsplat.query: text queries on any feature field — relevancy maps, 2D/3D localisation, masks,
-Gaussian selection (fmsplat.query.engine), pictures of the answers (fmsplat.query.viz).
+Gaussian selection (fmsplat.query.engine), pictures of the answers (fmsplat.pictures).
 
 Names load lazily, so that `fmsplat.query.segment` / `.relevancy` (pure array code, used by
 fmsplat.eval.metrics) do not pull in the field and rendering stack.

@@ -39,8 +39,9 @@ from fmsplat.fields.base import FieldError, camera_at, splat
 from fmsplat.query.engine import LOCATE_RELATIVE, Answer, QueryEngine, QueryResult, export_selection
 from fmsplat.query.presence import Concept
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
-from fmsplat.query.viz import colorbar, draw_marker, hstack, mask_overlay, relevancy_overlay, resize_map, write_png
-from fmsplat.reconstruct.renders import render_image, scene_background
+from fmsplat.pictures import colorbar, draw_marker, hstack, mask_overlay, relevancy_overlay, resize_map, write_png
+from fmsplat.reconstruct.renders import scene_background
+from fmsplat.render.rgb import render_image
 
 MAX_TEXT_LENGTH = 200
 

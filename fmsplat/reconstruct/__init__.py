@@ -7,7 +7,7 @@ It sits after render/ in the pipeline because training renders; the Gaussian mod
 
 from fmsplat.reconstruct.init import INITS, frustum_points, initial_gaussians
 from fmsplat.reconstruct.mcmc import MCMCConfig, MCMCStrategy
-from fmsplat.reconstruct.train import TrainConfig, evaluate_views, model_from_params, render_view, train_gaussians
+from fmsplat.reconstruct.train import TrainConfig, evaluate_views, train_gaussians
 
 __all__ = ["INITS", "MCMCConfig", "MCMCStrategy", "TrainConfig", "evaluate_views", "frustum_points",
-           "initial_gaussians", "model_from_params", "render_view", "train_gaussians"]
+           "initial_gaussians", "train_gaussians"]

@@ -21,12 +21,12 @@ from tqdm import tqdm
 from fmsplat import __version__, atomic
 from fmsplat.errors import CheckpointError, UserInputError
 from fmsplat.gaussians import GaussianModel
-from fmsplat.gaussians.sh import sh_basis, sh_colors  # noqa: F401  (their home is gaussians.sh)
 from fmsplat.gaussians.losses import psnr, rgb_loss, ssim
 from fmsplat.reconstruct.init import INITS, initial_gaussians
 from fmsplat.reconstruct.densify import DensityControl, reset_opacity
 from fmsplat.reconstruct.mcmc import MCMCConfig, MCMCStrategy
-from fmsplat.render import rasterize
+from fmsplat.reconstruct.renders import evenly_spaced, write_view_panels
+from fmsplat.render.rgb import render_rgb
 from fmsplat.scene import SceneDataset, load_dataset
 
 REFERENCE_STEPS = 30_000  # the schedule of the original code is given for this many steps
@@ -191,28 +191,6 @@ def _init_model(data: SceneDataset, cfg: TrainConfig, out_dir: Path | None = Non
                              progress=progress)
 
 
-def _tensors_from_model(model: GaussianModel) -> dict:
-    return {
-        "means": model.means, "quats": model.quats, "scales": model.scales, "opacities": model.opacities,
-        "sh0": model.sh[:, :1], "shN": model.sh[:, 1:],
-    }
-
-
-def _params_from_model(model: GaussianModel) -> dict:
-    """One leaf parameter per attribute (one Adam group each), as the original code keeps them."""
-    return {k: torch.nn.Parameter(v.detach().float().clone().contiguous())
-            for k, v in _tensors_from_model(model).items()}
-
-
-def model_from_params(params: dict, sh_degree: int) -> GaussianModel:
-    """The trainer's parameter dict (means, quats, scales, opacities, sh0, shN) as a GaussianModel."""
-    return GaussianModel(
-        means=params["means"].detach(), quats=params["quats"].detach(), scales=params["scales"].detach(),
-        opacities=params["opacities"].detach(), sh=torch.cat([params["sh0"], params["shN"]], 1).detach(),
-        sh_degree=sh_degree,
-    )
-
-
 def _make_optimizer(params: dict, cfg: TrainConfig, extent: float) -> torch.optim.Adam:
     lrs = {"means": cfg.lr_means * extent, "quats": cfg.lr_quats, "scales": cfg.lr_scales,
            "opacities": cfg.lr_opacities, "sh0": cfg.lr_sh0, "shN": cfg.lr_shN}
@@ -249,26 +227,6 @@ def _fill_invalid(gt: torch.Tensor, pred: torch.Tensor, valid: torch.Tensor | No
     return gt if valid is None else torch.where(valid[..., None], gt, pred.detach())
 
 
-def render_view(model_or_params, cam, sh_degree: int, background, backend: str = "auto"):
-    """Render one camera from either a GaussianModel or the trainer's parameter dict, with the
-    colours of SH degree `sh_degree` seen from the camera centre. Returns a RenderResult."""
-    if isinstance(model_or_params, GaussianModel):
-        p = _tensors_from_model(model_or_params)
-    else:
-        p = model_or_params
-    means = p["means"]
-    device, dtype = means.device, means.dtype
-    center = torch.as_tensor(cam.center, dtype=dtype, device=device)
-    dirs = means - center
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    colors = sh_colors(p["sh0"], p["shN"], sh_degree, dirs)
-    return rasterize(
-        means, p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
-        cam.viewmat_tensor(device, dtype), cam.K_tensor(device, dtype), cam.width, cam.height,
-        background=torch.as_tensor(background, dtype=dtype, device=device), backend=backend,
-    )
-
-
 def evaluate_views(model: GaussianModel, data: SceneDataset, indices, background) -> dict:
     """Mean PSNR / SSIM of the views `indices` rendered at the model's full SH degree, clamped
     to [0, 1], against the dataset's images (held-out views for the test score). Pixels that
@@ -277,7 +235,7 @@ def evaluate_views(model: GaussianModel, data: SceneDataset, indices, background
     scores = []
     with torch.no_grad():
         for i in indices:
-            res = render_view(model, data.cameras[i], model.sh_degree, background)
+            res = render_rgb(model, data.cameras[i], model.sh_degree, background)
             pred = res.image.clamp(0, 1)
             valid = _valid(data, i, pred.device)
             gt = _fill_invalid(_image(data, i, pred.device), pred, valid)
@@ -426,7 +384,7 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         model, init_info = _init_model(data, cfg, out_dir, progress)
         if progress:
             tqdm.write(f"{out_dir}: starting from {len(model)} Gaussians ({_describe_init(init_info)})")
-        params = _params_from_model(model)
+        params = model.trainable()
         optimizer = _make_optimizer(params, cfg, extent)
         if control is not None:
             control.reset_stats(len(model))
@@ -450,7 +408,7 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
                 group["lr"] = means_lr
         sh_active = min(cfg.sh_degree, it // sched["sh_increase_every"])
 
-        res = render_view(params, cam, sh_active, bg)
+        res = render_rgb(params, cam, sh_active, bg)
         if i not in valid_masks:
             valid_masks[i] = _valid(data, i)
         gt = _fill_invalid(_image(data, i), res.image, valid_masks[i])
@@ -479,7 +437,7 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
                             n=params["means"].shape[0], sh=sh_active)
         if cfg.eval_every and (it % cfg.eval_every == 0 or it == cfg.steps) and data.test_indices:
             t_eval = time.perf_counter()
-            scores = evaluate_views(model_from_params(params, sh_active), data, data.test_indices, cfg.background)
+            scores = evaluate_views(GaussianModel.from_params(params, sh_active), data, data.test_indices, cfg.background)
             eval_seconds += time.perf_counter() - t_eval
             curve.append({"step": it, "psnr": round(scores["psnr"], 3), "ssim": round(scores["ssim"], 4),
                           "gaussians": int(params["means"].shape[0]),
@@ -506,7 +464,7 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
     bar.close()
     train_seconds = elapsed_before + time.perf_counter() - t0 - eval_seconds
 
-    model = model_from_params(params, cfg.sh_degree)
+    model = GaussianModel.from_params(params, cfg.sh_degree)
     t_eval = time.perf_counter()
     metrics = {
         "test": evaluate_views(model, data, data.test_indices, cfg.background),
@@ -533,10 +491,7 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    # render | photo | error pictures of a few held-out views: a failed reconstruction shows at a
-    # glance. Imported here: renders imports this module.
-    from fmsplat.reconstruct.renders import evenly_spaced, write_view_panels
-
+    # render | photo | error pictures of a few held-out views: a failed reconstruction shows at a glance
     panels = write_view_panels(model, data, evenly_spaced(data.test_indices, 4), out_dir / "renders" / "test",
                                cfg.background)
     metrics["panels"] = [p.relative_to(out_dir).as_posix() for p in panels]  # relative: scene dirs move
@@ -549,4 +504,4 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
     return metrics
 
 
-__all__ = ["TrainConfig", "train_gaussians", "evaluate_views", "render_view", "model_from_params"]
+__all__ = ["TrainConfig", "evaluate_views", "train_gaussians"]

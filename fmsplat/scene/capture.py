@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -220,40 +219,6 @@ def extract_video_frames(video, out_dir, frames: int = 100, max_size: int = 960,
     }
 
 
-def write_video(path, frames, fps: float = 30.0, rotation: int = 0, crf: int = 18) -> Path:
-    """Encode RGB uint8 frames (an iterable of (H, W, 3), one size, even sides) as an MP4 (H.264
-    when PyAV has libx264, else MPEG-4), atomically. `rotation`: display rotation metadata,
-    counter-clockwise degrees, as a phone writes it."""
-    import av
-
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-
-    def encode(tmp: Path) -> None:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
-            stream.pix_fmt = "yuv420p"
-            if rotation:
-                stream.set_display_rotation(rotation)
-            if codec == "libx264":
-                stream.options = {"crf": str(crf)}
-            first = True
-            for frame in frames:
-                frame = np.ascontiguousarray(frame)
-                if first:
-                    stream.height, stream.width = frame.shape[:2]
-                    if stream.width % 2 or stream.height % 2:
-                        raise ValueError(f"write_video: frame sides must be even (yuv420p), got {frame.shape[1]}x{frame.shape[0]}")
-                    if codec != "libx264":
-                        stream.bit_rate = int(max(2e6, 2 * stream.width * stream.height * float(fps)))
-                    first = False
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode(None))  # flush the encoder's delayed frames
-
-    path = Path(path)
-    atomic.write_with(path, encode)
-    return path
-
-
 # ------------------------------------------------------------------------------------ photos
 def _oriented_size(img: Image.Image) -> tuple[int, int]:
     """(width, height) as displayed: EXIF orientations 5-8 swap the sides."""
@@ -421,4 +386,4 @@ def summary(report: dict) -> str:
 
 
 __all__ = ["CaptureConfig", "CaptureError", "PHOTO_EXTENSIONS", "VIDEO_EXTENSIONS", "blurred", "extract_video_frames",
-           "finished_report", "import_photos", "process_data", "sharpness", "source_kind", "summary", "write_video"]
+           "finished_report", "import_photos", "process_data", "sharpness", "source_kind", "summary"]

@@ -833,7 +833,7 @@ def make_video(out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0, 
     images/frame_<index>.jpg, the names `fmsplat process-data` gives the frames it keeps, so
     sfm.pose_errors can compare them by name). Default size 320x240 (SIFT finds too little in
     the tiny preset's 128x96); `overrides` replace SceneConfig fields. Written atomically."""
-    from fmsplat.scene.capture import write_video
+    from fmsplat.pictures import write_video
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:

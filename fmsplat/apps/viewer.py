@@ -24,19 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmsplat.gaussians.sh import sh_to_rgb
 from fmsplat.query.parts import LOCATE_RELATIVE
+from fmsplat.render.projection import quat_to_rotmat
 
 HIGHLIGHT = (255, 0, 255)  # colour of the selected Gaussians (pure magenta: nothing in a scene looks like it)
-SH_C0 = 0.28209479177387814
-
-
-def _quat_to_rotmat(q: np.ndarray) -> np.ndarray:
-    q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1)], -2)
 
 
 def _rotmat_to_wxyz(R: np.ndarray) -> np.ndarray:
@@ -48,12 +40,13 @@ def _rotmat_to_wxyz(R: np.ndarray) -> np.ndarray:
 def splat_arrays(gaussians) -> dict[str, np.ndarray]:
     """centers, covariances, rgbs (0..1, the SH DC colour) and opacities (N, 1) for viser."""
     with torch.no_grad():
-        means, quats, scales, opacities = (t.detach().cpu().numpy().astype(np.float64) for t in gaussians.activated())
-        dc = gaussians.sh[:, 0, :].detach().cpu().numpy().astype(np.float64)
-    R = _quat_to_rotmat(quats)
+        means, quats, scales, opacities = (t.detach().cpu().double() for t in gaussians.activated())
+        R = quat_to_rotmat(quats).numpy()
+        rgbs = sh_to_rgb(gaussians.sh[:, 0, :].detach().cpu().double()).clamp(0, 1).numpy()
+    means, scales, opacities = means.numpy(), scales.numpy(), opacities.numpy()
     cov = R @ (scales[:, :, None] ** 2 * np.transpose(R, (0, 2, 1)))
     return {"centers": means.astype(np.float32), "covariances": cov.astype(np.float32),
-            "rgbs": np.clip(0.5 + SH_C0 * dc, 0, 1).astype(np.float32),
+            "rgbs": rgbs.astype(np.float32),
             "opacities": opacities.reshape(-1, 1).astype(np.float32)}
 
 
@@ -202,8 +195,9 @@ class Viewer:
         if self.answer is None:
             return
         from fmsplat.fields.base import camera_at
-        from fmsplat.query.viz import relevancy_overlay
-        from fmsplat.reconstruct.renders import render_image, scene_background
+        from fmsplat.pictures import relevancy_overlay
+        from fmsplat.reconstruct.renders import scene_background
+        from fmsplat.render.rgb import render_image
 
         if camera.width > 200:
             camera = camera_at(camera, (200, max(8, round(200 * camera.height / camera.width))))

@@ -159,8 +159,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 def relevancy_png(rel: np.ndarray) -> bytes:
-    """The relevancy map colour-mapped on the fixed 0.5..1 scale (fmsplat.query.viz)."""
-    from fmsplat.query.viz import colormap
+    """The relevancy map colour-mapped on the fixed 0.5..1 scale (fmsplat.pictures)."""
+    from fmsplat.pictures import colormap
 
     return png_bytes((np.clip(colormap(rel), 0, 1) * 255 + 0.5).astype(np.uint8))
 
@@ -322,7 +322,8 @@ class SceneService:
 
     def render(self, req: dict) -> tuple[bytes, dict]:
         from fmsplat.fields.base import camera_at
-        from fmsplat.reconstruct.renders import render_image, scene_background
+        from fmsplat.reconstruct.renders import scene_background
+        from fmsplat.render.rgb import render_image
 
         kind = req.get("kind", "rgb")
         if kind not in ("rgb", "depth", "relevancy"):
@@ -520,7 +521,7 @@ def create_app(service: SceneService, token: str | None = None):
     async def _bug(request, err: Exception):  # a bug: logged by uvicorn, never sent as a traceback
         import logging
 
-        logging.getLogger("fmsplat.server").exception("request failed")
+        logging.getLogger("fmsplat.apps.server").exception("request failed")
         return error(500, "internal_error", f"{type(err).__name__}: the server failed on this request")
 
     @app.get("/health")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from fmsplat.errors import UserInputError
+from fmsplat.foundation.registry import parse_options  # noqa: F401 (the CLI reads --model options with it)
 
 
 def resolve_data(scene_dir: Path, data: str | None, downscale: float | None) -> tuple[str, float]:
@@ -24,26 +25,6 @@ def resolve_data(scene_dir: Path, data: str | None, downscale: float | None) -> 
         raise UserInputError(f"{where}: pass the dataset with --data")
     scale = downscale if downscale is not None else float(recorded.get("downscale", 1.0))
     return str(path), scale
-
-
-def parse_options(pairs: list[str]) -> dict:
-    """Extractor options ["input_scale=2", "mode=maskclip"] -> {"input_scale": 2, "mode": "maskclip"}: values
-    read as int, float, true/false or text (each extractor checks its own keyword arguments). Field settings
-    are typed instead: fmsplat.fields.configs.parse_opts reads each by its declared type."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"extractor option '{pair}' is not KEY=VALUE")
-        for convert in (int, float):
-            try:
-                options[key] = convert(value)
-                break
-            except ValueError:
-                continue
-        else:
-            options[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return options
 
 
 def run_features(

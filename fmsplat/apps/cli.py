@@ -313,7 +313,7 @@ def features(
     workers: int = typer.Option(0, "--workers", min=0, help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
     """Extract dense foundation-model features of every view and cache them (resumable)."""
-    from fmsplat.foundation.command import parse_options, run_features
+    from fmsplat.apps.features import parse_options, run_features
 
     s = run_features(scene, data, downscale, model, pyramid, options=parse_options(opt), threads=threads, ray=ray,
                      workers=workers or None)
@@ -386,7 +386,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Random seed of the scene and the training."),
 ) -> None:
     """Run the whole pipeline offline on the embedded models and write a report: scene -> 3DGS -> field -> eval."""
-    from fmsplat.demo import BASELINE, DEFAULT_METHOD, DemoConfig, run_demo
+    from fmsplat.apps.demo import BASELINE, DEFAULT_METHOD, DemoConfig, run_demo
 
     chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else [DEFAULT_METHOD]
     if compare and BASELINE not in chosen:
@@ -462,7 +462,7 @@ def serve(
     max_renders: int = typer.Option(2, "--max-renders", help="Renders running or waiting at once; more get 503."),
 ) -> None:
     """A JSON HTTP API over the scene: /query, /render, /select, /scene, /health (OpenAPI page: /docs)."""
-    from fmsplat.server import Limits, check_bind, serve as run_server
+    from fmsplat.apps.server import Limits, check_bind, serve as run_server
 
     check_bind(host, token)
     if max_renders < 1:
@@ -482,7 +482,7 @@ def view(
     out: str = typer.Option(None, "--out", "-o", help="Folder for the 'Save selection' PLY files (default: SCENE/selections/)."),
 ) -> None:
     """A web viewer (viser): orbit the Gaussians, type a phrase, see the answer in place, save the object as PLY."""
-    from fmsplat.viewer import run_viewer
+    from fmsplat.apps.viewer import run_viewer
 
     run_viewer(scene, host=host, port=port, method=method, space=space, out=out)
 
