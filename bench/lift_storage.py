@@ -32,7 +32,8 @@ def main() -> None:
     from fmsplat.fields import load_field
     from fmsplat.fields.configs import LiftConfig
     from fmsplat.fields.lift import LiftField
-    from fmsplat.fields.memory import bank_path, read_bank
+    from fmsplat.fields.memory import read_bank
+    from fmsplat.workspace import Workspace
 
     lifted = load_field(args.scene, "lift")
     work = args.scene.resolve().parent / "bench-fields"
@@ -41,7 +42,7 @@ def main() -> None:
     quant = LiftField(lifted.gaussians, spaces, LiftConfig(dim=0))
     rows, agreement, entries = [], {}, {}
     for spec in spaces:
-        cached = read_bank(bank_path(args.scene, spec.key))
+        cached = read_bank(Workspace(args.scene).bank_path(spec.key))
         if cached is None:
             sys.exit(f"{args.scene}: no M3 bank for {spec.alias} in SCENE/memory/ (fit m3 once on this scene)")
         bank = cached[0].raw.float()

@@ -37,17 +37,17 @@ def main() -> None:
 
     import torch
     import torch.nn.functional as F
-
     from fmsplat.fields import m3
-    from fmsplat.fields.base import open_scene, parse_spaces
+    from fmsplat.fields.base import parse_spaces
     from fmsplat.fields.configs import make_config
     from fmsplat.fields.distill import pca_basis
     from fmsplat.fields.memory import flatten_views, memory_attention, nonzero_rows
 
-    bundle = open_scene(args.scene)
+    from fmsplat.workspace import Workspace
+    bundle = Workspace.open(args.scene)
     spec = parse_spaces([args.model], m3.DEFAULT_MODELS, "m3")[0]
     cfg = make_config("m3", "cpu")
-    targets = bundle.targets([spec], progress=False)[spec.alias]
+    targets = teacher_maps(bundle, [spec], progress=False)[spec.alias]
     data = bundle.dataset
     train = [targets[i] for i in data.train_indices]
     bank, stats = m3.build_bank(bundle, spec, {bundle.view_name(i): targets[i] for i in data.train_indices}, cfg,

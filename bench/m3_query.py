@@ -44,12 +44,12 @@ def main() -> None:
 
     import numpy as np
     import torch
-
     from fmsplat.fields import load_field
-    from fmsplat.fields.base import open_scene
+
     from fmsplat.query import QueryEngine
 
-    bundle = open_scene(args.scene)
+    from fmsplat.workspace import Workspace
+    bundle = Workspace.open(args.scene)
     data = bundle.dataset
     field_ = load_field(args.scene, "m3", bundle=bundle)
     size = (args.size, args.size)

@@ -53,9 +53,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from fmsplat.fields import load_field
-    from fmsplat.fields.base import open_scene
+
     from fmsplat.query import QueryEngine
     from fmsplat.query.engine import clear_text_cache
     from fmsplat.query.relevancy import relevancy_upsampled
@@ -76,7 +75,8 @@ def main() -> None:
                    sorted(p.name for p in fields_dir.iterdir() if (p / "field.json").is_file()) if fields_dir.is_dir() else [])
         if not methods:
             sys.exit(f"{scene}: no fitted fields (fmsplat fit {scene} --method ...)")
-        bundle = open_scene(scene)
+        from fmsplat.workspace import Workspace
+        bundle = Workspace.open(scene)
         data = bundle.dataset
         view = (data.test_indices or data.train_indices)[0]
         camera = data.cameras[view].resized(args.size, args.size)

@@ -39,13 +39,14 @@ def _peak_mib() -> float:
 
 def child_stage(scene: Path, stage: str, ray: str | None, workers: int | None) -> dict:
     from fmsplat.fields import fit_field
-    from fmsplat.fields.base import open_scene
+
     from fmsplat.foundation.cache import extract_features
     from fmsplat.foundation.registry import get_extractor
 
     t = time.perf_counter()
     if stage == "features":
-        bundle = open_scene(scene)
+        from fmsplat.workspace import Workspace
+        bundle = Workspace.open(scene)
         extract_features(bundle.dataset, get_extractor("effnet"), scene, progress=False, ray=ray, workers=workers)
     else:
         opts = {"ray": ray, "workers": workers} if ray else {}
@@ -56,13 +57,13 @@ def child_stage(scene: Path, stage: str, ray: str | None, workers: int | None) -
 def child_views(scene: Path, cache_root: Path, n: int, mode: str) -> dict:
     """Lift over n synthetic views whose maps are in `cache_root` (written by `synthetic_cache`)."""
     import types
-
-    from fmsplat.fields.base import open_scene, parse_spaces
+    from fmsplat.fields.base import parse_spaces
     from fmsplat.fields.distill import pca_basis
     from fmsplat.fields.lift import lift_spaces
     from fmsplat.foundation.cache import CachedMaps, FeatureCache
 
-    bundle = open_scene(scene)
+    from fmsplat.workspace import Workspace
+    bundle = Workspace.open(scene)
     cams = [bundle.dataset.cameras[i] for i in bundle.dataset.train_indices]
     cameras = [cams[k % len(cams)] for k in range(n)]
     names = [f"syn_{k:05d}" for k in range(n)]
@@ -82,11 +83,11 @@ def child_views(scene: Path, cache_root: Path, n: int, mode: str) -> dict:
 def synthetic_cache(scene: Path, root: Path, n: int) -> None:
     """root/features/<key>/ with n views syn_00000.. whose maps repeat the scene's training maps."""
     from safetensors.torch import load_file, save_file
-
-    from fmsplat.fields.base import open_scene, parse_spaces
+    from fmsplat.fields.base import parse_spaces
     from fmsplat.foundation.cache import FeatureCache, _sha256, view_filename
 
-    bundle = open_scene(scene)
+    from fmsplat.workspace import Workspace
+    bundle = Workspace.open(scene)
     for spec in parse_spaces(MODELS, MODELS, "lift"):
         src = FeatureCache(scene, spec.extractor())
         dst = FeatureCache(root, spec.extractor())

@@ -25,7 +25,7 @@ import numpy as np
 def tiny_oracle_scene(root: Path) -> Path:
     """The tiny synthetic room, trained briefly, with an oracle field (known answers; no fitting)."""
     from fmsplat.eval.oracle import OracleField
-    from fmsplat.fields import open_scene
+
     from fmsplat.reconstruct import TrainConfig, train_gaussians
     from fmsplat.scene.synthetic import make_scene
 
@@ -33,7 +33,8 @@ def tiny_oracle_scene(root: Path) -> Path:
     scene = root / "scene"
     train_gaussians(data, scene, TrainConfig(steps=300, max_gaussians=12_000, sh_degree=1, strategy="3dgs"),
                     progress=False)
-    OracleField.paint(open_scene(scene).gaussians, Path(data) / "objects.json").save(scene)
+    from fmsplat.workspace import Workspace
+    OracleField.paint(Workspace.open(scene).gaussians, Path(data) / "objects.json").save(scene)
     return scene
 
 

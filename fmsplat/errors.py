@@ -17,5 +17,10 @@ class UserInputError(FmsplatError, ValueError):
     """A bad option or a request that conflicts with what is on disk (e.g. a non-empty --out)."""
 
 
+class SceneError(FmsplatError, RuntimeError):
+    """A scene directory or one of its artefacts that cannot be used as asked (missing, damaged, or made
+    from other Gaussians or another dataset than the scene's)."""
+
+
 class CheckpointError(FmsplatError, RuntimeError):
     """A checkpoint that cannot be read (truncated, corrupted, from another version)."""

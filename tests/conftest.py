@@ -40,9 +40,10 @@ def copy_scene(tiny_scene, tmp_path):
 @pytest.fixture(scope="module")
 def bundle(tiny_scene):
     """The trained tiny scene, opened (dataset + Gaussians)."""
-    from fmsplat.fields import open_scene
 
-    return open_scene(tiny_scene)
+
+    from fmsplat.workspace import Workspace
+    return Workspace.open(tiny_scene)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fmsplat.fields import FieldError, fit_field, load_field, open_scene
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache
+from fmsplat.fields import FieldError, fit_field, load_field
 from fmsplat.fields.distill import pool_to
 
 MODELS = ["effnet", "effnet-mid"]
@@ -16,7 +17,7 @@ MODELS = ["effnet", "effnet-mid"]
 def _heldout_agreement(field, bundle, alias):
     """Mean cosine, over held-out grid cells, between rendered and teacher features, both centred on
     the decoder's bias (the training mean): what is left is what the field knows about *this* cell."""
-    cache = bundle.feature_cache(field.space(alias), progress=False)
+    cache = feature_cache(bundle, field.space(alias), progress=False)
     mean = field.biases[alias].detach()
     cos = []
     for i in bundle.dataset.test_indices:
@@ -39,7 +40,7 @@ def fitted(tiny_scene, tmp_path_factory):
 
 def test_fit_beats_scrambled_features_on_heldout_views(fitted):
     scene, field = fitted
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     fit_cos = {a: _heldout_agreement(field, bundle, a) for a in MODELS}
     with torch.no_grad():
         perm = torch.randperm(field.features.shape[0], generator=torch.Generator().manual_seed(0))
@@ -54,7 +55,7 @@ def test_fit_beats_scrambled_features_on_heldout_views(fitted):
 def test_saved_field_renders_the_same(fitted):
     scene, field = fitted
     loaded = load_field(scene, "distill")
-    cam = open_scene(scene).dataset.cameras[3]
+    cam = Workspace.open(scene).dataset.cameras[3]
     a, b = field.render(cam), loaded.render(cam)
     for alias in MODELS:
         torch.testing.assert_close(a.features[alias], b.features[alias])
@@ -130,7 +131,7 @@ def test_relevancy_in_latent_space_equals_the_decoded_map(fitted):
 
     scene, field = fitted
     engine = QueryEngine(field)
-    cam = open_scene(scene).dataset.cameras[5]
+    cam = Workspace.open(scene).dataset.cameras[5]
     texts = ["cat", "motorcycle"]
     fast, render = engine.relevancy_fast(cam, texts)
     slow = engine.relevancy_maps(engine.render(cam), texts)

@@ -142,7 +142,7 @@ def test_eval_with_nothing_in_view_reports_no_metrics(tiny_scene, oracle):
 def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scene, tiny_dataset):
     from fmsplat.eval import EvalConfig, score_objects
     from fmsplat.eval.oracle import OracleField
-    from fmsplat.fields import open_scene
+
     from fmsplat.query import QueryEngine
     from fmsplat.scene.labels import read_objects
 
@@ -153,7 +153,8 @@ def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scen
     with pytest.raises(TypeError):
         EvalConfig(render_scal=1.0)  # a misspelt setting is an error, not ignored
     # the 3D scorer on the oracle: every object found, its point in its box, its Gaussians all inside
-    bundle = open_scene(tiny_scene)
+    from fmsplat.workspace import Workspace
+    bundle = Workspace.open(tiny_scene)
     path = Path(tiny_dataset) / "objects.json"
     objects = read_objects(path)[0]
     rows = score_objects(QueryEngine(OracleField.paint(bundle.gaussians, path)), [o.label for o in objects], objects, path)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
+from fmsplat.workspace import Workspace
 from fmsplat.fields import fmgs
-from fmsplat.fields import open_scene
+
 from fmsplat.fields.base import FieldError
 from fmsplat.fields.configs import make_config
 
@@ -167,7 +167,7 @@ def _localisation(field, scene, tiny_dataset) -> tuple[int, int, int]:
     labels = read_label_dir(tiny_dataset)
     space = field.space(field.language_space)
     negatives = space.encode_text(list(CANONICAL_NEGATIVES))
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     hits, brighter, total = 0, 0, 0
     for cam in bundle.dataset.cameras:
         view = labels.get(Path(cam.name).stem)
@@ -214,7 +214,7 @@ def test_save_load_round_trip(fitted):
     loaded = load_field(scene, "fmgs")
     assert isinstance(loaded, fmgs.FMGSField) and loaded.config == field.config
     assert list(loaded.spaces) == ["effnet", "effnet-mid"] and loaded.summary == field.summary
-    cam = open_scene(scene).dataset.cameras[3]
+    cam = Workspace.open(scene).dataset.cameras[3]
     a, b = field.render(cam, size=(40, 30)), loaded.render(cam, size=(40, 30))
     for alias in ("effnet", "effnet-mid"):
         assert a.features[alias].shape[1:] == (30, 40)
@@ -270,7 +270,7 @@ def test_relevancy_without_decoding_equals_the_decoded_map(fitted):
 
     scene, field = fitted
     engine = QueryEngine(field)
-    cam = open_scene(scene).dataset.cameras[2]
+    cam = Workspace.open(scene).dataset.cameras[2]
     texts = ["cat", "espresso cup", "motorcycle"]
     fast, render = engine.relevancy_fast(cam, texts, size=(64, 48))
     slow = engine.relevancy_maps(engine.render(cam, size=(64, 48)), texts)

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from fmsplat.fields import fit_field, load_field, open_scene
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache
+from fmsplat.fields import fit_field, load_field
 from fmsplat.fields.lift import lift_maps
 from fmsplat.gaussians import GaussianModel
 from fmsplat.render import rasterize
@@ -91,10 +92,10 @@ def test_lifted_field_knows_the_held_out_views(lifted):
     """Rendered features agree with the teacher on held-out views (centred cosine) far better than the
     same latents scrambled over the Gaussians; the saved field renders the same."""
     scene, field = lifted
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
 
     def agreement(f, alias):
-        cache = bundle.feature_cache(f.space(alias), progress=False)
+        cache = feature_cache(bundle, f.space(alias), progress=False)
         mean, cos = f.biases[alias].detach(), []
         for i in bundle.dataset.test_indices:
             target = cache.get(bundle.view_name(i))

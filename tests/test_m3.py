@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache, teacher_maps
 from fmsplat.fields import FieldError, load_field, m3
-from fmsplat.fields.base import open_scene, splat
+from fmsplat.fields.base import splat
 from fmsplat.fields.memory import memory_attention
 
 MODELS = ["effnet@input_scale=2", "effnet-mid", "effnet-labels@input_scale=2"]
@@ -21,7 +22,7 @@ FAST = dict(steps=120, lr_queries=0.05, n_points=500, render_scale=0.5, checkpoi
 
 def _heldout_cos_distance(field_, bundle, alias: str) -> float:
     """Mean 1 - cos to the teacher at the teacher's grid (queries sampled at cell centres), held-out views."""
-    cache = bundle.feature_cache(field_.space(alias), progress=False)
+    cache = feature_cache(bundle, field_.space(alias), progress=False)
     vals = []
     for i in bundle.dataset.test_indices:
         target = cache.get(bundle.view_name(i))
@@ -52,7 +53,7 @@ def test_fit_beats_a_random_field_and_localises_labels(fitted, tiny_dataset):
     from fmsplat.scene.labels import read_label_dir
 
     scene, field_ = fitted
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     torch.manual_seed(123)
     random_field = m3.M3Field(bundle.gaussians, list(field_.spaces.values()), field_.config,
                               {a: field_.bank(a) for a in field_.spaces})
@@ -66,7 +67,7 @@ def test_fit_beats_a_random_field_and_localises_labels(fitted, tiny_dataset):
     negatives = space.encode_text(CANONICAL_NEGATIVES)
     labels = read_label_dir(tiny_dataset)
     stems = [Path(bundle.view_name(i)).stem for i in range(len(bundle.dataset))]
-    teacher_cache = bundle.feature_cache(space, progress=False)
+    teacher_cache = feature_cache(bundle, space, progress=False)
     field_hits, teacher_hits = {}, {}
     for stem, view in labels.items():
         i = stems.index(stem)
@@ -105,7 +106,7 @@ def test_summary_banks_and_round_trip(fitted):
 
     loaded = load_field(scene, "m3")
     assert isinstance(loaded, m3.M3Field) and loaded.summary == json.loads(json.dumps(s))
-    cam = open_scene(scene).dataset.cameras[0]
+    cam = Workspace.open(scene).dataset.cameras[0]
     a, b = field_.render(cam, size=(32, 24)), loaded.render(cam, size=(32, 24))
     for alias in field_.spaces:
         assert torch.allclose(a.features[alias], b.features[alias], atol=1e-5)
@@ -122,9 +123,9 @@ def test_painted_language_space_keeps_one_bank_entry_per_label(fitted):
     """effnet-labels (LLaMA3's role): piecewise-constant maps, so the bank holds each distinct painted
     label once (tau 0.99), and every painted cell finds its own label in the bank."""
     scene, field_ = fitted
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     spec = field_.space("effnet-labels")
-    cache = bundle.feature_cache(spec, progress=False)
+    cache = feature_cache(bundle, spec, progress=False)
     rows = torch.cat([cache.get(bundle.view_name(i)).flatten(1).T.float() for i in bundle.dataset.train_indices])
     rows = F.normalize(rows[rows.abs().sum(1) > 0], dim=-1)
     distinct = torch.unique(torch.round(rows * 1e3), dim=0)
@@ -170,7 +171,7 @@ def test_resume_continues_the_interrupted_run_exactly(copy_scene, monkeypatch):
 
 
 def test_joint_training_owns_the_geometry(copy_scene):
-    before = open_scene(copy_scene).gaussians
+    before = Workspace.open(copy_scene).gaussians
     field_ = m3.fit(copy_scene, models=["effnet"], steps=3, joint=True, n_points=64, render_scale=0.25,
                     progress=False)
     assert field_.owns_geometry and field_.summary["joint"]
@@ -179,16 +180,16 @@ def test_joint_training_owns_the_geometry(copy_scene):
     assert not torch.allclose(loaded.gaussians.means, before.means)
     assert torch.allclose(loaded.gaussians.means, field_.gaussians.means, atol=1e-6)
     # the scene's own Gaussians are untouched
-    assert torch.equal(open_scene(copy_scene).gaussians.means, before.means)
+    assert torch.equal(Workspace.open(copy_scene).gaussians.means, before.means)
 
 
 def test_fast_bank_grows_with_new_views(copy_scene):
     from fmsplat.fields.base import parse_space
     from fmsplat.fields.memory import MemoryBank, flatten_views
 
-    bundle = open_scene(copy_scene)
+    bundle = Workspace.open(copy_scene)
     spec = parse_space("effnet-mid")
-    cache = bundle.feature_cache(spec, progress=False)
+    cache = feature_cache(bundle, spec, progress=False)
     names = [bundle.view_name(i) for i in bundle.dataset.train_indices]
     maps = {n: cache.get(n) for n in names}
     cfg = m3.Config(bank_method="fast")
@@ -224,9 +225,9 @@ def test_warm_started_queries_reproduce_their_lifted_targets(fitted):
     from fmsplat.fields.lift import lift_spaces
 
     scene, field_ = fitted
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     spaces = list(field_.spaces.values())
-    targets = bundle.targets(spaces, progress=False)
+    targets = teacher_maps(bundle, spaces, progress=False)
     banks = {a: field_.bank(a) for a in field_.spaces}
     torch.manual_seed(5)
     warm = m3.M3Field(bundle.gaussians, spaces, field_.config, banks)
@@ -264,7 +265,7 @@ def test_top_k_attention_converges_to_the_whole_bank(fitted):
     from dataclasses import replace
 
     scene, field_ = fitted
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     cam = bundle.dataset.cameras[bundle.dataset.test_indices[0]]
     texts = F.normalize(field_.space("effnet").encode_text(["chair", "plant", "lamp"]), dim=-1)
     n_bank = field_.bank("effnet").shape[0]
@@ -291,11 +292,10 @@ def test_query_shortcuts_match_the_exact_attention(fitted):
     top-r directions approach the exact ones as r grows and equal them at full rank; attention on a coarser
     grid departs from the per-pixel maps less the finer the grid."""
     from dataclasses import replace
-
     from fmsplat.fields.base import FeatureField
 
     scene, field_ = fitted
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     cam = bundle.dataset.cameras[bundle.dataset.test_indices[0]]
     texts = F.normalize(field_.space("effnet").encode_text(["chair", "plant", "lamp"]), dim=-1)
     saved = field_.config

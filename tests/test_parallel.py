@@ -11,8 +11,9 @@ import sys
 
 import pytest
 import torch
-
-from fmsplat.fields import fit_field, load_field, open_scene
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_maps, teacher_views
+from fmsplat.fields import fit_field, load_field
 from fmsplat.fields.base import parse_spaces
 from fmsplat.fields.distill import pca_basis
 from fmsplat.foundation.cache import CacheError, CachedMaps, FeatureCache, extract_features
@@ -87,8 +88,8 @@ def test_lift_on_ray_equals_the_local_lift(local_cluster, tiny_scene, tmp_path):
     per-Gaussian latents up to the order of the float additions."""
     base = tmp_path / "base"
     shutil.copytree(tiny_scene, base)
-    bundle = open_scene(base)
-    bundle.target_views(parse_spaces(["effnet", "effnet-mid"], [], "lift"), progress=False)
+    bundle = Workspace.open(base)
+    teacher_views(bundle, parse_spaces(["effnet", "effnet-mid"], [], "lift"), progress=False)
     scenes = {}
     for name, opts in (("local", {}), ("ray", {"ray": local_cluster, "workers": 2})):
         scenes[name] = tmp_path / name
@@ -122,10 +123,10 @@ def test_pca_from_summed_moments_matches_the_svd():
 def test_cached_maps_read_lazily_and_notice_a_file_damaged_after_reading(tiny_scene, tmp_path):
     scene = tmp_path / "scene"
     shutil.copytree(tiny_scene, scene)
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     spec = parse_spaces(["effnet"], ["effnet"], "lift")[0]
-    maps = bundle.target_views([spec], progress=False)["effnet"]
-    eager = bundle.targets([spec], progress=False)["effnet"]
+    maps = teacher_views(bundle, [spec], progress=False)["effnet"]
+    eager = teacher_maps(bundle, [spec], progress=False)["effnet"]
     assert len(maps) == len(eager) and torch.equal(maps[3], eager[3])
     again = cloudpickle.loads(cloudpickle.dumps(maps))  # what a Ray worker receives: paths, not tensors
     assert len(cloudpickle.dumps(maps)) < 20_000 and torch.equal(again[3], eager[3])
@@ -145,7 +146,7 @@ def test_algorithm1_bank_on_ray_is_the_local_bank(local_cluster, bundle):
     from fmsplat.fields.memory import flatten_views, nonzero_rows, similarity_reduction
 
     spec = parse_spaces(["effnet-mid"], [], "m3")[0]
-    maps = bundle.target_views([spec], progress=False)["effnet-mid"]
+    maps = teacher_views(bundle, [spec], progress=False)["effnet-mid"]
     x = flatten_views([maps[i] for i in bundle.dataset.train_indices])
     x = x[nonzero_rows(x)]
     local_idx, local_counts = similarity_reduction(x, 0.75, chunk=97, return_counts=True)

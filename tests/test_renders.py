@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fmsplat.workspace import Workspace
 from fmsplat.pictures import ERROR_MAX, ERROR_PALETTE, INVALID_COLOUR, apply_palette, comparison_panel, panel_layout, to_uint8
 from fmsplat.reconstruct.renders import interpolated_path, orbit_path, render_video
 from fmsplat.render.rgb import render_image
@@ -283,12 +284,12 @@ def test_query_panel_shows_the_render_beside_the_photo(quick_scene, tiny_dataset
 
     import fmsplat.fields as fields
     from fmsplat.eval.oracle import OracleField
-    from fmsplat.fields import open_scene
+
     from fmsplat.query.command import run_query
 
     scene = tmp_path / "scene"
     shutil.copytree(quick_scene[0], scene)
-    bundle = open_scene(scene)
+    bundle = Workspace.open(scene)
     OracleField.paint(bundle.gaussians, Path(tiny_dataset) / "objects.json").save(scene)
     monkeypatch.setitem(fields.METHODS, "oracle", "fmsplat.eval.oracle")
     rec = run_query(scene, "espresso cup", view=8, method="oracle", out=tmp_path / "q")[0]

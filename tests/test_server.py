@@ -80,11 +80,12 @@ def oracle_scene(tiny_scene, tiny_dataset, tmp_path_factory):
     import shutil
 
     from fmsplat.eval.oracle import OracleField
-    from fmsplat.fields import open_scene
+
 
     dst = tmp_path_factory.mktemp("serve") / "scene"
     shutil.copytree(tiny_scene, dst)
-    OracleField.paint(open_scene(dst).gaussians, Path(tiny_dataset) / "objects.json").save(dst)
+    from fmsplat.workspace import Workspace
+    OracleField.paint(Workspace.open(dst).gaussians, Path(tiny_dataset) / "objects.json").save(dst)
     return dst
 
 

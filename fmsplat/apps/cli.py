@@ -162,7 +162,6 @@ def train(
 ) -> None:
     """Train a 3D Gaussian Splatting scene from posed photos (CPU, numba rasterizer); writes held-out
     render | photo | error panels to OUT/renders/test/."""
-    import shutil
     from pathlib import Path
 
     from fmsplat.reconstruct import TrainConfig, train_gaussians
@@ -179,28 +178,25 @@ def train(
         raise typer.BadParameter(str(exc)) from exc
     if resume and overwrite:
         raise typer.BadParameter("--resume and --overwrite exclude each other")
+    from fmsplat.workspace import Workspace
+
     out_path = Path(out)
     if out_path.exists() and not out_path.is_dir():
         raise typer.BadParameter(f"{out} is a file, not a directory", param_hint="--out")
-    # The capture cache OUT/data (fmsplat train VIDEO --out OUT) is input, not a scene output.
-    existing = sorted(p.name for p in out_path.iterdir() if p.name != "data") if out_path.is_dir() else []
+    ws = Workspace(out_path)
+    existing = ws.existing_outputs()  # the capture posed into OUT/data is input, not output
     if existing and not (resume or overwrite):
         shown = ", ".join(existing[:4]) + (", ..." if len(existing) > 4 else "")
         typer.echo(f"fmsplat train: {out} is not empty ({shown}); pass --resume to continue it, --overwrite to "
                    "replace it, or choose another --out", err=True)
         raise typer.Exit(1)
     if existing and overwrite:
-        for name in _SCENE_OUTPUTS:
-            target = out_path / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
+        ws.clean()
     try:
         if source_kind(data) is not None:  # a capture: posed into OUT/data first, reused when unchanged
-            report = process_data(data, Path(out) / "data", overwrite=True)
-            typer.echo(f"{Path(out) / 'data'}: {capture_summary(report)}")
-            data = str(Path(out) / "data")
+            report = process_data(data, ws.capture_dir, overwrite=True)
+            typer.echo(f"{ws.capture_dir}: {capture_summary(report)}")
+            data = str(ws.capture_dir)
         metrics = train_gaussians(data, out, cfg, resume=resume)
     except (DatasetError, FileNotFoundError) as err:
         typer.echo(f"fmsplat train: {err}", err=True)
@@ -215,12 +211,6 @@ def train(
     if metrics.get("panels"):
         typer.echo(f"look at: {Path(out) / metrics['panels'][0]} (render | photo | error; {len(metrics['panels'])} in "
                    f"{Path(out) / 'renders' / 'test'})")
-
-
-# What `fmsplat train` and the later stages write into a scene directory (removed by train --overwrite).
-# scene.json goes first: a kill mid-way leaves a folder that no longer claims to be a scene.
-_SCENE_OUTPUTS = ("scene.json", "metrics.json", "gaussians.ply", "checkpoints", "renders", "sfm", "fields",
-                  "features", "memory", "queries", "eval")
 
 
 def _parse_views(spec: str, dataset) -> list[int]:
@@ -256,9 +246,8 @@ def render(
 ) -> None:
     """Render a trained scene for people: render|photo|error panels of views, or a video along a path."""
     from pathlib import Path
-
-    from fmsplat.fields.base import FieldError, open_scene
-    from fmsplat.reconstruct.renders import (interpolated_path, orbit_path, render_video, scene_background,
+    from fmsplat.errors import SceneError
+    from fmsplat.reconstruct.renders import (interpolated_path, orbit_path, render_video,
                                              write_view_panels)
     from fmsplat.scene import DatasetError, load_dataset
 
@@ -267,16 +256,17 @@ def render(
     if frames < 1 or not fps > 0:
         raise typer.BadParameter("--frames must be >= 1 and --fps positive")
     try:
-        bundle = open_scene(scene)
+        from fmsplat.workspace import Workspace
+        bundle = Workspace.open(scene)
         dataset = bundle.dataset
         if downscale is not None and downscale != dataset.downscale:
             # same dataset and split as the scene, at another resolution (images load lazily)
             dataset = load_dataset(dataset.source, downscale=downscale, test_every=dataset.test_every)
-    except (FieldError, DatasetError) as err:
+    except (SceneError, DatasetError) as err:
         typer.echo(f"fmsplat render: {err}", err=True)
         raise typer.Exit(1)
     out_dir = Path(out) if out is not None else Path(scene) / "renders"
-    background = scene_background(bundle.meta)
+    background = bundle.background()
     model = bundle.gaussians
     written = []
     if views is not None or path is None:

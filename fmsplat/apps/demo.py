@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fmsplat import __version__, atomic
 from fmsplat.errors import UserInputError
+from fmsplat.workspace import Workspace
 
 # The method the demo fits when none is named. On the bench preset (bench/README.md, "Feature fields")
 # the baseline localised as many labels as FMGS (80%) in a quarter of its fit time (FMGS: better mIoU,
@@ -86,8 +87,9 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
         train_kw["max_gaussians"] = cfg.max_gaussians
 
     def train_stage():
-        if (scene_dir / "metrics.json").is_file() and (scene_dir / "gaussians.ply").is_file():
-            return json.loads((scene_dir / "metrics.json").read_text())
+        ws = Workspace(scene_dir)
+        if ws.is_scene() and ws.metrics_json.is_file():
+            return json.loads(ws.metrics_json.read_text())
         return train_gaussians(data_dir, scene_dir, TrainConfig(seed=cfg.seed, **train_kw), resume=True,
                                progress=progress)
 
@@ -96,7 +98,7 @@ def run_demo(work_dir="fmsplat-demo", config: DemoConfig | None = None, progress
     results = {}
     for method in cfg.methods:
         def fit_stage(method=method):
-            if (scene_dir / "fields" / method / "field.json").is_file():
+            if method in Workspace(scene_dir).saved_methods():
                 return None
             overrides = {} if cfg.fit_steps is None else {"steps": cfg.fit_steps}
             return fit_field(scene_dir, method, models=list(cfg.models) if cfg.models else None, resume=True,

@@ -6,19 +6,21 @@ import json
 import time
 from pathlib import Path
 
-from fmsplat.errors import UserInputError
+from fmsplat.errors import SceneError, UserInputError
 from fmsplat.foundation.registry import parse_options  # noqa: F401 (the CLI reads --model options with it)
+from fmsplat.workspace import Workspace
 
 
 def resolve_data(scene_dir: Path, data: str | None, downscale: float | None) -> tuple[str, float]:
     """Dataset path and downscale: explicit options win, else the scene's scene.json `data` block."""
-    scene_json = scene_dir / "scene.json"
+    ws = Workspace(scene_dir)
+    scene_json = ws.scene_json
     recorded: dict = {}
-    if scene_json.is_file():
+    if ws.is_scene():
         try:
-            recorded = json.loads(scene_json.read_text(encoding="utf-8")).get("data") or {}
-        except ValueError as err:
-            raise UserInputError(f"{scene_json}: not valid JSON ({err})") from err
+            recorded = ws.read_meta().get("data") or {}
+        except SceneError as err:
+            raise UserInputError(str(err)) from None
     path = data or recorded.get("path")
     if not path:
         where = f"{scene_json} has no data.path" if scene_json.is_file() else f"{scene_dir} has no scene.json"

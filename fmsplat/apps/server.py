@@ -322,7 +322,6 @@ class SceneService:
 
     def render(self, req: dict) -> tuple[bytes, dict]:
         from fmsplat.fields.base import camera_at
-        from fmsplat.reconstruct.renders import scene_background
         from fmsplat.render.rgb import render_image
 
         kind = req.get("kind", "rgb")
@@ -335,7 +334,7 @@ class SceneService:
         headers = {"X-Fmsplat-View": name.encode("ascii", "replace").decode(), "X-Fmsplat-Kind": kind}
         with self.render_slot():
             if kind == "rgb":
-                img = render_image(self.sq.field.gaussians, cam, scene_background(self.sq.bundle.meta))
+                img = render_image(self.sq.field.gaussians, cam, self.sq.bundle.background())
                 data = png_bytes((img * 255 + 0.5).astype(np.uint8))
             elif kind == "depth":
                 res = self.sq.engine.render(cam)

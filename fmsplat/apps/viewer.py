@@ -196,14 +196,13 @@ class Viewer:
             return
         from fmsplat.fields.base import camera_at
         from fmsplat.pictures import relevancy_overlay
-        from fmsplat.reconstruct.renders import scene_background
         from fmsplat.render.rgb import render_image
 
         if camera.width > 200:
             camera = camera_at(camera, (200, max(8, round(200 * camera.height / camera.width))))
         with self.lock:
             rel = self._answer_engine.relevancy_map(camera, self.answer.text).detach().cpu().numpy()
-            rgb = render_image(self.sq.field.gaussians, camera, scene_background(self.sq.bundle.meta))
+            rgb = render_image(self.sq.field.gaussians, camera, self.sq.bundle.background())
         self.image.image = relevancy_overlay(rgb, rel)
 
     def save_selection(self) -> Path | None:

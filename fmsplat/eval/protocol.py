@@ -42,12 +42,13 @@ from tqdm.auto import tqdm
 from fmsplat import __version__, atomic
 from fmsplat.errors import FmsplatError
 from fmsplat.eval import metrics as M
-from fmsplat.fields import load_field, open_scene
+from fmsplat.fields import load_field
 from fmsplat.foundation.cache import FeatureCache
-from fmsplat.fields.base import FeatureField, SceneBundle
+from fmsplat.fields.base import FeatureField
 from fmsplat.query.engine import QueryEngine
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy_upsampled
 from fmsplat.pictures import colorbar, draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
+from fmsplat.workspace import Workspace
 from fmsplat.scene.labels import SceneObjectInfo, ViewLabels, read_label_dir, read_objects
 
 TEACHER = "teacher"
@@ -58,12 +59,12 @@ class EvalError(FmsplatError, RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def dataset_dir(bundle: SceneBundle) -> Path:
+def dataset_dir(bundle: Workspace) -> Path:
     src = Path(bundle.dataset.source)
     return src if src.is_dir() else src.parent
 
 
-def _view_index(bundle: SceneBundle) -> dict[str, int]:
+def _view_index(bundle: Workspace) -> dict[str, int]:
     """Image stem -> dataset index (labels are named after the image stem)."""
     out: dict[str, int] = {}
     for i, cam in enumerate(bundle.dataset.cameras):
@@ -156,7 +157,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     cfg = config if config is not None else EvalConfig(**settings)
     t_start = time.perf_counter()
     scene_dir = Path(scene_dir)
-    bundle = open_scene(scene_dir, data=data)
+    bundle = Workspace.open(scene_dir, data=data)
     if field is None:
         field = load_field(scene_dir, method, bundle=bundle)
     engine = QueryEngine(field, space, cfg.negatives)
@@ -227,7 +228,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     return result
 
 
-def score_views(engine: QueryEngine, bundle: SceneBundle, labels: dict, index: dict, objects, objects_path: Path,
+def score_views(engine: QueryEngine, bundle: Workspace, labels: dict, index: dict, objects, objects_path: Path,
                 out: Path | None, teacher_cache, cfg: "EvalConfig", progress: bool = False, ray: str | None = None,
                 workers: int | None = None):
     """Scorer of the labelled views: LERF localisation and LangSplat segmentation of every labelled category
@@ -272,7 +273,7 @@ def score_views(engine: QueryEngine, bundle: SceneBundle, labels: dict, index: d
 class ViewScorer:
     """Scores one labelled view (score_views): in this process, or as a Ray worker holding the field."""
 
-    def __init__(self, engine: QueryEngine, bundle: SceneBundle, labels: dict, index: dict, objects,
+    def __init__(self, engine: QueryEngine, bundle: Workspace, labels: dict, index: dict, objects,
                  objects_path: Path, out: Path | None, teacher: bool, cfg: "EvalConfig") -> None:
         self.engine, self.bundle, self.labels, self.index = engine, bundle, labels, index
         self.objects, self.objects_path, self.out, self.cfg = objects, objects_path, out, cfg
@@ -371,7 +372,7 @@ def score_objects(engine: QueryEngine, categories, objects, objects_path: Path) 
 
 
 # ------------------------------------------------------------------------------------------ pieces
-def _label_image(bundle: SceneBundle, i: int, vl: ViewLabels) -> np.ndarray:
+def _label_image(bundle: Workspace, i: int, vl: ViewLabels) -> np.ndarray:
     img = bundle.dataset.image(i)
     if img.shape[:2] != (vl.height, vl.width):
         from fmsplat.foundation.base import resize
@@ -417,7 +418,7 @@ def _panel(image, rel, q, vl: ViewLabels, cat: str, t_rel, kernel, threshold) ->
     return colorbar(hstack(tiles, titles=titles))  # relevancy on the fixed scale (fmsplat.pictures)
 
 
-def _fidelity(bundle: SceneBundle, field: FeatureField, test_idx: list[int], render_scale: float, progress: bool) -> dict:
+def _fidelity(bundle: Workspace, field: FeatureField, test_idx: list[int], render_scale: float, progress: bool) -> dict:
     out: dict = {}
     if not test_idx:
         return out
@@ -439,7 +440,7 @@ def _fidelity(bundle: SceneBundle, field: FeatureField, test_idx: list[int], ren
     return out
 
 
-def _rgb(bundle: SceneBundle, field: FeatureField, test_idx: list[int]) -> dict:
+def _rgb(bundle: Workspace, field: FeatureField, test_idx: list[int]) -> dict:
     from fmsplat.render.rgb import render_rgb
 
     background = tuple((bundle.meta.get("train_config") or {}).get("background", bundle.dataset.background))
@@ -454,7 +455,7 @@ def _rgb(bundle: SceneBundle, field: FeatureField, test_idx: list[int]) -> dict:
             "background": list(background), "per_view": rows}
 
 
-def _latency(engine: QueryEngine, bundle: SceneBundle, indices: list[int], render_scale: float, repeats: int,
+def _latency(engine: QueryEngine, bundle: Workspace, indices: list[int], render_scale: float, repeats: int,
              teacher: bool) -> dict:
     """Median ms of one relevancy map: render the language space + relevancy of one (cached) text."""
     if repeats < 1:

@@ -8,22 +8,21 @@
 from __future__ import annotations
 
 import importlib
-from pathlib import Path
 
 from fmsplat.fields.base import (
     ConfigError,
     FeatureField,
     FieldError,
     FieldRender,
-    SceneBundle,
     SpaceSpec,
     camera_at,
-    open_scene,
+    load_field_tensors,
     parse_space,
-    read_field_meta,
     splat,
 )
 from fmsplat.fields.configs import CONFIGS, config_class
+from fmsplat.gaussians import GaussianModel
+from fmsplat.workspace import FIELD_MANIFEST, Workspace
 
 # method name -> module; each module defines FIELD (a FeatureField subclass), Config (fields.configs), and
 # fit(scene_dir, models, config=None, resume=False, progress=True, preset="paper", **overrides) -> FeatureField
@@ -43,48 +42,51 @@ def fit_field(scene_dir, method: str, models=None, config=None, resume: bool = F
 
 
 def saved_methods(scene_dir) -> list[str]:
-    """Methods with a finished field in scene_dir, newest first."""
-    root = Path(scene_dir) / "fields"
-    found = [p for p in root.glob("*/field.json")] if root.is_dir() else []
-    found.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return [p.parent.name for p in found]
+    """Methods with a committed field in scene_dir, newest first."""
+    return Workspace(scene_dir).saved_methods()
 
 
-def load_field(scene_dir, method: str | None = None, bundle: SceneBundle | None = None) -> FeatureField:
-    """Load the field of `method` (default: the newest saved one) with the Gaussians it renders."""
-    from fmsplat.fields.base import FIELD_GAUSSIANS, load_field_tensors
-    from fmsplat.gaussians import GaussianModel
-
-    scene_dir = Path(scene_dir)
+def load_field(scene_dir, method: str | None = None, bundle: Workspace | None = None) -> FeatureField:
+    """Load the field of `method` (default: the newest saved one) with the Gaussians it renders. `bundle`: the
+    scene already opened (Workspace.open), else it is opened here. A field made from other Gaussians or
+    another dataset than the scene's, or whose files differ from its manifest, is refused in one line."""
+    ws = bundle if bundle is not None else Workspace.open(scene_dir)
     if method is None:
-        methods = saved_methods(scene_dir)
+        methods = ws.saved_methods()
         if not methods:
-            raise FieldError(f"{scene_dir}: no fitted field under fields/; run fmsplat fit {scene_dir} --method ...")
+            raise FieldError(f"{ws.root}: no fitted field under fields/; run fmsplat fit {ws.root} --method ...")
         method = methods[0]
-    field_dir = scene_dir / "fields" / method
-    meta = read_field_meta(field_dir)
+    field_dir = ws.field_dir(method)
+    meta, files = ws.read_manifest(field_dir)
+    where = field_dir / FIELD_MANIFEST
     if meta.get("method") != method:
-        raise FieldError(f"{field_dir / 'field.json'}: holds method {meta.get('method')!r}, expected {method!r}")
+        raise FieldError(f"{where}: holds method {meta.get('method')!r}, expected {method!r}")
+    ws.check_made_from(where, meta.get("made_from"), f"fit it (fmsplat fit {ws.root} --method {method})")
     module = method_module(method)
     if meta.get("owns_geometry"):
-        gaussians = GaussianModel.load_ply(field_dir / FIELD_GAUSSIANS)
-    elif bundle is not None:
-        gaussians = bundle.gaussians
+        if "gaussians" not in files:
+            raise FieldError(f"{where}: says the field owns its Gaussians but names no Gaussians file")
+        gaussians = GaussianModel.load_ply(files["gaussians"])
     else:
-        ply = scene_dir / "gaussians.ply"
-        if not ply.is_file():
-            raise FieldError(f"{ply}: missing (the field {method} renders the scene's Gaussians)")
-        gaussians = GaussianModel.load_ply(ply)
+        gaussians = ws.gaussians
     if len(gaussians) != meta.get("num_gaussians", len(gaussians)):
-        raise FieldError(f"{field_dir}: field was fitted on {meta['num_gaussians']} Gaussians, the scene has "
-                         f"{len(gaussians)} (retrained since?); fit it again")
-    spaces = [SpaceSpec.from_json(s) for s in meta["spaces"]]
-    field_ = module.FIELD.from_saved(gaussians, spaces, meta.get("config", {}), load_field_tensors(field_dir), meta)
+        raise FieldError(f"{where}: field was fitted on {meta['num_gaussians']} Gaussians, these are "
+                         f"{len(gaussians)}; fit it again")
+    if "tensors" not in files:
+        raise FieldError(f"{where}: names no tensors file")
+    try:
+        spaces = [SpaceSpec.from_json(s) for s in meta["spaces"]]
+        field_ = module.FIELD.from_saved(gaussians, spaces, meta.get("config", {}), load_field_tensors(files["tensors"]), meta)
+    except FieldError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a manifest or tensors this version cannot use
+        raise FieldError(f"{where}: not a {method} field this version can load ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200] if str(err) else ''}); fit it again") from None
     field_.eval()
     return field_
 
 
 __all__ = [
-    "ConfigError", "FeatureField", "FieldError", "FieldRender", "METHODS", "SceneBundle", "SpaceSpec", "camera_at", "fit_field",
-    "load_field", "method_module", "open_scene", "parse_space", "read_field_meta", "saved_methods", "splat",
+    "ConfigError", "FeatureField", "FieldError", "FieldRender", "METHODS", "SpaceSpec", "camera_at", "fit_field",
+    "load_field", "method_module", "parse_space", "saved_methods", "splat",
 ]

@@ -9,10 +9,9 @@ A *feature field* attaches foundation-model features to a trained 3DGS scene. Wh
     field.gaussian_features("effnet")                   # (N, D) decoded per-Gaussian features
     field.space("effnet").extractor().encode_text([...])  # text in the same space
 
-A field stores itself under ``<scene>/fields/<method>/``: ``field.json`` (method, spaces, config,
-training summary) and ``field.safetensors`` (its tensors), both written atomically; a method that
-changes the geometry (M3 trained jointly) also writes its own ``gaussians.ply`` there, which then
-replaces the scene's for that field.
+A field is committed as one unit under ``<scene>/fields/<method>/`` (fmsplat.workspace): its tensors,
+its own Gaussians when the method changed the geometry (M3 trained jointly; they then replace the
+scene's for that field), and ``field.json`` naming those files and the scene identity it was made from.
 """
 
 from __future__ import annotations
@@ -28,20 +27,14 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from fmsplat import __version__, atomic
+from fmsplat import __version__
 from fmsplat.fields.configs import ConfigError, FieldError
 from fmsplat.foundation.cache import CachedMaps, FeatureCache, extract_features
 from fmsplat.foundation.registry import get_extractor, parse_options
 from fmsplat.gaussians import GaussianModel
 from fmsplat.render import rasterize
-from fmsplat.scene import Camera, SceneDataset, load_dataset
-
-FIELD_JSON = "field.json"
-FIELD_TENSORS = "field.safetensors"
-FIELD_GAUSSIANS = "gaussians.ply"
-
-
-
+from fmsplat.scene import Camera
+from fmsplat.workspace import Workspace
 
 # ------------------------------------------------------------------------------------------ spaces
 @dataclass(frozen=True)
@@ -136,68 +129,32 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-# ------------------------------------------------------------------------------------------ scene
-@dataclass
-class SceneBundle:
-    """A trained 3DGS scene directory, opened: its dataset (same downscale/split as training) and Gaussians."""
-
-    root: Path
-    meta: dict
-    dataset: SceneDataset
-    gaussians: GaussianModel
-
-    def feature_cache(self, spec: SpaceSpec, progress: bool = True, ray: str | None = None,
-                      workers: int | None = None) -> FeatureCache:
-        """The feature cache of `spec` for every view of the dataset, extracting what is missing (on a Ray
-        cluster when `ray` is an address: fmsplat.parallel)."""
-        return extract_features(self.dataset, spec.extractor(), self.root, progress=progress, ray=ray, workers=workers)
-
-    def targets(self, spaces: list[SpaceSpec], progress: bool = True) -> dict[str, list[torch.Tensor]]:
-        """alias -> the cached teacher map (D, h, w) of every view, extracting what is missing."""
-        out = {}
-        for spec in spaces:
-            cache = self.feature_cache(spec, progress=progress)
-            out[spec.alias] = [cache.get(self.view_name(i)) for i in range(len(self.dataset))]
-        return out
-
-    def target_views(self, spaces: list[SpaceSpec], progress: bool = True, ray: str | None = None,
-                     workers: int | None = None) -> dict[str, CachedMaps]:
-        """As `targets`, but each view's map is read from the cache when indexed (CachedMaps): memory does not
-        grow with the number of views, and the sequences can be sent to Ray workers."""
-        out = {}
-        for spec in spaces:
-            cache = self.feature_cache(spec, progress=progress, ray=ray, workers=workers)
-            out[spec.alias] = CachedMaps(cache, [self.view_name(i) for i in range(len(self.dataset))])
-        return out
-
-    def view_name(self, i: int) -> str:
-        cam = self.dataset.cameras[i]
-        return cam.name or f"view_{i:04d}"
+# ------------------------------------------------------------------------------------------ teachers
+def feature_cache(ws: Workspace, spec: SpaceSpec, progress: bool = True, ray: str | None = None,
+                  workers: int | None = None) -> FeatureCache:
+    """The feature cache of `spec` for every view of the scene's dataset, extracting what is missing (on a
+    Ray cluster when `ray` is an address: fmsplat.parallel)."""
+    return extract_features(ws.dataset, spec.extractor(), ws.root, progress=progress, ray=ray, workers=workers)
 
 
-def open_scene(scene_dir, data: str | None = None, gaussians: str | Path | None = None) -> SceneBundle:
-    """Open `scene_dir` (written by `fmsplat train`): scene.json, gaussians.ply and the dataset it names."""
-    root = Path(scene_dir)
-    meta_path = root / "scene.json"
-    if not meta_path.is_file():
-        if root.is_dir() and ((root / "transforms.json").is_file() or (root / "sparse").is_dir()
-                              or (root / "cameras.bin").is_file() or (root / "cameras.txt").is_file()):
-            raise FieldError(f"{root}: is a dataset, not a trained scene; train it first "
-                             f"(fmsplat train {root} --out SCENE) and pass SCENE")
-        raise FieldError(f"{root}: no scene.json; train the scene first (fmsplat train DATA --out {root})")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise FieldError(f"{meta_path}: not valid JSON ({err})") from err
-    info = meta.get("data") or {}
-    path = data or info.get("path")
-    if not path:
-        raise FieldError(f"{meta_path}: no data.path; pass the dataset explicitly")
-    dataset = load_dataset(path, downscale=float(info.get("downscale", 1.0)), test_every=int(info.get("test_every", 8)))
-    ply = Path(gaussians) if gaussians is not None else root / "gaussians.ply"
-    if not ply.is_file():
-        raise FieldError(f"{ply}: missing; train the scene first (fmsplat train)")
-    return SceneBundle(root=root, meta=meta, dataset=dataset, gaussians=GaussianModel.load_ply(ply))
+def teacher_maps(ws: Workspace, spaces: list[SpaceSpec], progress: bool = True) -> dict[str, list[torch.Tensor]]:
+    """alias -> the cached teacher map (D, h, w) of every view, extracting what is missing."""
+    out = {}
+    for spec in spaces:
+        cache = feature_cache(ws, spec, progress=progress)
+        out[spec.alias] = [cache.get(ws.view_name(i)) for i in range(len(ws.dataset))]
+    return out
+
+
+def teacher_views(ws: Workspace, spaces: list[SpaceSpec], progress: bool = True, ray: str | None = None,
+                  workers: int | None = None) -> dict[str, CachedMaps]:
+    """As `teacher_maps`, but each view's map is read from the cache when indexed (CachedMaps): memory does
+    not grow with the number of views, and the sequences can be sent to Ray workers."""
+    out = {}
+    for spec in spaces:
+        cache = feature_cache(ws, spec, progress=progress, ray=ray, workers=workers)
+        out[spec.alias] = CachedMaps(cache, [ws.view_name(i) for i in range(len(ws.dataset))])
+    return out
 
 
 # ------------------------------------------------------------------------------------------ render
@@ -351,14 +308,20 @@ class FeatureField(torch.nn.Module):
 
     # -- persistence
     def save(self, scene_dir) -> Path:
+        """Commit the field as one unit into SCENE/fields/<method>/ (Workspace.commit): its tensors, its
+        own Gaussians when it changed the geometry, and field.json naming them with what it was made from."""
         from safetensors.torch import save_file
 
-        out = Path(scene_dir) / "fields" / self.method
-        out.mkdir(parents=True, exist_ok=True)
+        ws = scene_dir if isinstance(scene_dir, Workspace) else Workspace(scene_dir)
+        made_from = ws.identity()
+        if not self.owns_geometry and self.gaussians.fingerprint() != made_from["gaussians"]:
+            raise FieldError(f"{ws.root}: the {self.method} field renders other Gaussians than {ws.gaussians_ply} "
+                             f"(fingerprint {self.gaussians.fingerprint()}, the scene's is {made_from['gaussians']}); "
+                             "fit it on the scene's Gaussians")
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_tensors().items()}
-        atomic.write_with(out / FIELD_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
+        files = {"tensors": (".safetensors", lambda tmp: save_file(tensors, str(tmp)))}
         if self.owns_geometry:
-            self.gaussians.save_ply(out / FIELD_GAUSSIANS)
+            files["gaussians"] = (".ply", self.gaussians.save_ply)
         meta = {
             "method": self.method,
             "spaces": [s.to_json() for s in self.spaces.values()],
@@ -366,29 +329,16 @@ class FeatureField(torch.nn.Module):
             "summary": self.summary,
             "owns_geometry": self.owns_geometry,
             "num_gaussians": len(self.gaussians),
+            "made_from": made_from,
             "fmsplat": __version__,
             "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        atomic.write_json(out / FIELD_JSON, meta)  # last: a field.json means the tensors are complete
-        return out
+        return ws.commit(ws.field_dir(self.method), files, meta).parent
 
 
-def read_field_meta(field_dir: Path) -> dict:
-    path = Path(field_dir) / FIELD_JSON
-    if not path.is_file():
-        raise FieldError(f"{path}: missing (no finished field here)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise FieldError(f"{path}: not valid JSON ({err})") from err
-
-
-def load_field_tensors(field_dir: Path) -> dict[str, torch.Tensor]:
+def load_field_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    path = Path(field_dir) / FIELD_TENSORS
-    if not path.is_file():
-        raise FieldError(f"{path}: missing")
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types; name the file and re-raise
@@ -396,6 +346,6 @@ def load_field_tensors(field_dir: Path) -> dict[str, torch.Tensor]:
 
 
 __all__ = [
-    "ConfigError", "FeatureField", "FieldError", "FieldRender", "SceneBundle", "SpaceSpec", "camera_at", "load_field_tensors",
-    "open_scene", "parse_space", "parse_spaces", "read_field_meta", "resample", "splat", "squared_norms", "torch_threads",
+    "ConfigError", "FeatureField", "FieldError", "FieldRender", "SpaceSpec", "camera_at", "feature_cache", "load_field_tensors",
+    "parse_space", "parse_spaces", "resample", "splat", "squared_norms", "teacher_maps", "teacher_views", "torch_threads",
 ]

@@ -13,10 +13,10 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import ClassVar, Literal
 
-from fmsplat.errors import FmsplatError
+from fmsplat.errors import SceneError
 
 
-class FieldError(FmsplatError, RuntimeError):
+class FieldError(SceneError):
     """A scene or field directory that cannot be used as asked (missing file, wrong method, bad config)."""
 
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from fmsplat.fields.base import FieldError, SceneBundle, open_scene, param_key as _p, parse_spaces, resample
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_views
+from fmsplat.fields.base import FieldError, param_key as _p, parse_spaces, resample
 from fmsplat.fields.configs import DistillConfig as Config
 from fmsplat.fields.latent import DEFAULT_MODELS, DistillField, pca_basis, pca_init  # noqa: F401 (pca_basis: API)
 from fmsplat.fields.lift import lift_latents
@@ -49,14 +50,14 @@ def feature_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
     return (1.0 - cos) + mse_weight * F.mse_loss(p, t) / t.pow(2).mean().clamp_min(1e-12)
 
 
-def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> DistillField:
+def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: Workspace | None) -> DistillField:
     """Fit the distillation baseline on the trained scene `scene_dir`; saves SCENE/fields/distill/."""
-    bundle = bundle or open_scene(scene_dir)
+    bundle = bundle or Workspace.open(scene_dir)
     spaces = parse_spaces(models, DEFAULT_MODELS, "distill")
     data = bundle.dataset
     if not data.train_indices:
         raise FieldError(f"{scene_dir}: the dataset has no training views")
-    targets = bundle.target_views(spaces, progress)  # read per step from the cache: memory flat in the views
+    targets = teacher_views(bundle, spaces, progress)  # read per step from the cache: memory flat in the views
 
     torch.manual_seed(cfg.seed)
     field_ = DistillField(bundle.gaussians, spaces, cfg)

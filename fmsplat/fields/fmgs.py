@@ -43,8 +43,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from fmsplat.fields.base import FeatureField, FieldError, SceneBundle, SpaceSpec, open_scene, \
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_maps
+from fmsplat.fields.base import FeatureField, FieldError, SpaceSpec, \
     param_key as _p, parse_space, resample, splat
 from fmsplat.fields.configs import FMGSConfig as Config
 from fmsplat.fields.hashgrid import HashGrid, scene_box, to_unit_cube
@@ -266,7 +267,7 @@ WARM_BATCH = 2048  # points per pre-fit step: the 4-layer head costs ~3.4 MFLOP 
 WARM_DIM = 64  # principal components per model in the lifted targets
 
 
-def warm_start(field_: FMGSField, bundle: SceneBundle, spaces, maps, lookup, compact, cfg: Config, progress: bool) -> dict:
+def warm_start(field_: FMGSField, bundle: Workspace, spaces, maps, lookup, compact, cfg: Config, progress: bool) -> dict:
     """Pre-fit the compact hash table and both heads so that each feature Gaussian's own decoded feature is
     its lifted one (fields.lift: blending-weighted mean of the teacher's pixels over the training views):
     a batched regression over points with the FMGS loss, no rendering."""
@@ -315,13 +316,13 @@ def build_spaces(models, cfg: Config) -> list[SpaceSpec]:
     return [parse_space(language, pyramid=cfg.pyramid), parse_space(models[1])]
 
 
-def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> FMGSField:
+def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: Workspace | None) -> FMGSField:
     """Fit FMGS on the trained scene `scene_dir` (geometry frozen) and save SCENE/fields/fmgs/.
 
     models: (language model, alignment model), default ("effnet", "effnet-mid@stride=8"); the
     language model is seen through the FMGS pyramid unless `pyramid=False`. Checkpoints and
     `resume`: fields.loop."""
-    bundle = bundle or open_scene(scene_dir)
+    bundle = bundle or Workspace.open(scene_dir)
     data = bundle.dataset
     if not data.train_indices:
         raise FieldError(f"{scene_dir}: the dataset has no training views")
@@ -341,7 +342,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
         optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.eps, fused=True)
 
     # teachers (cached on disk per view) resampled once onto their loss grids
-    maps = bundle.targets(spaces, progress)
+    maps = teacher_maps(bundle, spaces, progress)
     targets = {}
     for i in train:
         lang = F.normalize(maps[spaces[0].alias][i], dim=0)  # unit per cell, like the head's output

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
-
-from fmsplat.fields.base import FieldError, SceneBundle, SpaceSpec, open_scene, param_key, parse_spaces, resample
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_views
+from fmsplat.fields.base import FieldError, SpaceSpec, param_key, parse_spaces, resample
 from fmsplat.fields.configs import LiftConfig as Config
 from fmsplat.fields.latent import DEFAULT_MODELS, DistillField, pca_init
 from fmsplat.fields.loop import finish, fit_entry
@@ -105,7 +106,7 @@ class ViewLifter:
         return lift_view(self.geometry, self.cameras[i], self.latent_map(i))
 
 
-def lift_spaces(bundle: SceneBundle, targets: dict, bases: dict, render_scale: float, normalize: bool = False,
+def lift_spaces(bundle: Workspace, targets: dict, bases: dict, render_scale: float, normalize: bool = False,
                 progress: bool = True, ray: str | None = None, workers: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, slice]]:
     """Lift every space at once: `bases[alias]` = (W (D, d), b (D,)) projects the teacher's map of `alias`
@@ -138,7 +139,7 @@ def lift_spaces(bundle: SceneBundle, targets: dict, bases: dict, render_scale: f
     return weighted_means(sums, weights), weights, slices
 
 
-def lift_latents(field_: DistillField, bundle: SceneBundle, targets: dict, render_scale: float, min_weight: float,
+def lift_latents(field_: DistillField, bundle: Workspace, targets: dict, render_scale: float, min_weight: float,
                  normalize: bool = False, progress: bool = True, ray: str | None = None,
                  workers: int | None = None) -> dict:
     """Set `field_`'s decoders to each space's PCA of the training features and its latents to the lifted
@@ -170,18 +171,18 @@ class _Views(Sequence):
         return self.maps[self.views[k]]
 
 
-def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> LiftField:
+def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: Workspace | None) -> LiftField:
     """Lift the teacher features onto the Gaussians of `scene_dir` (no optimisation); saves SCENE/fields/lift/.
     The teacher maps stream from the feature cache one view at a time (memory flat in the number of views);
     with `ray` set, extraction and lifting run on that Ray cluster (fmsplat.parallel)."""
     t0 = time.perf_counter()
-    bundle = bundle or open_scene(scene_dir)
+    bundle = bundle or Workspace.open(scene_dir)
     spaces = parse_spaces(models, DEFAULT_MODELS, "lift")
     if not bundle.dataset.train_indices:
         raise FieldError(f"{scene_dir}: the dataset has no training views")
     ray = resolve_address(cfg.ray or None)
     workers = cfg.workers or None
-    targets = bundle.target_views(spaces, progress, ray=ray, workers=workers)
+    targets = teacher_views(bundle, spaces, progress, ray=ray, workers=workers)
     field_ = LiftField(bundle.gaussians, spaces, cfg)
     stats = lift_latents(field_, bundle, targets, cfg.render_scale, cfg.min_weight, cfg.normalize, progress, ray,
                          workers)

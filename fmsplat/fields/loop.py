@@ -12,7 +12,6 @@ when both match, and names what differs otherwise.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import time
 import warnings
@@ -25,8 +24,8 @@ from tqdm import tqdm
 from fmsplat import atomic
 from fmsplat.fields.base import torch_threads
 from fmsplat.fields.configs import FieldError, FitConfig, make_config
+from fmsplat.workspace import CHECKPOINT, Workspace
 
-CHECKPOINT = "checkpoint.pt"
 # Callables (method, field, steps done) run after every step of every fit (benchmarks snapshot fields
 # mid-run with them: one run gives the quality at several step counts); see `observing`.
 OBSERVERS: list[Callable] = []
@@ -46,10 +45,7 @@ def observing(fn: Callable):
 def scene_identity(bundle, spaces, **extra) -> dict:
     """A scene for a checkpoint: its Gaussians (count, geometry digest), feature spaces, training views, extras."""
     g = bundle.gaussians
-    digest = hashlib.sha1()
-    for t in (g.means, g.opacities, g.scales):
-        digest.update(t.detach().cpu().float().contiguous().numpy().tobytes())
-    return {"gaussians": len(g), "geometry": digest.hexdigest()[:16], "spaces": [s.key for s in spaces],
+    return {"gaussians": len(g), "geometry": g.fingerprint(), "spaces": [s.key for s in spaces],
             "train_views": [bundle.view_name(i) for i in bundle.dataset.train_indices], **extra}
 
 
@@ -74,7 +70,7 @@ def run_fit(*, method: str, scene_dir, config: FitConfig, scene: dict, views: li
     """Run `config.steps` steps (see the module docstring); returns the loop's part of the summary:
     steps, fit_seconds, seconds_per_step, resumed_from_step, final (the last step's values). `field` is
     what observers see; `sync()`, when given, writes trainable state kept outside it back before they do."""
-    ckpt = Path(scene_dir) / "fields" / method / CHECKPOINT
+    ckpt = Workspace(scene_dir).field_checkpoint(method)
     identity = {"config": config.resume_identity(), "scene": scene}
     generator = torch.Generator().manual_seed(config.seed)
     start, elapsed = 0, 0.0
@@ -156,7 +152,7 @@ def finish(field_, scene_dir) -> None:
     """Save the fitted field and remove its checkpoint."""
     field_.eval()
     field_.save(scene_dir)
-    (Path(scene_dir) / "fields" / field_.method / CHECKPOINT).unlink(missing_ok=True)
+    Workspace(scene_dir).field_checkpoint(field_.method).unlink(missing_ok=True)
 
 
 __all__ = ["CHECKPOINT", "OBSERVERS", "check_identity", "finish", "fit_entry", "observing", "run_fit", "scene_identity"]

@@ -49,12 +49,13 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SceneBundle, SpaceSpec, camera_at, open_scene, \
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache, teacher_maps
+from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SpaceSpec, camera_at, \
     parse_spaces, resample, splat
 from fmsplat.fields.configs import M3Config as Config
 from fmsplat.fields.loop import CHECKPOINT, finish, fit_entry, run_fit, scene_identity
-from fmsplat.fields.memory import MemoryBank, attention_chunk_rows, attention_keys, attention_logits, bank_path, flatten_views, \
+from fmsplat.fields.memory import MemoryBank, attention_chunk_rows, attention_keys, attention_logits, flatten_views, \
     memory_attention, nonzero_rows, read_bank, write_bank
 from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import rgb_loss
@@ -241,7 +242,7 @@ FIELD = M3Field
 
 
 # ------------------------------------------------------------------------------------------ banks
-def build_bank(bundle: SceneBundle, spec: SpaceSpec, maps: dict[str, torch.Tensor], config: Config,
+def build_bank(bundle: Workspace, spec: SpaceSpec, maps: dict[str, torch.Tensor], config: Config,
                progress: bool = True, ray: str | None = None) -> tuple[MemoryBank, dict]:
     """The memory bank of `spec` over the training views (`maps`: view name -> (D, h, w), in view order).
 
@@ -252,7 +253,7 @@ def build_bank(bundle: SceneBundle, spec: SpaceSpec, maps: dict[str, torch.Tenso
     tau = tau_of(config, spec)
     method = config.bank_method
     names = list(maps)
-    path = bank_path(bundle.root, spec.key)
+    path = bundle.bank_path(spec.key)
     cached = read_bank(path)
     t0 = time.perf_counter()
     block = config.max_block_mb << 20
@@ -363,7 +364,7 @@ def fit_queries(field_: M3Field, alias: str, targets: torch.Tensor, steps: int, 
     return q.detach(), {"one_minus_cos_start": start, "one_minus_cos_end": exact_one_minus_cos()}
 
 
-def warm_start(field_: M3Field, bundle: SceneBundle, targets: dict, cfg: Config, progress: bool) -> dict:
+def warm_start(field_: M3Field, bundle: Workspace, targets: dict, cfg: Config, progress: bool) -> dict:
     """Every seen Gaussian's queries pre-fitted to its lifted feature (fields.lift over `warm_dim` principal
     components per model, then fit_queries); unseen Gaussians keep their random queries."""
     from fmsplat.fields.latent import pca_basis
@@ -413,14 +414,14 @@ def _as_model(p: dict, sh_degree: int) -> GaussianModel:
                          sh=torch.cat([p["sh0"], p["shN"]], 1), sh_degree=sh_degree)
 
 
-def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: SceneBundle | None) -> M3Field:
+def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: Workspace | None) -> M3Field:
     """Fit M3 on the trained scene `scene_dir` and save SCENE/fields/m3/ (see the module docstring).
 
     models: extractor names (default effnet, effnet-mid, effnet-labels); config / preset / overrides:
     fields.configs.M3Config. Checkpoints and `resume` (same settings; `steps` may grow): fields.loop."""
     from fmsplat.reconstruct.train import TrainConfig
 
-    bundle = bundle or open_scene(scene_dir)
+    bundle = bundle or Workspace.open(scene_dir)
     spaces = parse_spaces(models, DEFAULT_MODELS, "m3")
     data = bundle.dataset
     if not data.train_indices:
@@ -429,8 +430,8 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: S
     ray = resolve_address(cfg.ray or None)
     if ray is not None:  # extraction on the cluster; the caches then serve the rest
         for spec in spaces:
-            bundle.feature_cache(spec, progress, ray=ray, workers=cfg.workers or None)
-    targets = bundle.targets(spaces, progress)
+            feature_cache(bundle, spec, progress, ray=ray, workers=cfg.workers or None)
+    targets = teacher_maps(bundle, spaces, progress)
 
     t_bank = time.perf_counter()
     banks, bank_stats = {}, {}

@@ -460,11 +460,6 @@ def attention_logits(q: torch.Tensor, keys: torch.Tensor, gram: torch.Tensor, te
 
 
 # ------------------------------------------------------------------------------------------ bank files
-def bank_path(scene_root, key: str) -> Path:
-    """Where a scene caches the bank of the extractor `key`: SCENE/memory/<key>.safetensors."""
-    return Path(scene_root) / "memory" / f"{key}.safetensors"
-
-
 def read_bank(path: Path) -> tuple[MemoryBank, dict] | None:
     """A cached bank and its info (tau, method, views, ...), or None when absent or unreadable (rebuilt)."""
     from safetensors import safe_open
@@ -494,6 +489,6 @@ def write_bank(path: Path, bank: MemoryBank, info: dict) -> None:
 
 
 __all__ = [
-    "DEFAULT_CHUNK", "MemoryBank", "attention_chunk_rows", "bank_path", "flatten_views", "memory_attention",
+    "DEFAULT_CHUNK", "MemoryBank", "attention_chunk_rows", "flatten_views", "memory_attention",
     "nonzero_rows", "read_bank", "similarity_reduction", "write_bank",
 ]

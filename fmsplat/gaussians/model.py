@@ -7,6 +7,7 @@ tensors in parameters); this class only builds, slices, converts and saves them.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +159,14 @@ class GaussianModel:
 
     def detach(self) -> "GaussianModel":
         return self._map(lambda t: t.detach())
+
+    def fingerprint(self) -> str:
+        """A short digest of the Gaussians' core tensors (float32 bytes, in order) and SH degree: artefacts
+        record it to name the Gaussians they index, so a re-ordered, edited or foreign model is noticed."""
+        digest = hashlib.sha256(str(self.sh_degree).encode())
+        for name in CORE_KEYS:
+            digest.update(getattr(self, name).detach().cpu().to(torch.float32).contiguous().numpy().tobytes())
+        return digest.hexdigest()[:20]
 
     # ----------------------------------------------------------------------------- training
     def param_tensors(self) -> dict[str, torch.Tensor]:

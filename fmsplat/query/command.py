@@ -32,15 +32,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from fmsplat.workspace import Workspace
 from fmsplat import atomic
 from fmsplat.errors import UserInputError
-from fmsplat.fields import load_field, open_scene
+from fmsplat.fields import load_field
 from fmsplat.fields.base import FieldError, camera_at, splat
 from fmsplat.query.engine import LOCATE_RELATIVE, Answer, QueryEngine, QueryResult, export_selection
 from fmsplat.query.presence import Concept
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 from fmsplat.pictures import colorbar, draw_marker, hstack, mask_overlay, relevancy_overlay, resize_map, write_png
-from fmsplat.reconstruct.renders import scene_background
 from fmsplat.render.rgb import render_image
 
 MAX_TEXT_LENGTH = 200
@@ -73,7 +73,7 @@ class SceneQuery:
     def __init__(self, scene, method: str | None = None, space: str | None = None,
                  negatives: Sequence[str] = CANONICAL_NEGATIVES, data: str | None = None) -> None:
         self.root = Path(scene)
-        self.bundle = open_scene(self.root, data=data)
+        self.bundle = Workspace.open(self.root, data=data)
         self.field = load_field(self.root, method, bundle=self.bundle)
         self.engine = QueryEngine(self.field, space, negatives)
 
@@ -156,7 +156,7 @@ class SceneQuery:
                 img = draw_marker(img, qx, qy, colour=colour, radius=max(6, image.shape[1] // 60))
             return img
 
-        render = render_image(self.field.gaussians, camera, scene_background(self.bundle.meta))
+        render = render_image(self.field.gaussians, camera, self.bundle.background())
         cover = self.selection_coverage(result.answer, camera_at(camera, (image.shape[1], image.shape[0])))
         part = mask_overlay(render, cover > 0.3, alpha=0.6)
         state = "found" if result.found else "NOT FOUND"

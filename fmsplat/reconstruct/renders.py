@@ -27,12 +27,6 @@ from fmsplat.scene.cameras import look_at_point
 
 
 # ------------------------------------------------------------------------------------------ panels
-def scene_background(meta: dict) -> tuple:
-    """The background colour a scene was trained with (scene.json's train_config), black if unknown."""
-    bg = (meta.get("train_config") or {}).get("background") or (0.0, 0.0, 0.0)
-    return tuple(float(c) for c in bg)
-
-
 def view_stem(camera: Camera, index: int) -> str:
     """File-name stem of a view: its image name without folders or extension ('images/0008.png' ->
     '0008'), made filesystem-safe; `view_<index>` when the camera has no name."""
@@ -216,5 +210,5 @@ def render_video(model: GaussianModel, cameras, path, fps: float = 30.0, backgro
     return write_video(path, frames(), fps, pad_odd=True, codec=codec)
 
 
-__all__ = ["evenly_spaced", "interpolated_path", "orbit_path", "render_video", "scene_background", "view_stem",
+__all__ = ["evenly_spaced", "interpolated_path", "orbit_path", "render_video", "view_stem",
            "write_view_panels"]

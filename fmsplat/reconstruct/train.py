@@ -28,10 +28,10 @@ from fmsplat.reconstruct.mcmc import MCMCConfig, MCMCStrategy
 from fmsplat.reconstruct.renders import evenly_spaced, write_view_panels
 from fmsplat.render.rgb import render_rgb
 from fmsplat.scene import SceneDataset, load_dataset
+from fmsplat.workspace import GAUSSIANS_PLY, Workspace
 
 REFERENCE_STEPS = 30_000  # the schedule of the original code is given for this many steps
 STRATEGIES = ("3dgs", "mcmc")
-CHECKPOINT = "checkpoints/train.pt"
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _init_model(data: SceneDataset, cfg: TrainConfig, out_dir: Path | None = Non
     """The initial Gaussians for cfg.init and what was done (scene.json's "init"); SfM work
     files go to out_dir/sfm."""
     return initial_gaussians(data, cfg.init, cfg.init_random_points, cfg.sh_degree, cfg.init_opacity,
-                             seed=cfg.seed, sfm_dir=None if out_dir is None else Path(out_dir) / "sfm",
+                             seed=cfg.seed, sfm_dir=None if out_dir is None else Workspace(out_dir).sfm_dir,
                              progress=progress)
 
 
@@ -323,7 +323,8 @@ def train_gaussians(data_path, out_dir, cfg: TrainConfig | None = None, resume: 
 
 def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, data: SceneDataset | None) -> dict:
     out_dir = Path(out_dir)
-    ckpt_path = out_dir / CHECKPOINT
+    ws = Workspace(out_dir)
+    ckpt_path = ws.train_checkpoint
     if data is None:
         data = load_dataset(data_path, downscale=cfg.downscale, test_every=cfg.test_every, background=cfg.background)
         if cfg.downscale is None and progress:
@@ -367,12 +368,12 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         elapsed_before = float(state["elapsed"])
         if progress:
             tqdm.write(f"{out_dir}: resuming from the checkpoint at step {start} of {cfg.steps}")
-    elif resume and all((out_dir / f).exists() for f in ("gaussians.ply", "metrics.json", "scene.json")):
-        scene = json.loads((out_dir / "scene.json").read_text())
-        _check_same_run(out_dir / "scene.json", scene.get("train_config", {}), scene.get("run_data", {}), cfg, data)
+    elif resume and all(p.exists() for p in (ws.gaussians_ply, ws.metrics_json, ws.scene_json)):
+        scene = ws.read_meta()
+        _check_same_run(ws.scene_json, scene.get("train_config", {}), scene.get("run_data", {}), cfg, data)
         if progress:
             tqdm.write(f"{out_dir}: already trained ({cfg.steps} steps); nothing to resume")
-        return json.loads((out_dir / "metrics.json").read_text())
+        return json.loads(ws.metrics_json.read_text())
     else:
         if resume:
             warnings.warn(f"{out_dir}: --resume given but there is no checkpoint to resume from; starting afresh",
@@ -476,11 +477,9 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         "train_seconds": round(train_seconds, 2),
         "eval_seconds": round(time.perf_counter() - t_eval, 2),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_ply(out_dir / "gaussians.ply")
     scene = {
         "fmsplat_scene": 1,
-        "gaussians": "gaussians.ply",
+        "gaussians": GAUSSIANS_PLY,
         "data": {"path": str(Path(data.source).resolve()), "downscale": data.downscale, "test_every": data.test_every},
         "run_data": _data_identity(data),
         "provenance": data.provenance(),
@@ -492,11 +491,9 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     # render | photo | error pictures of a few held-out views: a failed reconstruction shows at a glance
-    panels = write_view_panels(model, data, evenly_spaced(data.test_indices, 4), out_dir / "renders" / "test",
-                               cfg.background)
+    panels = write_view_panels(model, data, evenly_spaced(data.test_indices, 4), ws.renders_dir / "test", cfg.background)
     metrics["panels"] = [p.relative_to(out_dir).as_posix() for p in panels]  # relative: scene dirs move
-    atomic.write_json(out_dir / "metrics.json", metrics)
-    atomic.write_json(out_dir / "scene.json", scene)
+    ws.write_scene(model, scene, metrics, data)
     if ckpt_path.exists():
         ckpt_path.unlink()
     if ckpt_path.parent.is_dir() and not any(ckpt_path.parent.iterdir()):
