@@ -40,9 +40,8 @@ def copy_scene(tiny_scene, tmp_path):
 @pytest.fixture(scope="module")
 def bundle(tiny_scene):
     """The trained tiny scene, opened (dataset + Gaussians)."""
-
-
     from fmsplat.workspace import Workspace
+
     return Workspace.open(tiny_scene)
 
 

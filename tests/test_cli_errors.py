@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fmsplat.apps.cli import app
+from fmsplat.workspace import Workspace
 
 
 def _run(args):
@@ -157,7 +158,7 @@ def test_a_checkpointed_short_run_resumes(tiny_dataset, tmp_path):
                                       progress=False)
     finally:
         train_mod._save_checkpoint = real_save
-    assert saved == [4] and (out / train_mod.CHECKPOINT).exists()
+    assert saved == [4] and Workspace(out).train_checkpoint.exists()
 
     _short(_run(args), 1, "not empty", "--resume")
     res = _run(args + ["--resume"])
