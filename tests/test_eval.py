@@ -143,7 +143,7 @@ def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scen
     from fmsplat.eval import EvalConfig, score_objects
     from fmsplat.eval.oracle import OracleField
     from fmsplat.fields import open_scene
-    from fmsplat.query import QueryEngine
+    from fmsplat.query import Locator, QueryCore
     from fmsplat.scene.labels import read_objects
 
     assert EvalConfig(negatives=["object"]).negatives == ("object",)
@@ -156,6 +156,6 @@ def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scen
     bundle = open_scene(tiny_scene)
     path = Path(tiny_dataset) / "objects.json"
     objects = read_objects(path)[0]
-    rows = score_objects(QueryEngine(OracleField.paint(bundle.gaussians, path)), [o.label for o in objects], objects, path)
+    rows = score_objects(Locator(QueryCore(OracleField.paint(bundle.gaussians, path))), [o.label for o in objects], objects, path)
     assert [r["category"] for r in rows] == [o.label for o in objects]
     assert all(r["found"] and r["in_box"] and r["precision"] == 1.0 for r in rows), rows
