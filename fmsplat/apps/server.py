@@ -8,8 +8,8 @@
     GET  /scene   methods, spaces, bounds, views (cameras), limits
     GET  /health  liveness
 
-Answers without a view come from the per-Gaussian features (fmsplat.query.Locator.locate): no rendering. Safe by
-default: the CLI binds 127.0.0.1; any other host needs a bearer token (--token or FMSPLAT_TOKEN), and when
+Answers without a view come from the per-Gaussian features (fmsplat.query.Locator.locate): no rendering.
+Safe by default: the CLI binds 127.0.0.1; any other host needs a bearer token (--token or FMSPLAT_TOKEN), and when
 a token is set every route but /health and the OpenAPI pages requires `Authorization: Bearer <token>`.
 Bodies, texts, image sizes and concurrent renders are bounded (Limits); every bad request gets a 4xx JSON
 error {"error": <kind>, "message": <what is wrong>}, never a traceback. Nothing here writes into the scene.
@@ -343,7 +343,9 @@ class SceneService:
         text = self.check_text(req.get("text"))
         negatives = self.check_negatives(req.get("negatives"))
         with self.lock:
-            answer = self.asked(req.get("space"), negatives).locator.locate(text, all_parts=bool(req.get("all_parts", False)), relative=req.get("relative", LOCATE_RELATIVE))
+            locator = self.asked(req.get("space"), negatives).locator
+            answer = locator.locate(text, all_parts=bool(req.get("all_parts", False)),
+                                    relative=req.get("relative", LOCATE_RELATIVE))
         if not answer.found and not req.get("export_absent", False):
             score = None if answer.presence is None else round(answer.presence.score, 4)
             raise ApiError(404, "not_found", f"{text!r} is not in the scene (score {score}); set export_absent to "
