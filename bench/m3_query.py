@@ -45,8 +45,8 @@ def main() -> None:
     import numpy as np
     import torch
     from fmsplat.fields import load_field
-
-    from fmsplat.query import QueryEngine
+    from fmsplat.workspace import Workspace
+    from fmsplat.query import QueryCore, ViewQuery
 
     from fmsplat.workspace import Workspace
     bundle = Workspace.open(args.scene)
@@ -66,9 +66,9 @@ def main() -> None:
 
     def maps_with(overrides):
         field_.config = dataclasses.replace(base, **overrides)
-        engine = QueryEngine(field_)
-        out = [engine.relevancy_map(cam, t).float() for cam, t, _ in queries]
-        ms = _median_ms(lambda: engine.relevancy_map(first, queries[0][1], size), args.repeats)
+        views = ViewQuery(QueryCore(field_))
+        out = [views.relevancy_map(cam, t).float() for cam, t, _ in queries]
+        ms = _median_ms(lambda: views.relevancy_map(first, queries[0][1], size), args.repeats)
         return out, ms
 
     def in_box(rel, boxes):
@@ -79,7 +79,7 @@ def main() -> None:
     for cand in (args.scene / "fields" / "distill", args.scene.parent / "distill" / "fields" / "distill"):
         if (cand / "field.json").is_file():
             d = load_field(cand.parent.parent, "distill", bundle=bundle)
-            e = QueryEngine(d)
+            e = ViewQuery(QueryCore(d))
             distill_ms = _median_ms(lambda: e.relevancy_map(first, queries[0][1], size), args.repeats)
             break
     print(f"{args.scene}: {len(bundle.gaussians)} Gaussians, bank {len(field_.bank(field_.language_space))} entries, "

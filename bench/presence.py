@@ -6,7 +6,7 @@ against the object's box, and how far the per-view answers of the old 2D path wa
     python bench/presence.py --picture SCENE --phrases fox,computer,chair --view 3 --out answers.jpg
 
 For every run: the labels of its objects.json are the present phrases; DISTRACTORS not in the scene are
-the absent ones. Each phrase is answered once in 3D (QueryEngine.locate) and scored:
+the absent ones. Each phrase is answered once in 3D (Locator.locate) and scored:
 
 - presence: found or not, for every k in --ks (the PRESENCE_TOP_K sweep: found = rank <= k), as precision
   and recall over all runs, and the AUROC of the presence score against that of the old confidence (the
@@ -57,7 +57,6 @@ def run_one(run: Path, method: str | None, max_views: int, relative: float = 0.8
     data, scene = run / "data", run / "scene"
     objects = {o.label: o for o in read_objects(data / "objects.json")[0]}
     sq = SceneQuery.open(scene, method=method)
-    eng = sq.engine
     means = sq.field.gaussians.means.detach().double().numpy()
     opaque = (torch.sigmoid(sq.field.gaussians.opacities.detach().float()) >= 0.1).numpy()
     labels = read_label_dir(data)
@@ -65,7 +64,7 @@ def run_one(run: Path, method: str | None, max_views: int, relative: float = 0.8
     rows = []
     for phrase in list(objects) + [d for d in DISTRACTORS if d not in objects]:
         t0 = time.perf_counter()
-        a = eng.locate(phrase, relative=relative)
+        a = sq.locator.locate(phrase, relative=relative)
         ms = 1e3 * (time.perf_counter() - t0)
         part = a.parts[0]
         row = {"run": run.name, "phrase": phrase, "present": phrase in objects, "found": a.found,
@@ -84,7 +83,7 @@ def run_one(run: Path, method: str | None, max_views: int, relative: float = 0.8
             lifted = []
             for stem, vl in labels.items():
                 if phrase in vl.categories() and stem in by_stem and len(lifted) < max_views:
-                    r = eng.query(sq.dataset.cameras[by_stem[stem]], phrase, answer=a)
+                    r = sq.views.in_view(sq.dataset.cameras[by_stem[stem]], a)
                     if r.point_lifted is not None:
                         lifted.append(r.point_lifted)
             if len(lifted) >= 2:
@@ -141,7 +140,7 @@ def main() -> None:
     ap.add_argument("--method", default=None)
     ap.add_argument("--views", type=int, default=6, help="labelled views per object for the 2D-path spread")
     ap.add_argument("--ks", default="1,3,5,10,20")
-    ap.add_argument("--relative", type=float, default=0.8, help="candidate cut of QueryEngine.locate")
+    ap.add_argument("--relative", type=float, default=0.8, help="candidate cut of Locator.locate")
     ap.add_argument("--json", type=Path, default=None, help="also write every row here")
     args = ap.parse_args()
     rows = []

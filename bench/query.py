@@ -10,14 +10,14 @@ For each fitted method, the first held-out view's camera is resized to SIZE x SI
 of --repeats, after one warm-up call): `render` (the field's language space through the rasterizer,
 decoded to the model's full dimension), `relevancy` (LERF relevancy of that map against the canonical
 negatives, text embedding cached as in any interactive session), and `map`, what a query costs: the
-engine's one-step path (QueryEngine.relevancy_map, through FeatureField.render_text_dots, which
+engine's one-step path (ViewQuery.relevancy_map, through FeatureField.render_text_dots, which
 skips the decoding where the field allows it). `text` is the
 one-off cost of embedding a new query (median over distinct phrases, nothing cached). The `teacher`
 row runs the 2D extractor on the photo resized to SIZE x SIZE and computes the same relevancy on its
 upsampled map (fmsplat.query.relevancy.relevancy_upsampled, as `fmsplat eval` scores it): the cost a method without a 3D field pays for every new view. `x teacher` is the
 teacher's map time over the method's (higher: the 3D field answers faster). All rows are measured in
 one run, so their ratios hold even when the machine is busy; absolute times move with the load.
-`3D ms` is a 3D answer with no view (QueryEngine.locate: per-Gaussian relevancy, the connected part,
+`3D ms` is a 3D answer with no view (Locator.locate: per-Gaussian relevancy, the connected part,
 its box and Gaussians; median, features cached as in a session), `3D first ms` the first one, which
 computes every Gaussian's feature once.
 """
@@ -54,9 +54,8 @@ def main() -> None:
 
     import torch
     from fmsplat.fields import load_field
-
-    from fmsplat.query import QueryEngine
-    from fmsplat.query.engine import clear_text_cache
+    from fmsplat.workspace import Workspace
+    from fmsplat.query import Locator, QueryCore, ViewQuery
     from fmsplat.query.relevancy import relevancy_upsampled
     from fmsplat.foundation.base import resize, to_bchw
 
@@ -85,28 +84,29 @@ def main() -> None:
                   f"torch threads {torch.get_num_threads()}, median of {args.repeats}")
         for method in methods:
             field_ = load_field(scene, method, bundle=bundle)
-            engine = QueryEngine(field_)
-            emb, neg = engine.embed([text]), engine.negative_embeddings
-            # render + relevancy as two steps (full feature map), then the engine's one-step path
-            render = engine.render(camera, size)
-            render_ms = _median_ms(lambda: engine.render(camera, size), args.repeats)
-            rel_ms = _median_ms(lambda: engine.relevancy_maps(render, [text]), args.repeats)
-            map_ms = _median_ms(lambda: engine.relevancy_map(camera, text, size), args.repeats)
+            core = QueryCore(field_)
+            views, locator = ViewQuery(core), Locator(core)
+            emb, neg = core.embed([text]), core.negative_embeddings
+            # render + relevancy as two steps (full feature map), then the one-step path
+            render = views.render(camera, size)
+            render_ms = _median_ms(lambda: views.render(camera, size), args.repeats)
+            rel_ms = _median_ms(lambda: views.relevancy_maps(render, [text]), args.repeats)
+            map_ms = _median_ms(lambda: views.relevancy_map(camera, text, size), args.repeats)
 
             def embed_new(i=[0]):
-                clear_text_cache()
-                engine.embed([phrases[i[0] % len(phrases)]])
+                core.text_cache.clear()
+                core.embed([phrases[i[0] % len(phrases)]])
                 i[0] += 1
 
             text_ms = _median_ms(embed_new, min(args.repeats, 2 * len(phrases)))
-            # a 3D answer (QueryEngine.locate, no view): the first pays the per-Gaussian features once
-            engine.reset()
+            # a 3D answer (Locator.locate, no view): the first pays the per-Gaussian features once
+            locator.reset()
             t = time.perf_counter()
-            engine.locate(text)
+            locator.locate(text)
             first_3d_ms = 1e3 * (time.perf_counter() - t)
-            locate_ms = _median_ms(lambda: engine.locate(text), args.repeats)
+            locate_ms = _median_ms(lambda: locator.locate(text), args.repeats)
             if teacher_ms is None:
-                extractor = engine.spec.extractor()
+                extractor = core.spec.extractor()
                 image = resize(to_bchw(data.image(view)), (args.size, args.size))
 
                 def teacher_map():
@@ -114,9 +114,9 @@ def main() -> None:
                     return relevancy_upsampled(feats, (args.size, args.size), emb[0], neg)
 
                 teacher_ms = _median_ms(teacher_map, args.repeats)
-                rows.append(("teacher (2D)", engine.space, None, None, teacher_ms, None, None, None))
+                rows.append(("teacher (2D)", core.space, None, None, teacher_ms, None, None, None))
             name = f"{scene.name}/{method}" if len(args.scenes) > 1 else method
-            rows.append((name, engine.space, render_ms, rel_ms, map_ms, text_ms, locate_ms, first_3d_ms))
+            rows.append((name, core.space, render_ms, rel_ms, map_ms, text_ms, locate_ms, first_3d_ms))
     print(header)
     print("-" * len(header))
     for name, space, r_ms, l_ms, m_ms, t_ms, g_ms, f_ms in rows:

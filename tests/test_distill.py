@@ -127,14 +127,14 @@ def test_baseline_finds_most_labelled_objects(tiny_scene, tmp_path):
 def test_relevancy_in_latent_space_equals_the_decoded_map(fitted):
     """DistillField.render_text_dots works in the 32-d latent space (the decoder is linear): the same
     relevancy as decoding every pixel to 1280 dimensions."""
-    from fmsplat.query import QueryEngine
+    from fmsplat.query import QueryCore, ViewQuery
 
     scene, field = fitted
-    engine = QueryEngine(field)
+    views = ViewQuery(QueryCore(field))
     cam = Workspace.open(scene).dataset.cameras[5]
     texts = ["cat", "motorcycle"]
-    fast, render = engine.relevancy_fast(cam, texts)
-    slow = engine.relevancy_maps(engine.render(cam), texts)
+    fast, render = views.relevancy_fast(cam, texts)
+    slow = views.relevancy_maps(views.render(cam), texts)
     assert fast.shape == slow.shape and float(slow.std()) > 1e-3
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
     assert render.features == {}

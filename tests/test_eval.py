@@ -142,8 +142,8 @@ def test_eval_with_nothing_in_view_reports_no_metrics(tiny_scene, oracle):
 def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scene, tiny_dataset):
     from fmsplat.eval import EvalConfig, score_objects
     from fmsplat.eval.oracle import OracleField
-
-    from fmsplat.query import QueryEngine
+    from fmsplat.workspace import Workspace
+    from fmsplat.query import Locator, QueryCore
     from fmsplat.scene.labels import read_objects
 
     assert EvalConfig(negatives=["object"]).negatives == ("object",)
@@ -157,6 +157,6 @@ def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scen
     bundle = Workspace.open(tiny_scene)
     path = Path(tiny_dataset) / "objects.json"
     objects = read_objects(path)[0]
-    rows = score_objects(QueryEngine(OracleField.paint(bundle.gaussians, path)), [o.label for o in objects], objects, path)
+    rows = score_objects(Locator(QueryCore(OracleField.paint(bundle.gaussians, path))), [o.label for o in objects], objects, path)
     assert [r["category"] for r in rows] == [o.label for o in objects]
     assert all(r["found"] and r["in_box"] and r["precision"] == 1.0 for r in rows), rows

@@ -266,18 +266,18 @@ def test_resume_matches_an_uninterrupted_run(fitted, tmp_path, monkeypatch):
 def test_relevancy_without_decoding_equals_the_decoded_map(fitted):
     """Queries skip the head's last layer (FMGSField.render_text_dots): same relevancy as decoding
     every pixel to the model's 1280 dimensions and comparing there."""
-    from fmsplat.query import QueryEngine
+    from fmsplat.query import QueryCore, ViewQuery
 
     scene, field = fitted
-    engine = QueryEngine(field)
+    views = ViewQuery(QueryCore(field))
     cam = Workspace.open(scene).dataset.cameras[2]
     texts = ["cat", "espresso cup", "motorcycle"]
-    fast, render = engine.relevancy_fast(cam, texts, size=(64, 48))
-    slow = engine.relevancy_maps(engine.render(cam, size=(64, 48)), texts)
+    fast, render = views.relevancy_fast(cam, texts, size=(64, 48))
+    slow = views.relevancy_maps(views.render(cam, size=(64, 48)), texts)
     assert fast.shape == slow.shape == (3, 48, 64) and float(slow.std()) > 1e-3
     torch.testing.assert_close(fast, slow, atol=1e-4, rtol=0)
     assert render.features == {} and render.depth.shape == (48, 64)
-    torch.testing.assert_close(engine.relevancy_map(cam, "cat", size=(64, 48)), slow[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(views.relevancy_map(cam, "cat", size=(64, 48)), slow[0], atol=1e-4, rtol=0)
 
 
 def test_fit_observers_see_the_table_as_trained(copy_scene):

@@ -27,10 +27,24 @@ def oracle(bundle, tiny_dataset):
 
 
 @pytest.fixture(scope="module")
-def engine(oracle):
-    from fmsplat.query import QueryEngine
+def core(oracle):
+    from fmsplat.query import QueryCore
 
-    return QueryEngine(oracle)
+    return QueryCore(oracle)
+
+
+@pytest.fixture(scope="module")
+def locator(core):
+    from fmsplat.query import Locator
+
+    return Locator(core)
+
+
+@pytest.fixture(scope="module")
+def views(core):
+    from fmsplat.query import ViewQuery
+
+    return ViewQuery(core)
 
 
 def _inside(points, lo, hi, margin: float = 0.0) -> np.ndarray:
@@ -65,21 +79,21 @@ def test_presence_rule_on_synthetic_vectors():
         presence(torch.zeros(64), vocab_emb[0], vocab)
 
 
-def test_present_labels_are_found_and_distractors_are_not(engine, objects):
+def test_present_labels_are_found_and_distractors_are_not(locator, objects):
     for label in objects:
-        a = engine.locate(label)
+        a = locator.locate(label)
         assert a.found, f"{label}: not found (score {a.presence.score:.3f}, best {a.presence.concepts[:3]})"
         assert a.presence.score > 0.9
     for phrase in DISTRACTORS:
-        a = engine.locate(phrase)
+        a = locator.locate(phrase)
         assert not a.found, f"{phrase}: found (score {a.presence.score:.3f}) although it is not in the room"
 
 
 def test_shuffled_field_answers_at_chance(bundle, tiny_dataset, objects):
     from fmsplat.eval.oracle import OracleField
-    from fmsplat.query import QueryEngine
+    from fmsplat.query import Locator, QueryCore
 
-    shuffled = QueryEngine(OracleField.paint(bundle.gaussians, Path(tiny_dataset) / "objects.json", shuffle_seed=0))
+    shuffled = Locator(QueryCore(OracleField.paint(bundle.gaussians, Path(tiny_dataset) / "objects.json", shuffle_seed=0)))
     means = bundle.gaussians.means.detach().double().numpy()
     hits, precision = [], []
     for lab, o in objects.items():
@@ -93,10 +107,10 @@ def test_shuffled_field_answers_at_chance(bundle, tiny_dataset, objects):
 
 
 # ------------------------------------------------------------------------------------------ one piece in 3D
-def test_answer_is_one_part_inside_the_objects_box(engine, oracle, objects):
+def test_answer_is_one_part_inside_the_objects_box(locator, oracle, objects):
     means = oracle.gaussians.means.detach().double().numpy()
     for label, obj in objects.items():
-        a = engine.locate(label)
+        a = locator.locate(label)
         assert len(a.parts) == 1
         part = a.parts[0]
         assert _inside(part.point, obj.aabb_min, obj.aabb_max)[0], f"{label}: point {part.point} outside"
@@ -108,20 +122,20 @@ def test_answer_is_one_part_inside_the_objects_box(engine, oracle, objects):
 
 def test_a_phrase_that_fits_two_objects_gives_two_separate_parts(bundle, tiny_dataset, objects):
     from fmsplat.eval.oracle import OracleField
-    from fmsplat.query import QueryEngine
+    from fmsplat.query import Locator, QueryCore
 
     field = OracleField.paint(bundle.gaussians, Path(tiny_dataset) / "objects.json")
     k_cat, k_moto = field.config.labels.index("cat"), field.config.labels.index("motorcycle")
     with torch.no_grad():
         field.classes[field.classes == k_moto] = k_cat  # two cats in the room, in two places
-    engine = QueryEngine(field)
+    locator = Locator(QueryCore(field))
     boxes = [objects["cat"], objects["motorcycle"]]
-    both = engine.locate("cat", all_parts=True)
+    both = locator.locate("cat", all_parts=True)
     assert len(both.parts) == 2 and all(p.presence.found for p in both.parts)
     hit = [[bool(_inside(p.point, b.aabb_min, b.aabb_max)[0]) for b in boxes] for p in both.parts]
     assert sorted(map(tuple, hit)) == [(False, True), (True, False)], hit
     assert not set(both.parts[0].indices.tolist()) & set(both.parts[1].indices.tolist())
-    one = engine.locate("cat")
+    one = locator.locate("cat")
     assert len(one.parts) == 1 and one.parts[0].count == max(p.count for p in both.parts)
 
 
@@ -146,27 +160,27 @@ def test_connected_parts_split_at_the_linking_length():
     assert sorted(len(c.members) for c in a) == sorted(len(c.members) for c in b)
 
 
-def test_projection_of_the_answer_matches_the_camera(engine, bundle, objects):
+def test_projection_of_the_answer_matches_the_camera(views, bundle, objects):
     cam = bundle.dataset.cameras[8]
     centre = 0.5 * (objects["espresso cup"].aabb_min + objects["espresso cup"].aabb_max)
-    (x, y), visible = engine.project(cam, centre)
+    (x, y), visible = views.project(cam, centre)
     pc = cam.viewmat[:3, :3] @ centre + cam.viewmat[:3, 3]
     np.testing.assert_allclose([x + 0.5, y + 0.5], (cam.K @ pc)[:2] / pc[2], atol=1e-9)
     behind = cam.center - 2.0 * (centre - cam.center)  # behind the camera
-    assert engine.project(cam, behind) == (None, False)
+    assert views.project(cam, behind) == (None, False)
 
 
 # ------------------------------------------------------------------------------------------ what is here
-def test_what_is_here_names_the_object(engine, objects, bundle):
-    cat = engine.locate("cat")
-    concepts = engine.describe_point(cat.point, k=5)
+def test_what_is_here_names_the_object(locator, views, objects, bundle):
+    cat = locator.locate("cat")
+    concepts = locator.describe_point(cat.point, k=5)
     assert "cat" in concepts[0].name.lower(), concepts
     assert [c.similarity for c in concepts] == sorted((c.similarity for c in concepts), reverse=True)
     # a pixel of a view where the cup is: the projection of the cup's answer
-    cup = engine.locate("espresso cup")
+    cup = locator.locate("espresso cup")
     cam = bundle.dataset.cameras[8]
-    (x, y), _ = engine.project(cam, cup.point)
-    names = [c.name for c in engine.describe_pixel(cam, int(round(x)), int(round(y)), k=3)]
+    (x, y), _ = views.project(cam, cup.point)
+    names = [c.name for c in views.describe_pixel(cam, int(round(x)), int(round(y)), k=3)]
     assert "espresso" in names, names
 
 
@@ -194,7 +208,7 @@ def test_colour_scale_does_not_depend_on_the_maps_range():
 
 # ------------------------------------------------------------------------------------------ names, API, CLI
 def test_phrase_names_are_readable_and_distinct_in_any_script():
-    from fmsplat.query.command import slugify
+    from fmsplat.query import slugify
 
     phrases = ["espresso cup", "Espresso cup", "espresso  cup", "espresso-cup", "猫", "чашка", "кот", "!!!", "?",
                "a/b", "a\\b", "..", "cat!", "cat?"]

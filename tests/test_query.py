@@ -1,4 +1,5 @@
-"""Query layer: relevancy maps, 2D/3D localisation, masks and Gaussian selection on fields with known answers.
+"""Query layer: relevancy maps, 2D/3D localisation, masks, the 3D answer's Gaussians and the text cache on fields
+with known answers.
 
 The oracle field (fmsplat.eval.oracle) paints each Gaussian with the text embedding of the object whose
 3D box holds it (else the embedding of "wall"): queries on it must find every object; the same field
@@ -59,7 +60,7 @@ def test_relevancy_upsampled_equals_relevancy_of_interpolated_features():
 
 
 def test_lift_pixel_inverts_the_projection(bundle):
-    from fmsplat.query.engine import lift_pixel
+    from fmsplat.query.views import lift_pixel
 
     cam = bundle.dataset.cameras[3]
     world = np.array([[0.3, -0.2, 0.7], [-1.0, 0.5, 0.2]])
@@ -73,7 +74,7 @@ def test_lift_pixel_inverts_the_projection(bundle):
 
 
 def test_densest_point_ignores_a_smaller_cluster():
-    from fmsplat.query.engine import densest_point
+    from fmsplat.query.locate import densest_point
 
     g = torch.Generator().manual_seed(1)
     big = torch.randn(200, 3, generator=g) * 0.05 + torch.tensor([1.0, 0.0, 0.0])
@@ -98,23 +99,23 @@ def test_query_layer_never_imports_eval_and_eval_uses_its_segmentation():
 
 # ------------------------------------------------------------------------------------------ on a field
 def test_relevancy_map_is_lerf_relevancy_of_the_rendered_features(oracle, bundle):
-    from fmsplat.query import relevancy_map, text_embeddings
+    from fmsplat.query import QueryCore, relevancy_map
 
     cam = bundle.dataset.cameras[8]
     rel = relevancy_map(oracle, cam, "cat")
     assert rel.shape == (cam.height, cam.width) and float(rel.min()) >= 0 and float(rel.max()) <= 1
-    spec = oracle.space("effnet")
+    core = QueryCore(oracle, "effnet")
     feats = oracle.render(cam).features["effnet"]
-    expected = relevancy(feats, text_embeddings(spec, ["cat"])[0], text_embeddings(spec, CANONICAL_NEGATIVES))
+    expected = relevancy(feats, core.embed("cat")[0], core.embed(CANONICAL_NEGATIVES))
     torch.testing.assert_close(rel, expected, atol=1e-5, rtol=0)
     assert relevancy_map(oracle, cam, "cat", size=(64, 48)).shape == (48, 64)
     other = relevancy_map(oracle, cam, "cat", negatives=("wall",))
     assert not torch.allclose(other, rel)
 
 
-def test_text_embeddings_are_computed_once_per_space_and_text(oracle, monkeypatch):
+def _counting_encoder(monkeypatch) -> list[list[str]]:
+    """The phrases of every SpaceSpec.encode_text call from now on."""
     from fmsplat.fields.base import SpaceSpec
-    from fmsplat.query.engine import clear_text_cache, text_embeddings
 
     calls = []
     original = SpaceSpec.encode_text
@@ -124,27 +125,68 @@ def test_text_embeddings_are_computed_once_per_space_and_text(oracle, monkeypatc
         return original(self, texts)
 
     monkeypatch.setattr(SpaceSpec, "encode_text", counting)
-    clear_text_cache()
-    spec = oracle.space("effnet")
-    a = text_embeddings(spec, ["cat", "cat", "rocket"])
-    b = text_embeddings(spec, ["rocket", "cat"])
+    return calls
+
+
+def test_text_embeddings_are_computed_once_per_text(oracle, monkeypatch):
+    from fmsplat.query import QueryCore
+
+    calls = _counting_encoder(monkeypatch)
+    core = QueryCore(oracle)
+    a = core.embed(["cat", "cat", "rocket"])
+    b = core.embed(["rocket", "cat"])
     assert calls == [["cat", "rocket"]]
     torch.testing.assert_close(a[[2, 0]], b)
+    # other negatives, same space: the cache is shared; another core has its own
+    core.with_negatives(("wall",)).embed(["cat", "wall"])
+    assert calls == [["cat", "rocket"], ["wall"]]
+    QueryCore(oracle).embed(["cat"])
+    assert calls[-1] == ["cat"]
     with pytest.raises(ValueError, match="empty"):
-        text_embeddings(spec, ["  "])
+        core.embed(["  "])
+
+
+def test_text_cache_is_bounded_and_evicts_the_least_recently_used(oracle, monkeypatch):
+    from fmsplat.query import QueryCore
+
+    calls = _counting_encoder(monkeypatch)
+    core = QueryCore(oracle, cache_size=3)
+    first = core.embed(["phrase 0"])[0]
+    sizes = []
+    for i in range(1, 7):
+        core.embed([f"phrase {i}"])
+        sizes.append(len(core.text_cache))
+    assert max(sizes) == 3 and len(core.text_cache) == 3
+    assert "phrase 0" not in core.text_cache and "phrase 3" not in core.text_cache
+    assert all(f"phrase {i}" in core.text_cache for i in (4, 5, 6))
+    # a use makes a phrase the most recent: "phrase 4" outlives "phrase 5"
+    core.embed(["phrase 4"])
+    core.embed(["phrase 7"])
+    assert "phrase 4" in core.text_cache and "phrase 5" not in core.text_cache
+    # an evicted phrase is encoded again, to the same embedding; a batch larger than the cache still answers
+    n = len(calls)
+    again = core.embed(["phrase 0"])[0]
+    assert calls[n:] == [["phrase 0"]]
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    torch.testing.assert_close(core.embed(["cat"])[0], QueryCore(oracle).embed(["cat"])[0], atol=0, rtol=0)
+    batch = core.embed([f"batch {i}" for i in range(5)])
+    assert batch.shape[0] == 5 and len(core.text_cache) == 3
+    with pytest.raises(ValueError, match="at least 1"):
+        QueryCore(oracle, cache_size=0)
 
 
 def test_oracle_is_found_in_every_labelled_view_in_2d_and_3d(oracle, labelled, objects, tiny_dataset):
     from fmsplat.eval.metrics import distance_to_aabb, iou, point_in_boxes
-    from fmsplat.query import QueryEngine
-    from fmsplat.query.engine import lift_pixel
+    from fmsplat.query import Locator, QueryCore, ViewQuery
+    from fmsplat.query.views import lift_pixel
     from fmsplat.scene.synthetic import load_depth
 
-    engine = QueryEngine(oracle)
+    core = QueryCore(oracle)
+    views, locator = ViewQuery(core), Locator(core)
     ious = []
     for cam, vl in labelled:
         for cat in vl.categories():
-            r = engine.query(cam, cat)
+            r = views.in_view(cam, locator.locate(cat))
             assert point_in_boxes(*r.pixel, vl.boxes(cat)), f"{vl.name} {cat}: argmax {r.pixel} outside its box"
             assert point_in_boxes(*r.lift_pixel, vl.boxes(cat)), f"{vl.name} {cat}: lifted pixel {r.lift_pixel} outside"
             ious.append(iou(r.mask, vl.mask(cat)))
@@ -165,45 +207,40 @@ def test_oracle_is_found_in_every_labelled_view_in_2d_and_3d(oracle, labelled, o
 
 def test_shuffled_oracle_is_not_found(shuffled, labelled, objects):
     from fmsplat.eval.metrics import iou
-    from fmsplat.query import QueryEngine
+    from fmsplat.query import Locator, QueryCore, ViewQuery
 
-    engine = QueryEngine(shuffled)
-    ious = [iou(engine.query(cam, cat).mask, vl.mask(cat)) for cam, vl in labelled for cat in vl.categories()]
+    core = QueryCore(shuffled)
+    views, locator = ViewQuery(core), Locator(core)
+    ious = [iou(views.in_view(cam, locator.locate(cat)).mask, vl.mask(cat)) for cam, vl in labelled
+            for cat in vl.categories()]
     assert np.mean(ious) < 0.25
-    found = [bool(_inside(engine.gaussian_point(cat), objects[cat])) for cat in objects]
+    found = [bool(_inside(locator.locate(cat).point, objects[cat])) for cat in objects]
     assert sum(found) <= 1
 
 
-def test_selected_gaussians_are_the_objects_gaussians(oracle, shuffled, objects):
-    from fmsplat.query import QueryEngine, select_gaussians
+def test_answer_gaussians_are_the_objects_gaussians(oracle, shuffled, objects):
+    from fmsplat.query import Locator, QueryCore
 
     means = oracle.gaussians.means
     opaque = torch.sigmoid(oracle.gaussians.opacities) >= 0.1
-    engine = QueryEngine(oracle)
+    locator = Locator(QueryCore(oracle))
     for cat, obj in objects.items():
-        sel = engine.select_gaussians(cat)
+        sel = locator.locate(cat).selection
         inside = _inside(means, obj)
         assert sel.count > 20
         assert bool(inside[sel.mask].all()), f"{cat}: {int((~inside[sel.mask]).sum())} selected Gaussians outside its box"
-        assert sel.count == int((inside & opaque).sum())
-        anchor = engine.gaussian_point(cat)  # on the object's surface
-        near = engine.select_gaussians(cat, near=anchor, radius=0.3)
-        assert 0 < near.count < sel.count and bool((near.mask <= sel.mask).all())
-        d = (means[near.mask].double() - torch.as_tensor(anchor)).norm(dim=1)
-        assert float(d.max()) <= 0.3 + 1e-6
-    with pytest.raises(ValueError, match="both"):
-        select_gaussians(oracle, "cat", near=[0, 0, 0])
+        assert sel.count == int((inside & opaque).sum())  # and every opaque one inside it
     cat = next(iter(objects))
-    bad = QueryEngine(shuffled).select_gaussians(cat)
+    bad = Locator(QueryCore(shuffled)).locate(cat).selection
     assert float(_inside(means[bad.mask], objects[cat]).float().mean()) < 0.3
 
 
 def test_unknown_space_and_empty_selection_are_named_errors(oracle):
     from fmsplat.fields.base import FieldError
-    from fmsplat.query import QueryEngine, export_selection
+    from fmsplat.query import QueryCore, export_selection
 
     with pytest.raises(FieldError, match="no space 'clip'"):
-        QueryEngine(oracle, space="clip")
+        QueryCore(oracle, space="clip")
     with pytest.raises(ValueError, match="nothing selected"):
         export_selection(oracle, torch.zeros(len(oracle.gaussians), dtype=torch.bool), "/nonexistent/x.ply")
 
@@ -241,13 +278,13 @@ def test_query_cli_writes_relevancy_mask_ply_and_json(copy_scene, oracle, object
 
 
 def test_default_text_dots_give_the_relevancy_of_the_rendered_features(oracle, bundle):
-    """FeatureField.render_text_dots' default (render, then dot products and norms) through the engine's
+    """FeatureField.render_text_dots' default (render, then dot products and norms) through the per-view
     fast path equals the relevancy of the rendered map."""
-    from fmsplat.query import QueryEngine
+    from fmsplat.query import QueryCore, ViewQuery
 
-    engine = QueryEngine(oracle)
+    views = ViewQuery(QueryCore(oracle))
     cam = bundle.dataset.cameras[0]
-    fast, render = engine.relevancy_fast(cam, ["cat", "espresso cup"])
-    slow = engine.relevancy_maps(engine.render(cam), ["cat", "espresso cup"])
+    fast, render = views.relevancy_fast(cam, ["cat", "espresso cup"])
+    slow = views.relevancy_maps(views.render(cam), ["cat", "espresso cup"])
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
     assert render.features == {} and render.alpha.shape == slow.shape[1:]

@@ -284,8 +284,8 @@ def test_query_panel_shows_the_render_beside_the_photo(quick_scene, tiny_dataset
 
     import fmsplat.fields as fields
     from fmsplat.eval.oracle import OracleField
-
-    from fmsplat.query.command import run_query
+    from fmsplat.workspace import Workspace
+    from fmsplat.apps.query import run_query
 
     scene = tmp_path / "scene"
     shutil.copytree(quick_scene[0], scene)

@@ -126,7 +126,7 @@ def test_health_and_scene(srv, service):
     status, s = jcall(srv, "/scene")
     assert status == 200
     assert s["method"] == "oracle" and "oracle" in s["methods"]
-    assert [sp["alias"] for sp in s["spaces"] if sp["language_aligned"]] == [service.sq.engine.space]
+    assert [sp["alias"] for sp in s["spaces"] if sp["language_aligned"]] == [service.sq.core.space]
     assert len(s["views"]) == len(service.sq.dataset) == 24
     v = s["views"][3]
     assert v["index"] == 3 and (v["width"], v["height"]) == (128, 96)

@@ -401,7 +401,8 @@ def query(
     at: str = typer.Option(None, "--at", help="Instead of phrases: what is at pixel X,Y of --view (or at a 3D point X,Y,Z)?"),
 ) -> None:
     """Ask a fitted scene in words: is it there, where (3D point, box, Gaussians as PLY) and how it looks from a view (PNG, JSON)."""
-    from fmsplat.query.command import SceneQuery, run_query
+    from fmsplat.apps.query import run_query
+    from fmsplat.query import SceneQuery
     from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 
     negs = tuple(n.strip() for n in negatives.split(",") if n.strip()) if negatives else CANONICAL_NEGATIVES
@@ -417,7 +418,7 @@ def query(
             concepts = sq.what_is_here(view=sq.view_index(view), pixel=(int(coords[0]), int(coords[1])))
         else:
             concepts = sq.what_is_here(point=coords)
-        typer.echo(f"what is at {at} ({sq.engine.vocabulary.source}):")
+        typer.echo(f"what is at {at} ({sq.core.vocabulary.source}):")
         for c in concepts:
             typer.echo(f"  {c.similarity:6.3f}  {c.name}")
         return

@@ -8,13 +8,14 @@
     GET  /scene   methods, spaces, bounds, views (cameras), limits
     GET  /health  liveness
 
-Answers without a view come from the per-Gaussian features (QueryEngine.locate): no rendering. Safe by
-default: the CLI binds 127.0.0.1; any other host needs a bearer token (--token or FMSPLAT_TOKEN), and when
+Answers without a view come from the per-Gaussian features (fmsplat.query.Locator.locate): no rendering.
+Safe by default: the CLI binds 127.0.0.1; any other host needs a bearer token (--token or FMSPLAT_TOKEN), and when
 a token is set every route but /health and the OpenAPI pages requires `Authorization: Bearer <token>`.
 Bodies, texts, image sizes and concurrent renders are bounded (Limits); every bad request gets a 4xx JSON
 error {"error": <kind>, "message": <what is wrong>}, never a traceback. Nothing here writes into the scene.
 
-The query engine is not thread-safe: every call into it holds one lock (`SceneService.lock`).
+The query layer (SceneQuery and its caches) is not thread-safe: every call into it holds one lock
+(`SceneService.lock`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import math
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -46,7 +46,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 @dataclass
 class Limits:
     max_body_bytes: int = 64 * 1024  # request bodies (a camera and a phrase are far below this)
-    max_text_chars: int = 200  # per phrase (fmsplat.query.command.MAX_TEXT_LENGTH)
+    max_text_chars: int = 200  # per phrase (fmsplat.query.MAX_TEXT_LENGTH)
     max_negatives: int = 16
     max_image_side: int = 2048  # px, width or height of a rendered view
     max_image_pixels: int = 1024 * 1024  # width x height of a rendered view
@@ -167,7 +167,7 @@ def relevancy_png(rel: np.ndarray) -> bytes:
 
 # ------------------------------------------------------------------------------------------ the scene
 class SceneService:
-    """One loaded scene (fmsplat.query.SceneQuery) and the engines of its spaces/negatives, behind one lock."""
+    """One loaded scene (fmsplat.query.SceneQuery, with its variants for other spaces/negatives), behind one lock."""
 
     def __init__(self, sq, limits: Limits | None = None) -> None:
         from fmsplat.fields import saved_methods
@@ -176,8 +176,6 @@ class SceneService:
         self.limits = limits or Limits()
         self.lock = threading.Lock()
         self.renders = threading.BoundedSemaphore(self.limits.max_renders)
-        self._engines: OrderedDict = OrderedDict()
-        self._engines[(sq.engine.space, tuple(sq.engine.negatives))] = sq.engine
         self.methods = saved_methods(sq.root)
         means = sq.field.gaussians.means.detach().double()
         self.bounds = {"min": means.min(0).values.tolist(), "max": means.max(0).values.tolist(),
@@ -199,33 +197,23 @@ class SceneService:
         """Load the text encoder and the presence vocabulary now (the first query would otherwise pay it)."""
         t0 = time.perf_counter()
         with self.lock:
-            self.sq.engine.locate("object")
+            self.sq.locator.locate("object")
         self.warm_ms = 1e3 * (time.perf_counter() - t0)
 
-    # -- engines
+    # -- spaces and negatives
     def language_spaces(self) -> list[str]:
         return [a for a, s in self.sq.field.spaces.items() if s.language_aligned]
 
-    def engine(self, space: str | None, negatives: Sequence[str] | None):
-        from fmsplat.query import QueryEngine
-
-        space = space or self.sq.engine.space
+    def asked(self, space: str | None, negatives: Sequence[str] | None):
+        """The scene's SceneQuery for a request's space and negatives (None: the scene's own), checked."""
+        space = space or self.sq.core.space
         if space not in self.sq.field.spaces:
             raise ApiError(400, "unknown_space", f"space {space!r} is not in this field; its language-aligned spaces: "
                                                  f"{self.language_spaces()}")
         if space not in self.language_spaces():
             raise ApiError(400, "unknown_space", f"space {space!r} is not language-aligned; text queries need one of "
                                                  f"{self.language_spaces()}")
-        negs = tuple(self.sq.engine.negatives if negatives is None else negatives)
-        key = (space, negs)
-        eng = self._engines.get(key)
-        if eng is None:
-            eng = QueryEngine(self.sq.field, space, negs)
-            self._engines[key] = eng
-            while len(self._engines) > 8:  # each keeps its per-Gaussian features: a few at most
-                self._engines.popitem(last=False)
-        self._engines.move_to_end(key)
-        return eng
+        return self.sq.variant(space, negatives)
 
     def check_text(self, text, what: str = "text") -> str:
         if not isinstance(text, str) or not text.strip():
@@ -295,15 +283,15 @@ class SceneService:
         t0 = time.perf_counter()
         if not with_view:
             with self.lock:
-                eng = self.engine(req.get("space"), negatives)
-                answer = eng.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
+                sq = self.asked(req.get("space"), negatives)
+                answer = sq.locator.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
             out = {"answer": answer.to_json()}
         else:
             cam, size, name, index = cam_info
             with self.render_slot():
-                eng = self.engine(req.get("space"), negatives)
-                answer = eng.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
-                result = eng.query(cam, text, size=size, view=name, answer=answer)
+                sq = self.asked(req.get("space"), negatives)
+                answer = sq.locator.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
+                result = sq.views.in_view(cam, answer, size=size, view=name)
             r = result.to_json()
             out = {"answer": r.pop("answer_3d"), "view": {
                 "index": index, "name": name, "size": list(size), "pixel": {"x": result.pixel[0], "y": result.pixel[1]},
@@ -314,7 +302,7 @@ class SceneService:
                 "timing_ms": r["timing_ms"]}}
         a = out["answer"]
         best = a["parts"][0] if a["parts"] else None
-        out.update({"text": text, "space": answer.space, "negatives": list(eng.negatives), "found": a["found"],
+        out.update({"text": text, "space": answer.space, "negatives": list(sq.core.negatives), "found": a["found"],
                     "score": a["score"], "point": a["point"],
                     "box": None if best is None else best["box"], "gaussians": None if best is None else best["gaussians"],
                     "ms": round(1e3 * (time.perf_counter() - t0), 3)})
@@ -337,32 +325,30 @@ class SceneService:
                 img = render_image(self.sq.field.gaussians, cam, self.sq.bundle.background())
                 data = png_bytes((img * 255 + 0.5).astype(np.uint8))
             elif kind == "depth":
-                res = self.sq.engine.render(cam)
+                res = self.sq.views.render(cam)
                 depth = res.depth.detach().cpu().numpy().astype(np.float64)
                 depth[(res.alpha.detach().cpu().numpy() < 0.5) | ~np.isfinite(depth)] = 0.0
                 data = png_bytes(np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16))
                 headers["X-Fmsplat-Depth-Unit"] = "0.001 scene units (uint16 PNG), 0 = nothing rendered"
             else:
-                eng = self.engine(req.get("space"), negatives)
-                rel = eng.relevancy_map(cam, text).detach().cpu().numpy()
+                rel = self.asked(req.get("space"), negatives).views.relevancy_map(cam, text).detach().cpu().numpy()
                 data = relevancy_png(rel)
                 headers["X-Fmsplat-Relevancy-Scale"] = "0.5..1"
         return data, headers
 
     def select(self, req: dict) -> tuple[bytes, dict]:
-        from fmsplat.query.command import slugify
+        from fmsplat.query import export_selection, slugify
 
         text = self.check_text(req.get("text"))
         negatives = self.check_negatives(req.get("negatives"))
         with self.lock:
-            eng = self.engine(req.get("space"), negatives)
-            answer = eng.locate(text, all_parts=bool(req.get("all_parts", False)), relative=req.get("relative", LOCATE_RELATIVE))
+            locator = self.asked(req.get("space"), negatives).locator
+            answer = locator.locate(text, all_parts=bool(req.get("all_parts", False)),
+                                    relative=req.get("relative", LOCATE_RELATIVE))
         if not answer.found and not req.get("export_absent", False):
             score = None if answer.presence is None else round(answer.presence.score, 4)
             raise ApiError(404, "not_found", f"{text!r} is not in the scene (score {score}); set export_absent to "
                                              "download the best guess anyway")
-        from fmsplat.query.engine import export_selection
-
         with tempfile.TemporaryDirectory(prefix="fmsplat-select-") as tmp:  # never inside the scene
             path = Path(tmp) / "selection.ply"
             with self.lock:
@@ -379,9 +365,9 @@ class SceneService:
                   "width": c.width, "height": c.height, "K": c.K.tolist(), "viewmat": c.viewmat.tolist()}
                  for i, c in enumerate(ds.cameras)]
         spaces = [{"alias": a, "name": s.name, "dim": s.dim, "language_aligned": bool(s.language_aligned),
-                   "default": a == self.sq.engine.space} for a, s in self.sq.field.spaces.items()]
+                   "default": a == self.sq.core.space} for a, s in self.sq.field.spaces.items()]
         return {"scene": self.sq.root.name, "method": self.sq.field.method, "methods": self.methods, "spaces": spaces,
-                "negatives": list(self.sq.engine.negatives), "gaussians": len(self.sq.field.gaussians),
+                "negatives": list(self.sq.core.negatives), "gaussians": len(self.sq.field.gaussians),
                 "bounds": self.bounds, "views": views, "limits": asdict(self.limits)}
 
 

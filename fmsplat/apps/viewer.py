@@ -1,12 +1,12 @@
 """`fmsplat view SCENE`: a web viewer (viser) that answers text queries in place.
 
 The trained Gaussians are drawn by the browser (viser's Gaussian splats, WebGL); the questions go to the
-same query engine as `fmsplat query` and `fmsplat serve` (fmsplat.query.SceneQuery):
+same query layer as `fmsplat query` and `fmsplat serve` (fmsplat.query.SceneQuery):
 
 - a text box for the phrase and one for the negatives: each change asks again (3D answer from the
   per-Gaussian features, no rendering); the selected Gaussians turn magenta (HIGHLIGHT), a sphere marks
   the 3D point (green: found, red: not found), the panel says found / not found and the score;
-- a threshold slider (the candidate cut `relative` of QueryEngine.locate);
+- a threshold slider (the candidate cut `relative` of fmsplat.query.Locator.locate);
 - the dataset cameras as frusta: a click moves the browser's camera there and shows that view's 2D
   relevancy, rendered by fmsplat's own rasterizer, in the panel ("Relevancy of this view" renders the
   browser's current camera);
@@ -51,7 +51,7 @@ def splat_arrays(gaussians) -> dict[str, np.ndarray]:
 
 
 class Viewer:
-    """The viser server of one scene. Engine calls hold `self.lock` (the engine is not thread-safe)."""
+    """The viser server of one scene. Query calls hold `self.lock` (SceneQuery is not thread-safe)."""
 
     def __init__(self, sq, host: str = "127.0.0.1", port: int = 8080, out=None, start_view: int | None = None) -> None:
         import viser
@@ -94,7 +94,7 @@ class Viewer:
         gui = self.server.gui
         self.status = gui.add_markdown("Type what to look for.")
         self.text = gui.add_text("Phrase", "", hint="e.g. espresso cup")
-        self.negatives = gui.add_text("Negatives", ",".join(self.sq.engine.negatives),
+        self.negatives = gui.add_text("Negatives", ",".join(self.sq.core.negatives),
                                       hint="comma-separated phrases the answer must beat")
         self.threshold = gui.add_slider("Threshold", 0.0, 1.0, 0.05, LOCATE_RELATIVE,
                                         hint="candidate cut: fraction of the way from the lowest to the highest relevancy")
@@ -149,26 +149,17 @@ class Viewer:
         text = self.text.value.strip()
         if not text:
             return
-        from fmsplat.query import QueryEngine
-
-        negs = tuple(n.strip() for n in self.negatives.value.split(",") if n.strip()) or self.sq.engine.negatives
+        negs = tuple(n.strip() for n in self.negatives.value.split(",") if n.strip()) or None
         try:
             t0 = time.perf_counter()
             with self.lock:
-                if negs != tuple(self.sq.engine.negatives):
-                    engine = getattr(self, "_neg_engine", None)
-                    if engine is None or tuple(engine.negatives) != negs:
-                        engine = self._neg_engine = QueryEngine(self.sq.field, self.sq.engine.space, negs)
-                else:
-                    engine = self.sq.engine
-                from fmsplat.query.command import check_text
-
-                answer = engine.locate(check_text(text), relative=float(self.threshold.value))
+                asked = self.sq.variant(negatives=negs)
+                answer = asked.ask(text, relative=float(self.threshold.value))
             self.answer_ms = 1e3 * (time.perf_counter() - t0)
         except Exception as err:  # a bad phrase: say so in the panel, keep the viewer alive
             self.status.content = f"**error**: {err}"
             return
-        self.answer, self._answer_engine = answer, engine
+        self.answer, self._answer_views = answer, asked.views
         self.show_answer()
         self.show_relevancy(self.sq.dataset.cameras[self.current_view])
 
@@ -201,14 +192,14 @@ class Viewer:
         if camera.width > 200:
             camera = camera_at(camera, (200, max(8, round(200 * camera.height / camera.width))))
         with self.lock:
-            rel = self._answer_engine.relevancy_map(camera, self.answer.text).detach().cpu().numpy()
+            rel = self._answer_views.relevancy_map(camera, self.answer.text).detach().cpu().numpy()
             rgb = render_image(self.sq.field.gaussians, camera, self.sq.bundle.background())
         self.image.image = relevancy_overlay(rgb, rel)
 
     def save_selection(self) -> Path | None:
         if self.answer is None or not self.answer.selection.count:
             return None
-        from fmsplat.query.command import slugify
+        from fmsplat.query import slugify
 
         path = self.out / f"{slugify(self.answer.text)}.ply"
         with self.lock:

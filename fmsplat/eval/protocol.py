@@ -7,7 +7,7 @@ text is the category label:
 - LangSplat segmentation: mask by fmsplat.query.segment.langsplat_segmentation, IoU and pixel
   accuracy against the ground-truth mask; mIoU / mAcc are means over all (view, category) queries;
 - 3D localisation (needs `objects.json`): the argmax pixel (after a small mean filter, see
-  QueryEngine.lift_pixel_of) lifted through the rendered expected depth,
+  ViewQuery.lift_pixel_of) lifted through the rendered expected depth,
   and the point found from the per-Gaussian relevancy (once per category); distance to the
   category's nearest 3D box (0 inside) and in-box rate. A lifted point sits on the object's surface,
   so "in box" allows a margin of `box_margin` x the box diagonal on every side; `dist` is exact.
@@ -45,7 +45,7 @@ from fmsplat.eval import metrics as M
 from fmsplat.fields import load_field
 from fmsplat.foundation.cache import FeatureCache
 from fmsplat.fields.base import FeatureField
-from fmsplat.query.engine import QueryEngine
+from fmsplat.query import Locator, QueryCore, SceneQuery, ViewQuery, slugify
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy_upsampled
 from fmsplat.pictures import colorbar, draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
 from fmsplat.workspace import Workspace
@@ -110,12 +110,6 @@ def _median(values) -> float:
     return float(np.median(vals)) if vals else float("nan")
 
 
-def _slug(text: str) -> str:
-    from fmsplat.query.command import slugify
-
-    return slugify(text)
-
-
 # ------------------------------------------------------------------------------------------ entry point
 @dataclass(frozen=True)
 class EvalConfig:
@@ -160,7 +154,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     bundle = Workspace.open(scene_dir, data=data)
     if field is None:
         field = load_field(scene_dir, method, bundle=bundle)
-    engine = QueryEngine(field, space, cfg.negatives)
+    sq = SceneQuery(bundle, QueryCore(field, space, cfg.negatives))
     root = dataset_dir(bundle)
     try:
         labels = read_label_dir(root)
@@ -175,33 +169,33 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     if missing:
         raise EvalError(f"{root / 'labels'}: label files {missing} name no view of {bundle.dataset.source}")
 
-    default_out = scene_dir / "eval" / (field.method if space is None else f"{field.method}-{engine.space}")
+    default_out = scene_dir / "eval" / (field.method if space is None else f"{field.method}-{sq.core.space}")
     out = None if out_dir is False else (Path(out_dir) if out_dir is not None else default_out)
-    teacher_cache = FeatureCache(bundle.root, engine.spec.extractor()) if cfg.teacher else None
+    teacher_cache = FeatureCache(bundle.root, sq.core.spec.extractor()) if cfg.teacher else None
     queries, empty_views, panel_files, categories = score_views(
-        engine, bundle, labels, index, objects, objects_path, out, teacher_cache, cfg, progress, ray, workers)
+        sq.views, bundle, labels, index, objects, objects_path, out, teacher_cache, cfg, progress, ray, workers)
     if not queries and empty_views:
         raise EvalError(f"{scene_dir}: nothing is visible in any of the {len(empty_views)} labelled views with objects "
                         f"(rendered opacity < 0.5 everywhere); no metrics. Are the scene and the dataset {root} the same?")
     if not queries:
         raise EvalError(f"{root / 'labels'}: the label files hold no objects")
-    per_object = score_objects(engine, categories, objects, objects_path) if objects is not None else []
+    per_object = score_objects(sq.locator, categories, objects, objects_path) if objects is not None else []
 
     # -------------------------------------------------------------- held-out views: fidelity, RGB, latency
     test_idx = list(bundle.dataset.test_indices)
     fidelity = _fidelity(bundle, field, test_idx, cfg.render_scale, progress) if cfg.fidelity else {}
     rgb = _rgb(bundle, field, test_idx) if cfg.rgb else {}
-    latency = _latency(engine, bundle, test_idx or list(index.values()), cfg.render_scale, cfg.latency_repeats,
+    latency = _latency(sq.views, bundle, test_idx or list(index.values()), cfg.render_scale, cfg.latency_repeats,
                        teacher_cache is not None)
 
-    summary = _summary(queries, per_object, fidelity, rgb, latency, engine.space)
+    summary = _summary(queries, per_object, fidelity, rgb, latency, sq.core.space)
     result = {
         "fmsplat": __version__,
         "scene": str(scene_dir),
         "data": str(root),
         "method": field.method,
-        "space": engine.space,
-        "negatives": list(engine.negatives),
+        "space": sq.core.space,
+        "negatives": list(sq.core.negatives),
         "num_gaussians": len(field.gaussians),
         "field_summary": getattr(field, "summary", {}),
         "protocol": {"seg_kernel": cfg.seg_kernel, "seg_threshold": cfg.seg_threshold, "render_scale": cfg.render_scale,
@@ -228,7 +222,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     return result
 
 
-def score_views(engine: QueryEngine, bundle: Workspace, labels: dict, index: dict, objects, objects_path: Path,
+def score_views(views: ViewQuery, bundle: Workspace, labels: dict, index: dict, objects, objects_path: Path,
                 out: Path | None, teacher_cache, cfg: "EvalConfig", progress: bool = False, ray: str | None = None,
                 workers: int | None = None):
     """Scorer of the labelled views: LERF localisation and LangSplat segmentation of every labelled category
@@ -236,7 +230,7 @@ def score_views(engine: QueryEngine, bundle: Workspace, labels: dict, index: dic
     categories in order). With `ray` (a cluster address, fmsplat.parallel) every labelled view is a task on
     `workers` Ray actors, each holding the field (the teacher's features are extracted first, on the cluster
     too, so that workers only read the cache); the results are gathered in view order, as here."""
-    scorer = ViewScorer(engine, bundle, labels, index, objects, objects_path, out,
+    scorer = ViewScorer(views, bundle, labels, index, objects, objects_path, out,
                         teacher_cache is not None, cfg)
     stems = list(labels)
     results: dict[int, tuple] = {}
@@ -248,9 +242,9 @@ def score_views(engine: QueryEngine, bundle: Workspace, labels: dict, index: dic
             views = {bundle.view_name(index[s]): (lambda i=index[s]: bundle.dataset.image(i)) for s in stems}
             extract_features(views, teacher_cache.extractor, bundle.root, progress=progress, ray=ray, workers=workers)
         map_views(lambda sc=scorer: sc, "score", stems, results.__setitem__, address=ray, workers=workers,
-                  progress=progress, desc=f"eval {engine.field.method}")
+                  progress=progress, desc=f"eval {views.field.method}")
     else:
-        for k, stem in enumerate(tqdm(stems, desc=f"eval {engine.field.method}", unit="view", disable=not progress)):
+        for k, stem in enumerate(tqdm(stems, desc=f"eval {views.field.method}", unit="view", disable=not progress)):
             results[k] = scorer.score(stem)
     queries: list[dict] = []
     empty_views: list[str] = []
@@ -273,9 +267,9 @@ def score_views(engine: QueryEngine, bundle: Workspace, labels: dict, index: dic
 class ViewScorer:
     """Scores one labelled view (score_views): in this process, or as a Ray worker holding the field."""
 
-    def __init__(self, engine: QueryEngine, bundle: Workspace, labels: dict, index: dict, objects,
+    def __init__(self, views: ViewQuery, bundle: Workspace, labels: dict, index: dict, objects,
                  objects_path: Path, out: Path | None, teacher: bool, cfg: "EvalConfig") -> None:
-        self.engine, self.bundle, self.labels, self.index = engine, bundle, labels, index
+        self.views, self.bundle, self.labels, self.index = views, bundle, labels, index
         self.objects, self.objects_path, self.out, self.cfg = objects, objects_path, out, cfg
         self.teacher = teacher
         self._teacher_cache = None
@@ -285,15 +279,15 @@ class ViewScorer:
 
     def teacher_cache(self):
         if self.teacher and self._teacher_cache is None:
-            self._teacher_cache = FeatureCache(self.bundle.root, self.engine.spec.extractor())
+            self._teacher_cache = FeatureCache(self.bundle.root, self.views.core.spec.extractor())
         return self._teacher_cache
 
     def score(self, stem: str) -> tuple[list[dict], bool, list[str]]:
         """(queries, nothing visible, panel files) of labelled view `stem`."""
-        engine, bundle, cfg = self.engine, self.bundle, self.cfg
+        views, core, bundle, cfg = self.views, self.views.core, self.bundle, self.cfg
         vl = self.labels[stem]
         objects, objects_path, out = self.objects, self.objects_path, self.out
-        neg_emb = engine.negative_embeddings
+        neg_emb = core.negative_embeddings
         render_scale, seg_kernel, seg_threshold = cfg.render_scale, cfg.seg_kernel, cfg.seg_threshold
         queries: list[dict] = []
         panel_files: list[str] = []
@@ -304,29 +298,29 @@ class ViewScorer:
             return queries, False, panel_files
         label_size = (vl.width, vl.height)
         render_size = (max(1, round(vl.width * render_scale)), max(1, round(vl.height * render_scale)))
-        render = engine.render(cam, render_size)
+        render = views.render(cam, render_size)
         alpha = render.alpha.detach().cpu().numpy() if torch.is_tensor(render.alpha) else np.asarray(render.alpha)
         if not (alpha >= 0.5).any():
             # Nothing of the scene is in this view: its relevancy would be noise scored as an answer.
             return queries, True, panel_files
-        text_emb = engine.embed(cats)
-        rel = relevancy_upsampled(render.features[engine.space].detach().float(), (vl.height, vl.width), text_emb,
-                                  neg_emb, engine.temperature)
+        text_emb = core.embed(cats)
+        rel = relevancy_upsampled(render.features[core.space].detach().float(), (vl.height, vl.width), text_emb,
+                                  neg_emb, core.temperature)
         t_rel = None
         teacher_cache = self.teacher_cache()
         if teacher_cache is not None:
             t_feats = teacher_cache.get_or_compute(bundle.view_name(i), bundle.dataset.image(i))
-            t_rel = relevancy_upsampled(t_feats, (vl.height, vl.width), text_emb, neg_emb, engine.temperature)
+            t_rel = relevancy_upsampled(t_feats, (vl.height, vl.width), text_emb, neg_emb, core.temperature)
         image = _label_image(bundle, i, vl)
         for k, cat in enumerate(cats):
             q = _score_query(rel[k].numpy().astype(np.float64), vl, cat, seg_kernel, seg_threshold)
             q.update({"view": stem, "category": cat})
             # lift the (lightly smoothed) argmax through the rendered depth (render and label sizes may differ)
-            lx, ly = engine.lift_pixel_of(rel[k])
+            lx, ly = views.lift_pixel_of(rel[k])
             sx, sy = render_size[0] / label_size[0], render_size[1] / label_size[1]
             rx = min(render_size[0] - 1, int((lx + 0.5) * sx))
             ry = min(render_size[1] - 1, int((ly + 0.5) * sy))
-            point, depth, alpha = engine.lift(render, rx, ry)
+            point, depth, alpha = views.lift(render, rx, ry)
             q["lift"] = {"pixel": [lx, ly], "alpha": alpha, "depth": depth,
                          "point": None if point is None else point.tolist()}
             if objects is not None:
@@ -339,7 +333,7 @@ class ViewScorer:
             if t_rel is not None:
                 q[TEACHER] = _score_query(t_rel[k].numpy().astype(np.float64), vl, cat, seg_kernel, seg_threshold)
             if out is not None and cfg.panels:
-                path = out / "panels" / f"{stem}_{_slug(cat)}.png"
+                path = out / "panels" / f"{stem}_{slugify(cat)}.png"
                 write_png(path, _panel(image, rel[k].numpy(), q, vl, cat, None if t_rel is None else t_rel[k].numpy(),
                                        seg_kernel, seg_threshold))
                 panel_files.append(str(path.relative_to(out)))
@@ -347,15 +341,15 @@ class ViewScorer:
         return queries, False, panel_files
 
 
-def score_objects(engine: QueryEngine, categories, objects, objects_path: Path) -> list[dict]:
-    """Scorer of the 3D answers (QueryEngine.locate) against the objects' 3D boxes, per category."""
-    field = engine.field
+def score_objects(locator: Locator, categories, objects, objects_path: Path) -> list[dict]:
+    """Scorer of the 3D answers (Locator.locate) against the objects' 3D boxes, per category."""
+    field = locator.field
     per_object = []
     means = field.gaussians.means.detach()
     opaque = torch.sigmoid(field.gaussians.opacities.detach().float()) >= 0.1
     for cat in categories:
         objs = _objects_for(cat, objects, objects_path)
-        answer = engine.locate(cat)  # the product's 3D answer: the connected part, its point, presence
+        answer = locator.locate(cat)  # the product's 3D answer: the connected part, its point, presence
         point, sel = answer.point, answer.selection
         inside = _in_boxes(means, objs)
         d, in_box = _box_distance(point, objs, 0.0)
@@ -455,7 +449,7 @@ def _rgb(bundle: Workspace, field: FeatureField, test_idx: list[int]) -> dict:
             "background": list(background), "per_view": rows}
 
 
-def _latency(engine: QueryEngine, bundle: Workspace, indices: list[int], render_scale: float, repeats: int,
+def _latency(views: ViewQuery, bundle: Workspace, indices: list[int], render_scale: float, repeats: int,
              teacher: bool) -> dict:
     """Median ms of one relevancy map: render the language space + relevancy of one (cached) text."""
     if repeats < 1:
@@ -463,22 +457,22 @@ def _latency(engine: QueryEngine, bundle: Workspace, indices: list[int], render_
     cam = bundle.dataset.cameras[indices[0]]
     size = (max(1, round(cam.width * render_scale)), max(1, round(cam.height * render_scale)))
     text = "object of interest"
-    emb, neg = engine.embed([text]), engine.negative_embeddings
+    emb, neg = views.core.embed([text]), views.core.negative_embeddings
     times, t_times = [], []
     for r in range(repeats + 1):  # the first call warms up (kernels, allocations) and is not counted
         t0 = time.perf_counter()
-        engine.relevancy_map(cam, text, size)
+        views.relevancy_map(cam, text, size)
         t1 = time.perf_counter()
         if r:
             times.append(1e3 * (t1 - t0))
     out = {"relevancy_ms": statistics.median(times), "size": list(size), "repeats": repeats}
     if teacher:
         image = bundle.dataset.image(indices[0])
-        extractor = engine.spec.extractor()
+        extractor = views.core.spec.extractor()
         for r in range(repeats + 1):
             t0 = time.perf_counter()
             feats = extractor.encode_images(image)[0]
-            relevancy_upsampled(feats, (size[1], size[0]), emb[0], neg, engine.temperature)
+            relevancy_upsampled(feats, (size[1], size[0]), emb[0], neg, views.core.temperature)
             t1 = time.perf_counter()
             if r:
                 t_times.append(1e3 * (t1 - t0))

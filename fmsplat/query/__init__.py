@@ -1,5 +1,13 @@
-"""fmsplat.query: text queries on any feature field — relevancy maps, 2D/3D localisation, masks,
-Gaussian selection (fmsplat.query.engine), pictures of the answers (fmsplat.pictures).
+"""fmsplat.query: text queries on any feature field.
+
+- `SceneQuery` (fmsplat.query.scene_query): the front door — a fitted scene opened once, asked many times;
+- `QueryCore` (fmsplat.query.core): one language-aligned space of a field, its negatives, a bounded text cache;
+- `Locator` (fmsplat.query.locate): the 3D answer to a phrase (`locate` -> `Answer`: found, presence,
+  point, parts), the one way to a 3D point;
+- `ViewQuery` (fmsplat.query.views): per view — relevancy maps, the 2D point, the mask, the projection of
+  a 3D answer (`in_view` -> `QueryResult`).
+
+Pictures of the answers are in fmsplat.pictures; `fmsplat query`'s files in fmsplat.apps.query.
 
 Names load lazily, so that `fmsplat.query.segment` / `.relevancy` (pure array code, used by
 fmsplat.eval.metrics) do not pull in the field and rendering stack.
@@ -13,12 +21,12 @@ _EXPORTS = {
     "CANONICAL_NEGATIVES": "relevancy", "relevancy": "relevancy",
     "argmax_pixel": "segment", "langsplat_segmentation": "segment",
     "Presence": "presence", "Concept": "presence", "presence": "presence", "describe": "presence",
-    "vocabulary_for": "presence", "SceneQuery": "command", "run_query": "command",
-    **{name: "engine" for name in (
-        "Answer", "Part", "QueryEngine", "QueryResult", "Selection", "clear_text_cache", "export_selection", "gaussian_point",
-        "lift_pixel", "localize_2d", "localize_3d", "relevancy_map", "segment_query", "select_gaussians",
-        "text_embeddings",
-    )},
+    "vocabulary_for": "presence",
+    "QueryCore": "core", "TextCache": "core", "TEXT_CACHE_SIZE": "core",
+    **{name: "locate" for name in ("Answer", "Locator", "Part", "Selection", "densest_point", "export_selection")},
+    **{name: "views" for name in ("QueryResult", "ViewQuery", "lift_pixel", "localize_2d", "relevancy_map",
+                                  "segment_query")},
+    **{name: "scene_query" for name in ("MAX_TEXT_LENGTH", "SceneQuery", "check_text", "slugify")},
 }
 __all__ = sorted(_EXPORTS)
 

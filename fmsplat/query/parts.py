@@ -25,7 +25,7 @@ from scipy.spatial import cKDTree
 LINK_FACTOR = 2.0  # linking length = LINK_FACTOR x median distance to the LINK_NEIGHBOUR-th neighbour
 LINK_NEIGHBOUR = 8
 MIN_LINK_FRACTION = 0.005  # ... and at least this fraction of the scene's robust diagonal
-# Candidate cut of the 3D answer (QueryEngine.locate): 0.8 of the way from the lowest to the highest
+# Candidate cut of the 3D answer (Locator.locate): 0.8 of the way from the lowest to the highest
 # relevancy. On the bench room it put 7 of 8 points in their boxes with a median box IoU of 0.25,
 # against 6 of 8 and 0.04 at LangSplat's 0.7, and gave the fox alone rather than the fox and the
 # wallpaper around it (bench/README.md, "Answers a user can trust").
