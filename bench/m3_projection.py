@@ -43,7 +43,9 @@ def main() -> None:
     from fmsplat.fields.distill import pca_basis
     from fmsplat.fields.memory import flatten_views, memory_attention, nonzero_rows
 
+    from fmsplat.fields.base import teacher_maps
     from fmsplat.workspace import Workspace
+
     bundle = Workspace.open(args.scene)
     spec = parse_spaces([args.model], m3.DEFAULT_MODELS, "m3")[0]
     cfg = make_config("m3", "cpu")

@@ -48,7 +48,6 @@ def main() -> None:
     from fmsplat.workspace import Workspace
     from fmsplat.query import QueryCore, ViewQuery
 
-    from fmsplat.workspace import Workspace
     bundle = Workspace.open(args.scene)
     data = bundle.dataset
     field_ = load_field(args.scene, "m3", bundle=bundle)

@@ -74,7 +74,6 @@ def main() -> None:
                    sorted(p.name for p in fields_dir.iterdir() if (p / "field.json").is_file()) if fields_dir.is_dir() else [])
         if not methods:
             sys.exit(f"{scene}: no fitted fields (fmsplat fit {scene} --method ...)")
-        from fmsplat.workspace import Workspace
         bundle = Workspace.open(scene)
         data = bundle.dataset
         view = (data.test_indices or data.train_indices)[0]

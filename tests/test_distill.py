@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import feature_cache
 from fmsplat.fields import FieldError, fit_field, load_field
 from fmsplat.fields.distill import pool_to
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache
 
 MODELS = ["effnet", "effnet-mid"]
 

@@ -153,7 +153,6 @@ def test_eval_config_is_one_checked_object_and_the_scorers_stand_alone(tiny_scen
     with pytest.raises(TypeError):
         EvalConfig(render_scal=1.0)  # a misspelt setting is an error, not ignored
     # the 3D scorer on the oracle: every object found, its point in its box, its Gaussians all inside
-    from fmsplat.workspace import Workspace
     bundle = Workspace.open(tiny_scene)
     path = Path(tiny_dataset) / "objects.json"
     objects = read_objects(path)[0]

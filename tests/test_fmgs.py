@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from fmsplat.workspace import Workspace
 from fmsplat.fields import fmgs
 
 from fmsplat.fields.base import FieldError
 from fmsplat.fields.configs import make_config
+from fmsplat.workspace import Workspace
 
 TEST_MODELS = ["effnet@input_scale=4", "effnet-mid@stride=8"]
 

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import feature_cache
 from fmsplat.fields import fit_field, load_field
 from fmsplat.fields.lift import lift_maps
 from fmsplat.gaussians import GaussianModel
 from fmsplat.render import rasterize
 from fmsplat.scene import Camera
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache
 
 
 def _model(means, log_scales, logits) -> GaussianModel:

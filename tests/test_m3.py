@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import feature_cache, teacher_maps
 from fmsplat.fields import FieldError, load_field, m3
 from fmsplat.fields.base import splat
 from fmsplat.fields.memory import memory_attention
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache, teacher_maps
 
 MODELS = ["effnet@input_scale=2", "effnet-mid", "effnet-labels@input_scale=2"]
 # short CPU schedule for tests: a larger query learning rate than the paper's 5e-4 (30k GPU steps)

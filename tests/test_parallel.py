@@ -11,13 +11,13 @@ import sys
 
 import pytest
 import torch
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import teacher_maps, teacher_views
 from fmsplat.fields import fit_field, load_field
 from fmsplat.fields.base import parse_spaces
 from fmsplat.fields.distill import pca_basis
 from fmsplat.foundation.cache import CacheError, CachedMaps, FeatureCache, extract_features
 from fmsplat.foundation.registry import get_extractor
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_maps, teacher_views
 
 ray = pytest.importorskip("ray")
 cloudpickle = ray.cloudpickle  # Ray's own copy pickles what goes to the workers

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from fmsplat.workspace import Workspace
 from fmsplat.pictures import ERROR_MAX, ERROR_PALETTE, INVALID_COLOUR, apply_palette, comparison_panel, panel_layout, to_uint8
 from fmsplat.reconstruct.renders import interpolated_path, orbit_path, render_video
 from fmsplat.render.rgb import render_image

@@ -15,7 +15,6 @@ from PIL import Image
 
 from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import psnr
-from fmsplat.gaussians import GaussianModel
 from fmsplat.reconstruct import TrainConfig, evaluate_views, train_gaussians
 from fmsplat.reconstruct import train as train_module
 from fmsplat.reconstruct.train import is_refine_step, is_reset_step

@@ -48,8 +48,8 @@ from fmsplat.fields.base import FeatureField
 from fmsplat.query import Locator, QueryCore, SceneQuery, ViewQuery, slugify
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy_upsampled
 from fmsplat.pictures import colorbar, draw_boxes, draw_marker, hstack, mask_overlay, relevancy_overlay, write_png
-from fmsplat.workspace import Workspace
 from fmsplat.scene.labels import SceneObjectInfo, ViewLabels, read_label_dir, read_objects
+from fmsplat.workspace import Workspace
 
 TEACHER = "teacher"
 

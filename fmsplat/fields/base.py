@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path

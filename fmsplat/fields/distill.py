@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import teacher_views
-from fmsplat.fields.base import FieldError, param_key as _p, parse_spaces, resample
+
+from fmsplat.fields.base import FieldError, parse_spaces, resample
 from fmsplat.fields.configs import DistillConfig as Config
 from fmsplat.fields.latent import DEFAULT_MODELS, DistillField, pca_basis, pca_init  # noqa: F401 (pca_basis: API)
 from fmsplat.fields.lift import lift_latents
 from fmsplat.fields.loop import finish, fit_entry, run_fit, scene_identity
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_views
 
 # warm starts lift with LiftConfig's defaults
 LIFT_SCALE, LIFT_MIN_WEIGHT = 0.25, 1e-3

@@ -43,13 +43,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import teacher_maps
+
 from fmsplat.fields.base import FeatureField, FieldError, SpaceSpec, \
     param_key as _p, parse_space, resample, splat
 from fmsplat.fields.configs import FMGSConfig as Config
 from fmsplat.fields.hashgrid import HashGrid, scene_box, to_unit_cube
 from fmsplat.fields.loop import CHECKPOINT, finish, fit_entry, run_fit, scene_identity
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_maps
 
 DEFAULT_MODELS = ("effnet", "effnet-mid@stride=8")  # (language model, alignment model)
 DECODE_CHUNK = 16384  # pixels or Gaussians per head call

@@ -23,14 +23,15 @@ from collections.abc import Sequence
 
 import torch
 from tqdm import tqdm
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import teacher_views
+
 from fmsplat.fields.base import FieldError, SpaceSpec, param_key, parse_spaces, resample
 from fmsplat.fields.configs import LiftConfig as Config
 from fmsplat.fields.latent import DEFAULT_MODELS, DistillField, pca_init
 from fmsplat.fields.loop import finish, fit_entry
 from fmsplat.parallel import resolve_address
 from fmsplat.render import accumulate
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import teacher_views
 
 # Channels per adjoint pass: the kernel keeps (threads x N x channels) floats.
 MAX_CHANNELS = 96

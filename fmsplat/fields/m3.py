@@ -49,8 +49,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from fmsplat.workspace import Workspace
-from fmsplat.fields.base import feature_cache, teacher_maps
+
 from fmsplat.fields.base import FeatureField, FieldError, FieldRender, SpaceSpec, camera_at, \
     parse_spaces, resample, splat
 from fmsplat.fields.configs import M3Config as Config
@@ -60,6 +59,8 @@ from fmsplat.fields.memory import MemoryBank, attention_chunk_rows, attention_ke
 from fmsplat.gaussians import GaussianModel
 from fmsplat.gaussians.losses import rgb_loss
 from fmsplat.parallel import resolve_address
+from fmsplat.workspace import Workspace
+from fmsplat.fields.base import feature_cache, teacher_maps
 
 DEFAULT_MODELS = ("effnet", "effnet-mid", "effnet-labels")
 LIFT_SCALE, LIFT_MIN_WEIGHT = 0.25, 1e-3  # the warm start lifts as LiftConfig's defaults
