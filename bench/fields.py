@@ -96,7 +96,9 @@ def _record(d: Path, name: str, method: str, models, overrides: dict, field, fit
     evaluate_scene(d, method=method, out_dir=d / "eval", panels=False, progress=progress,
                    latency_repeats=latency_repeats)
     result = load_result(d / "eval")  # the JSON form, as written
-    tensors = d / "fields" / method / "field.safetensors"
+    from fmsplat.workspace import Workspace
+
+    tensors = Workspace(d).read_manifest(Workspace(d).field_dir(method))[1]["tensors"]
     s = field.summary
     out = {"variant": name, "method": method, "models": models, "overrides": overrides,
            "fit_seconds": fit_seconds, "fit_wall": fit_wall, "steps": steps,
