@@ -360,7 +360,7 @@ def test_fox_from_triangulated_points_beats_a_constant_image_and_the_camera_box_
 @pytest.mark.parametrize("degree", [0, 1, 2, 3])
 def test_sh_colors_match_eval_sh_with_gradients(degree):
     from fmsplat.gaussians import eval_sh
-    from fmsplat.reconstruct.train import sh_colors
+    from fmsplat.gaussians.sh import sh_colors
 
     g = torch.Generator().manual_seed(degree)
     sh = torch.randn(50, 16, 3, generator=g, dtype=torch.float64, requires_grad=True)

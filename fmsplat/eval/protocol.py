@@ -239,8 +239,8 @@ def score_views(views: ViewQuery, bundle: Workspace, labels: dict, index: dict, 
         from fmsplat.parallel import map_views
 
         if teacher_cache is not None:
-            views = {bundle.view_name(index[s]): (lambda i=index[s]: bundle.dataset.image(i)) for s in stems}
-            extract_features(views, teacher_cache.extractor, bundle.root, progress=progress, ray=ray, workers=workers)
+            images = {bundle.view_name(index[s]): (lambda i=index[s]: bundle.dataset.image(i)) for s in stems}
+            extract_features(images, teacher_cache.extractor, bundle.root, progress=progress, ray=ray, workers=workers)
         map_views(lambda sc=scorer: sc, "score", stems, results.__setitem__, address=ray, workers=workers,
                   progress=progress, desc=f"eval {views.field.method}")
     else:
