@@ -119,6 +119,21 @@ def test_lifted_field_knows_the_held_out_views(lifted):
     assert loaded.summary["steps"] == 0 and loaded.summary["unseen_gaussians"] < len(bundle.gaussians) // 4
 
 
+def test_a_field_saved_with_the_retired_settings_still_loads(lifted):
+    """field.json of a lift field saved when LiftConfig still had steps, checkpoint_every and seed."""
+    import json
+
+    from fmsplat.fields.lift import RETIRED_SETTINGS
+
+    scene, field = lifted
+    meta_path = scene / "fields" / "lift" / "field.json"
+    meta = json.loads(meta_path.read_text())
+    assert not set(RETIRED_SETTINGS) & set(meta["config"])
+    meta["config"].update(steps=0, checkpoint_every=1, seed=0)
+    meta_path.write_text(json.dumps(meta))
+    assert load_field(scene, "lift").config == field.config
+
+
 def test_lifted_field_finds_the_labelled_objects(lifted):
     """The LERF protocol of `fmsplat eval` on the lifted field, no training step: the relevancy argmax
     falls in the object's box for most labelled (view, object) pairs, far above chance."""

@@ -202,7 +202,7 @@ def test_existing_output_and_interrupted_run(tmp_path, monkeypatch):
         (root / "images" / "0000.png").write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "_write_dataset", crash)
+    monkeypatch.setattr(synthetic.writer, "_write_dataset", crash)
     with pytest.raises(KeyboardInterrupt):
         synthetic.make_scene(tmp_path / "killed", "tiny", seed=0, **small)
     with pytest.raises(KeyboardInterrupt):

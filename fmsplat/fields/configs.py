@@ -182,11 +182,6 @@ class LiftConfig(FitConfig):
                                      "instead of raw ones: +4 localisation queries, -5 mIoU points on the bench room")
     min_weight: float = setting(1e-3, "Gaussians whose blending weight over all views sums to less keep the mean "
                                       "feature (latent zero): they are never seen", ge=0)
-    steps: int = setting(0, "always 0: lifting has no optimisation steps (kept for the shared fit interface)",
-                         ge=0, le=0, resume_free=True)
-    checkpoint_every: int = setting(1, "unused (lifting takes seconds and is not checkpointed)", ge=1,
-                                       resume_free=True)
-    seed: int = setting(0, "unused (lifting is deterministic)")
     torch_threads: int = setting(0, "torch intra-op threads while lifting (0: unchanged)", ge=0, resume_free=True)
     ray: str = setting("", "Ray cluster for extraction and lifting, one task per view (fmsplat.parallel): 'local' "
                            "starts one on this machine, else an address such as 10.0.0.5:6379; empty: this process",

@@ -33,6 +33,9 @@ from fmsplat.render import accumulate
 from fmsplat.workspace import Workspace
 from fmsplat.fields.base import teacher_views
 
+# Settings earlier LiftConfigs had and saved with a field (see LiftField.from_saved).
+RETIRED_SETTINGS = ("steps", "checkpoint_every", "seed")
+
 # Channels per adjoint pass: the kernel keeps (threads x N x channels) floats.
 MAX_CHANNELS = 96
 
@@ -43,6 +46,13 @@ class LiftField(DistillField):
 
     def latent_dim(self, spec: SpaceSpec) -> int:
         return self.config.dim if self.config.dim else spec.dim
+
+    @classmethod
+    def from_saved(cls, gaussians, spaces, config: dict, tensors: dict, meta: dict) -> "LiftField":
+        # Lift fields saved before LiftConfig lost its never-read steps, checkpoint_every and seed
+        # still name them in field.json; drop just those so that such fields keep loading.
+        config = {k: v for k, v in config.items() if k not in RETIRED_SETTINGS}
+        return super().from_saved(gaussians, spaces, config, tensors, meta)
 
 
 FIELD = LiftField

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -136,10 +135,5 @@ def presence(feature: torch.Tensor, query: torch.Tensor, vocab: Vocabulary, top_
                     concepts=describe(f, vocab, describe_k))
 
 
-def presence_many(features: torch.Tensor, queries: torch.Tensor, vocab: Vocabulary, **kw) -> list[Presence]:
-    """`presence` for paired rows of `features` (T, D) and `queries` (T, D)."""
-    return [presence(f, q, vocab, **kw) for f, q in zip(features, queries)]
-
-
 __all__ = ["Concept", "PRESENCE_TEMPERATURE", "PRESENCE_TOP_K", "Presence", "Vocabulary", "describe",
-           "everyday_concepts", "presence", "presence_many", "vocabulary_for"]
+           "everyday_concepts", "presence", "vocabulary_for"]

@@ -106,10 +106,5 @@ def project_gaussians(
     return Projection(means2d=means2d, conics=conics, depths=z, radii=radii, visible=visible)
 
 
-def fov_limits(width: int, height: int, K: torch.Tensor) -> tuple[float, float]:
-    """Half field-of-view tangents (used by tests and the gsplat backend)."""
-    return 0.5 * width / float(K[0, 0]), 0.5 * height / float(K[1, 1])
-
-
 def tile_grid(width: int, height: int) -> tuple[int, int]:
     return math.ceil(width / TILE), math.ceil(height / TILE)
