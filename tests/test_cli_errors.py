@@ -133,6 +133,7 @@ def test_checkpoint_every_reaches_the_trainer(tmp_path, fake_train):
 def test_a_checkpointed_short_run_resumes(tiny_dataset, tmp_path):
     """--checkpoint-every makes runs of 500 steps or fewer resumable: a checkpoint left by a
     stopped run is picked up by --resume, which says where it resumed from."""
+    import fmsplat.engine as engine
     import fmsplat.reconstruct.train as train_mod
     from fmsplat.reconstruct import TrainConfig
 
@@ -140,7 +141,7 @@ def test_a_checkpointed_short_run_resumes(tiny_dataset, tmp_path):
     args = ["train", str(tiny_dataset), "--out", str(out), "--steps", "8", "--checkpoint-every", "4",
             "--downscale", "4", "--max-gaussians", "2000", "--sh-degree", "0", "--eval-every", "0"]
     saved = []
-    real_save = train_mod._save_checkpoint
+    real_save = engine.write_checkpoint
 
     class Stop(Exception):
         pass
@@ -150,14 +151,14 @@ def test_a_checkpointed_short_run_resumes(tiny_dataset, tmp_path):
         saved.append(state["step"])
         raise Stop  # the run is killed right after its first checkpoint
 
-    train_mod._save_checkpoint = save_then_stop
+    engine.write_checkpoint = save_then_stop
     try:
         with pytest.raises(Stop):
             train_mod.train_gaussians(tiny_dataset, out, TrainConfig(steps=8, checkpoint_every=4, downscale=4,
                                                                      max_gaussians=2000, sh_degree=0, eval_every=0),
                                       progress=False)
     finally:
-        train_mod._save_checkpoint = real_save
+        engine.write_checkpoint = real_save
     assert saved == [4] and Workspace(out).train_checkpoint.exists()
 
     _short(_run(args), 1, "not empty", "--resume")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from fmsplat import engine
 from fmsplat.reconstruct import TrainConfig, train_gaussians
 from fmsplat.reconstruct import train as train_module
 from fmsplat.reconstruct.mcmc import (
@@ -324,8 +325,7 @@ def test_mcmc_training_fits_its_views_within_the_cap(blob, tmp_path, monkeypatch
     def forbidden(*a, **kw):
         raise AssertionError("the 3DGS density control must not run with strategy='mcmc'")
 
-    monkeypatch.setattr(train_module, "DensityControl", forbidden)
-    monkeypatch.setattr(train_module, "reset_opacity", forbidden)
+    monkeypatch.setattr(train_module, "AdaptiveDensity", forbidden)
     from fmsplat.reconstruct import mcmc as mcmc_module
 
     calls = {"regularisation": 0, "inject_noise": 0}
@@ -374,16 +374,16 @@ def test_mcmc_resume_matches_an_uninterrupted_run(blob, tmp_path, monkeypatch, o
     assert min(refines) < cfg.checkpoint_every < max(refines) and cfg.checkpoint_every not in refines
     full = train_gaussians(blob, tmp_path / "full", cfg, progress=False, data=data)
 
-    real_save = train_module._save_checkpoint
+    real_save = engine.write_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise Interrupted(state["step"])
 
-    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    monkeypatch.setattr(engine, "write_checkpoint", save_then_die)
     with pytest.raises(Interrupted):
         train_gaussians(blob, tmp_path / "cut", cfg, progress=False, data=data)
-    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    monkeypatch.setattr(engine, "write_checkpoint", real_save)
     with pytest.raises(ValueError, match="strategy: 'mcmc' -> '3dgs'"):
         train_gaussians(blob, tmp_path / "cut", mcmc_config(steps=80, checkpoint_every=45, strategy="3dgs"),
                         resume=True, progress=False, data=data)

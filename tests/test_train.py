@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from fmsplat.gaussians import GaussianModel
+from fmsplat import engine
 from fmsplat.gaussians.losses import psnr
 from fmsplat.reconstruct import TrainConfig, evaluate_views, train_gaussians
 from fmsplat.reconstruct import train as train_module
-from fmsplat.reconstruct.train import is_refine_step, is_reset_step
-from fmsplat.reconstruct.densify import DensityControl, reset_opacity
+from fmsplat.reconstruct.densify import DensityControl, is_refine_step, is_reset_step, reset_opacity
 from fmsplat.render import rasterize
 from fmsplat.scene import load_dataset
 from fmsplat.scene.cameras import Camera
@@ -270,16 +270,16 @@ def test_resume_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(b
         full = train_gaussians(blob, tmp_path / "full", cfg, progress=False)
         assert full["resumed_from_step"] is None
 
-        real_save = train_module._save_checkpoint
+        real_save = engine.write_checkpoint
 
         def save_then_die(path, state):
             real_save(path, state)
             raise Interrupted(state["step"])
 
-        monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+        monkeypatch.setattr(engine, "write_checkpoint", save_then_die)
         with pytest.raises(Interrupted):
             train_gaussians(blob, tmp_path / "cut", cfg, progress=False)
-        monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+        monkeypatch.setattr(engine, "write_checkpoint", real_save)
         ckpt = tmp_path / "cut" / "checkpoints" / "train.pt"
         assert ckpt.exists() and not (tmp_path / "cut" / "gaussians.ply").exists()
 

@@ -16,7 +16,6 @@ scene's for that field), and ``field.json`` naming those files and the scene ide
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from dataclasses import asdict, dataclass
@@ -112,20 +111,6 @@ def parse_spaces(models, default, method: str) -> list[SpaceSpec]:
     if len({s.alias for s in spaces}) != len(spaces):
         raise FieldError(f"{method}: two models share an alias in {[s.alias for s in spaces]}; give them distinct names")
     return spaces
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run a block with `n` torch intra-op threads (0: unchanged). Per-step tensors of field fitting
-    are small and torch's OpenMP pool competes with the numba rasterizer's threads; the 3DGS trainer
-    measured one torch thread 3-6x faster per step on the 2-core machine."""
-    before = torch.get_num_threads()
-    if n > 0:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------ teachers
@@ -346,5 +331,5 @@ def load_field_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 __all__ = [
     "ConfigError", "FeatureField", "FieldError", "FieldRender", "SpaceSpec", "camera_at", "feature_cache", "load_field_tensors",
-    "parse_space", "parse_spaces", "resample", "splat", "squared_norms", "teacher_maps", "teacher_views", "torch_threads",
+    "parse_space", "parse_spaces", "resample", "splat", "squared_norms", "teacher_maps", "teacher_views",
 ]

@@ -6,13 +6,12 @@ and normalises every field; `parse_opts` reads `--opt KEY=VALUE` by the declared
 
 from __future__ import annotations
 
-import functools
-import json
 import math
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal
 
+from fmsplat import config as settings
+from fmsplat.config import Settings, setting
 from fmsplat.errors import SceneError
 
 
@@ -20,127 +19,20 @@ class FieldError(SceneError):
     """A scene or field directory that cannot be used as asked (missing file, wrong method, bad config)."""
 
 
-class ConfigError(FieldError, ValueError):
-    """A setting that does not parse, is unknown, or lies outside its allowed values."""
-
-
-def setting(default, doc: str, *, ge=None, gt=None, le=None, resume_free: bool = False):
-    """A config field: default, docstring, allowed range (ge/gt/le), and whether a run may resume with another value."""
-    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "resume_free": resume_free}
-    if isinstance(default, dict):
-        return field(default_factory=lambda d=default: dict(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-class _Bad(Exception):
-    pass
-
-
-def _convert(value, tp, from_text: bool):
-    """`value` (a Python value, or the text of --opt when from_text) as type `tp`, or _Bad(why)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        if value not in args:
-            raise _Bad(f"must be one of {', '.join(repr(a) for a in args)}, got {value!r}")
-        return value
-    if tp is bool:
-        if from_text and isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise _Bad(f"must be true or false, got {value!r}")
-        return value
-    if tp in (int, float):
-        what = "an integer" if tp is int else "a finite number"
-        try:
-            value = tp(value) if from_text else value
-        except ValueError:
-            raise _Bad(f"must be {what}, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float) if tp is float else int) \
-                or not math.isfinite(value):
-            raise _Bad(f"must be {what}, got {value!r}")
-        return tp(value)
-    if tp is str:
-        return str(value)
-    if origin is dict:  # dict[str, V]; text (or a str value): "key=V,key=V"
-        if isinstance(value, str):
-            pairs = [item.strip() for item in value.split(",") if item.strip()]
-            value = {}
-            for item in pairs:
-                key, sep, v = item.partition("=")
-                if not sep or not key.strip():
-                    raise _Bad(f"entry '{item}' is not MODEL={args[1].__name__}")
-                value[key.strip()] = _convert(v, args[1], True)
-            return value
-        if not isinstance(value, dict):
-            raise _Bad(f"must be a table MODEL=VALUE,..., got {value!r}")
-        return {str(k): _convert(v, args[1], False) for k, v in value.items()}
-    if origin is tuple:  # tuple[tuple[int, ...], ...] (FMGS grids); text: "12:16:128,12:128:512"
-        items = [part.split(":") for part in value.split(",") if part.strip()] if isinstance(value, str) else value
-        width = len(typing.get_args(args[0]))
-        if not isinstance(items, (list, tuple)) or any(not isinstance(v, (list, tuple)) or len(v) != width for v in items):
-            raise _Bad(f"must be {width}-tuples ({':'.join(['N'] * width)},...), got {value!r}")
-        return tuple(tuple(_convert(x, int, isinstance(x, str)) for x in v) for v in items)
-    return value
-
-
-def _in_range(value, meta) -> str | None:
-    ge, gt, le = meta["ge"], meta["gt"], meta["le"]
-    lo = f"[{ge}" if ge is not None else (f"({gt}" if gt is not None else "(-inf")
-    allowed = f"{lo}, {le if le is not None else 'inf'}{']' if le is not None else ')'}"
-    for v in (value.values() if isinstance(value, dict) else [value]):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            continue
-        if (ge is not None and v < ge) or (gt is not None and v <= gt) or (le is not None and v > le):
-            return f"must lie in {allowed}, got {v}"
-    return None
-
-
-@functools.lru_cache(maxsize=None)
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
+class ConfigError(FieldError, settings.ConfigError):
+    """A field setting that does not parse, is unknown, or lies outside its allowed values."""
 
 
 @dataclass
-class FitConfig:
-    """Base of every method's settings: typed, range-checked fields (see `setting`)."""
+class FitConfig(Settings):
+    """Base of every method's settings: typed, range-checked fields (fmsplat.config)."""
 
     method: ClassVar[str] = ""
+    error: ClassVar[type[Exception]] = ConfigError
 
-    def __post_init__(self) -> None:
-        hints = _hints(type(self))
-        for f in fields(self):
-            try:
-                value = _convert(getattr(self, f.name), hints[f.name], False)
-                why = _in_range(value, f.metadata) if f.metadata else None
-                if why:
-                    raise _Bad(why)
-            except _Bad as bad:
-                raise ConfigError(f"{self.method} config: {f.name} {bad}") from None
-            object.__setattr__(self, f.name, value)
-        problems = self.check()
-        if problems:
-            raise ConfigError(f"{self.method} config: " + "; ".join(problems))
-
-    def check(self) -> list[str]:  # rules between fields (override)
-        return []
-
-    def resume_identity(self) -> dict:
-        """The settings a checkpoint must share with the run that resumes it (JSON types)."""
-        return {k: v for k, v in self.to_json().items() if not self.__dataclass_fields__[k].metadata.get("resume_free")}
-
-    def to_json(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-
-def _type_name(tp) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return "|".join(str(a) for a in args)
-    if origin is dict:
-        return f"MODEL={args[1].__name__},..."
-    if origin is tuple:
-        return "L:MIN:MAX,..."
-    return getattr(tp, "__name__", str(tp))
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        cls.label = f"{cls.method} config"
 
 
 # ------------------------------------------------------------------------------------------ distill
@@ -177,9 +69,9 @@ class LiftConfig(FitConfig):
     dim: int = setting(32, "per-Gaussian latents per space: the teacher's top-`dim` principal components (0: the "
                            "full feature, for small scenes: N x D floats per space)", ge=0)
     render_scale: float = setting(0.25, "lift at this fraction of the image size (teacher grids are coarser still; "
-                                        "0.25, 0.5 and 1 scored alike on the bench room)", gt=0, le=4)
+                                        "bench/README.md, 'Fields in seconds')", gt=0, le=4)
     normalize: bool = setting(False, "average unit-length teacher features (each cell's direction counts alike) "
-                                     "instead of raw ones: +4 localisation queries, -5 mIoU points on the bench room")
+                                     "instead of raw ones (bench/README.md, 'Fields in seconds')")
     min_weight: float = setting(1e-3, "Gaussians whose blending weight over all views sums to less keep the mean "
                                       "feature (latent zero): they are never seen", ge=0)
     torch_threads: int = setting(0, "torch intra-op threads while lifting (0: unchanged)", ge=0, resume_free=True)
@@ -300,15 +192,13 @@ class M3Config(FitConfig):
     learn_projection: bool = setting(False, "train W_m (official: a fixed random projection)")
     projection_init: Literal["random", "pca"] = setting(
         "random", "W_m's rows: random N(0, 1) (official) or the bank's top c_m principal directions (uncentred, "
-                  "scaled to the random rows' norm sqrt(D)). Through random rows a 16-dim query sees 1.3% of a "
-                  "1280-d bank's energy and the attention stays flat; through the principal ones 51% "
-                  "(bench/README.md, 'M3's projection')")
+                  "scaled to the random rows' norm sqrt(D)): through random rows a small query sees little of the "
+                  "bank's energy and the attention stays flat (bench/README.md, 'M3's projection')")
     lr_queries: float = setting(5e-4, "Adam learning rate of the principal queries (initialised N(0, 1))", gt=0)
     lr_projection: float = setting(5e-4, "Adam learning rate of W_m when learn_projection", gt=0)
     warm_start: bool = setting(False, "pre-fit each Gaussian's queries, before any render, so that its attention "
                                       "over the bank reproduces its lifted feature (fields.lift); off as published, on "
-                                      "in the cpu preset (with projection_init=pca: 86.7% localisation on the bench "
-                                      "room before any render step)")
+                                      "in the cpu preset, with projection_init=pca (bench/README.md, 'M3's projection')")
     warm_steps: int = setting(100, "Adam steps of that pre-fit (batches of 4,096 Gaussians; no rendering)", ge=0)
     warm_dim: int = setting(64, "principal components per model in the lifted targets of the pre-fit", ge=1)
     n_points: int = setting(2000, "random points per view and model in the feature loss", ge=1)
@@ -322,8 +212,8 @@ class M3Config(FitConfig):
     max_block_mb: int = setting(256, "memory budget of one similarity / attention block (MiB)", ge=1, resume_free=True)
     query_top_k: int = setting(0, "relevancy maps and 3D answers attend over each pixel's (Gaussian's) top-k bank "
                                   "entries only (0: the whole bank, exact): products then cost k and k^2, not D and "
-                                  "K x D; an approximation: at k = 32 per-Gaussian features kept cos 0.76-0.95 to "
-                                  "the exact ones on the tiny room, so it is off by default", ge=0, resume_free=True)
+                                  "K x D; an approximation (bench/README.md, 'M3 at query time'), so it is off by "
+                                  "default", ge=0, resume_free=True)
     ray: str = setting("", "Ray cluster for extraction and the Algorithm 1 banks' similarity chunks (fmsplat.parallel): "
                            "'local' starts one on this machine, else an address; empty: this process",
                        resume_free=True)
@@ -387,25 +277,8 @@ def make_config(method: str, preset: str | None = "paper", overrides: dict | Non
 
 
 def parse_opts(method: str, pairs: list[str]) -> dict:
-    """--opt KEY=VALUE pairs -> {field: value} read by each field's declared type; a pair that is not
-    KEY=VALUE, an unknown field or a value that does not parse is a ConfigError naming the field and
-    what it accepts (ranges are checked when the config is built)."""
-    cls = config_class(method)
-    hints = _hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    out = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key = key.strip()
-        if not sep:
-            raise ConfigError(f"--opt '{pair}' is not KEY=VALUE")
-        if key not in known:
-            raise ConfigError(f"--opt {key}: {method} has no such setting; known: {', '.join(known)}")
-        try:
-            out[key] = _convert(text.strip(), hints[key], True)
-        except _Bad as bad:
-            raise ConfigError(f"--opt {key} ({_type_name(hints[key])}): {bad}") from None
-    return out
+    """--opt KEY=VALUE pairs -> {field: value} read by each field's declared type (fmsplat.config.parse_pairs)."""
+    return settings.parse_pairs(config_class(method), pairs, "--opt", owner=method)
 
 
 def settings_help() -> str:
@@ -414,16 +287,7 @@ def settings_help() -> str:
     lines = ["Presets (--preset): " + "; ".join(f"{k}: {v}" for k, v in PRESET_DOCS.items()) + ".",
              "Settings (--opt KEY=VALUE; NAME (type; paper default, cpu preset if it differs): what it does):"]
     for method, cls in CONFIGS.items():
-        lines += ["", f"{method}:"]
-        for f in fields(cls):
-            default = f.default if f.default is not MISSING else f.default_factory()
-            if isinstance(default, dict):
-                default = ",".join(f"{k}={v}" for k, v in default.items())
-            elif isinstance(default, tuple):
-                default = ",".join(":".join(map(str, g)) for g in default)
-            cpu = PRESETS["cpu"][method]
-            extra = f", cpu {cpu[f.name]}" if f.name in cpu else ""
-            lines.append(f"  {f.name} ({_type_name(_hints(cls)[f.name])}; {default}{extra}): {f.metadata['doc']}")
+        lines += ["", f"{method}:", *settings.settings_lines(cls, PRESETS["cpu"][method], "cpu")]
     return "\n".join(lines)
 
 

@@ -129,3 +129,49 @@ class DensityControl:
         keep_rows(params, optimizer, ~prune)
         self.reset_stats(params["means"].shape[0])
         return {"cloned": int(clone.sum()), "split": n_split, "pruned": int(prune.sum()), "total": params["means"].shape[0]}
+
+
+def is_refine_step(sched: dict, it: int) -> bool:
+    """Clone/split/prune after iteration `it` (1-based): densify_from < it < densify_until, every
+    densify_every iterations, as the original code."""
+    return sched["densify_from"] < it < sched["densify_until"] and it % sched["densify_every"] == 0
+
+
+def is_reset_step(sched: dict, it: int) -> bool:
+    """Opacity reset after iteration `it`: every reset_every iterations, and only while a full
+    interval of refinement still follows (the original's resets at 3000..12000 of 15000 all do;
+    a reset just before densification ends would leave the scene transparent and unpruned)."""
+    return it % sched["reset_every"] == 0 and it + sched["reset_every"] <= sched["densify_until"]
+
+
+class AdaptiveDensity:
+    """3DGS's adaptive density control as a training strategy (reconstruct.strategy): screen-space
+    gradient statistics while densifying, clone/split/prune at refinement iterations, opacity resets,
+    on the schedule `sched` (TrainConfig.schedule()). Large Gaussians are pruned only after the first
+    reset, as the original code."""
+
+    def __init__(self, control: DensityControl, sched: dict):
+        self.control, self.sched = control, sched
+
+    def step_pre_backward(self, params: dict, it: int) -> float:
+        return 0.0  # no regulariser
+
+    def step_post_backward(self, params: dict, optimizer: torch.optim.Optimizer, *, it: int, render, camera,
+                           means_lr: float, generator: torch.Generator) -> dict:
+        counts = {}
+        if it < self.sched["densify_until"]:
+            self.control.observe(render.means2d.grad, render.radii, camera.width, camera.height)
+        if is_refine_step(self.sched, it):
+            counts = self.control.refine(params, optimizer, prune_large=it > self.sched["reset_every"],
+                                         generator=generator)
+        if is_reset_step(self.sched, it):
+            reset_opacity(params, optimizer)
+        return counts
+
+    def state_dict(self) -> dict:
+        c = self.control
+        return {"grad_accum": c.grad_accum, "count": c.count, "max_radii": c.max_radii}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.control.grad_accum, self.control.count, self.control.max_radii = (
+            state["grad_accum"], state["count"], state["max_radii"])

@@ -19,9 +19,11 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
+from fmsplat.config import Settings, setting
 from fmsplat.reconstruct.densify import _replace_param, append_rows
 from fmsplat.render.projection import quat_to_rotmat
 
@@ -36,45 +38,27 @@ NOISE_X0 = 0.995
 
 
 @dataclass
-class MCMCConfig:
+class MCMCConfig(Settings):
     """Settings of MCMC densification (Kheradmand et al. 2024, "3D Gaussian Splatting as Markov
     Chain Monte Carlo", arXiv 2404.09591). The defaults are gsplat's `MCMCStrategy` (its growth
-    is a fixed 5%) and the regulariser weights of gsplat's MCMC training preset, except `cap_max`:
+    is a fixed 5%) and the regulariser weights of gsplat's MCMC training preset, except `cap_max`.
+    The trainer passes TrainConfig.max_gaussians as cap_max and prune_opacity as min_opacity, and
+    fits the refinement iterations to its run length (`scaled`)."""
 
-    - cap_max = 200_000: the Gaussian budget. gsplat uses 1_000_000, a GPU budget. MCMC always
-      grows to its cap (unlike 3DGS, which grows only where gradients ask), so the cap sets the
-      cost of every later step; the numba rasterizer measured 0.7-1.1 s per forward+backward
-      at 200k Gaussians, 512², on 2 CPU cores: about an hour per 3000 steps. The trainer passes
-      TrainConfig.max_gaussians here.
-    - noise_lr = 5e5: position noise scale, multiplied by the current means learning rate.
-    - refine_start_iter = 500, refine_stop_iter = 25_000, refine_every = 100: relocate and grow
-      after iterations start < it < stop with it % every == 0; these are gsplat's numbers for
-      a 30_000-step run, `scaled()` fits them to a shorter one.
-    - min_opacity = 0.005: Gaussians at or below this opacity are dead (relocated).
-    - grow_rate = 0.05: each refinement adds this fraction of the current count.
-    - opacity_reg = 0.01, scale_reg = 0.01: weights of the L1 regularisers on the activated
-      opacities and scales (`regularisation`), which push unused Gaussians to die.
-    """
-
-    cap_max: int = 200_000
-    noise_lr: float = 5e5
-    refine_start_iter: int = 500
-    refine_stop_iter: int = 25_000
-    refine_every: int = 100
-    min_opacity: float = 0.005
-    grow_rate: float = 0.05
-    opacity_reg: float = 0.01
-    scale_reg: float = 0.01
-
-    def __post_init__(self) -> None:
-        if self.cap_max < 1:
-            raise ValueError(f"MCMCConfig.cap_max must be >= 1, got {self.cap_max}")
-        if self.refine_every < 1:
-            raise ValueError(f"MCMCConfig.refine_every must be >= 1, got {self.refine_every}")
-        if self.grow_rate < 0:
-            raise ValueError(f"MCMCConfig.grow_rate must be >= 0, got {self.grow_rate}")
-        if not 0 < self.min_opacity < 1:
-            raise ValueError(f"MCMCConfig.min_opacity must be in (0, 1), got {self.min_opacity}")
+    label: ClassVar[str] = "mcmc config"
+    cap_max: int = setting(200_000, "the Gaussian budget (gsplat: 1,000,000, a GPU budget). MCMC always grows to "
+                                    "its cap, so the cap sets the cost of every later step (bench/README.md, "
+                                    "'Reconstruction')", ge=1)
+    noise_lr: float = setting(5e5, "position noise scale, multiplied by the current means learning rate", ge=0)
+    refine_start_iter: int = setting(500, "relocate and grow after iterations start < it < stop with it % every "
+                                          "== 0 (gsplat's numbers for 30,000 steps)", ge=0)
+    refine_stop_iter: int = setting(25_000, "... the stop", ge=0)
+    refine_every: int = setting(100, "... the interval", ge=1)
+    min_opacity: float = setting(0.005, "Gaussians at or below this opacity are dead (relocated)", gt=0, lt=1)
+    grow_rate: float = setting(0.05, "each refinement adds this fraction of the current count", ge=0)
+    opacity_reg: float = setting(0.01, "weight of the L1 regulariser on the activated opacities (`regularisation`), "
+                                       "which pushes unused Gaussians to die", ge=0)
+    scale_reg: float = setting(0.01, "weight of the L1 regulariser on the activated scales", ge=0)
 
     def scaled(self, steps: int, reference_steps: int = 30_000, min_every: int = 10) -> "MCMCConfig":
         """This config with the refinement iterations (given for `reference_steps`) scaled
@@ -216,15 +200,15 @@ def regularisation(params: dict, cfg: MCMCConfig) -> torch.Tensor:
 
 
 class MCMCStrategy:
-    """MCMC densification for a training loop. Per iteration `it` (1-based):
+    """MCMC densification as a training strategy (reconstruct.strategy). Per iteration `it` (1-based):
 
-        loss = photometric + strategy.regularisation(params)
+        loss = photometric + strategy.step_pre_backward(params, it)   # the regulariser
         loss.backward(); optimizer.step()
-        strategy.step(params, optimizer, it, means_lr, generator)
+        strategy.step_post_backward(params, optimizer, it=it, ..., means_lr=lr, generator=g)
 
-    `step` relocates and grows at refinement iterations, then injects noise. The strategy keeps
-    no state that changes during training (its randomness comes from the caller's generator),
-    so a resumed run needs only the trainer's checkpoint."""
+    `step` (the post-backward step) relocates and grows at refinement iterations, then injects
+    noise. The strategy keeps no state that changes during training (its randomness comes from the
+    caller's generator), so its state_dict is empty."""
 
     def __init__(self, cfg: MCMCConfig | None = None):
         self.cfg = cfg or MCMCConfig()
@@ -233,8 +217,18 @@ class MCMCStrategy:
         c = self.cfg
         return c.refine_start_iter < it < c.refine_stop_iter and it % c.refine_every == 0
 
-    def regularisation(self, params: dict) -> torch.Tensor:
+    def step_pre_backward(self, params: dict, it: int) -> torch.Tensor:
         return regularisation(params, self.cfg)
+
+    def step_post_backward(self, params: dict, optimizer: torch.optim.Optimizer, *, it: int, render, camera,
+                           means_lr: float, generator: torch.Generator) -> dict:
+        return self.step(params, optimizer, it, means_lr, generator)
+
+    def state_dict(self) -> dict:
+        return {}  # no state changes during training: the randomness is the caller's generator
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
     def step(self, params: dict, optimizer: torch.optim.Optimizer, it: int, means_lr: float,
              generator: torch.Generator | None = None) -> dict:
