@@ -54,10 +54,34 @@ def test_a_dataset_given_as_a_scene_says_so(bad_dataset):
     assert "--out " + str(bad_dataset) not in res.stderr
 
 
+def test_train_options_are_the_config(tmp_path, monkeypatch):
+    """fmsplat train has one option per TrainConfig setting (none hand-kept), each read by the setting's
+    declared type: a value of every kind given on the command line reaches the config unchanged, and a
+    setting not given keeps the config's default."""
+    import dataclasses
+
+    import fmsplat.reconstruct
+    from fmsplat.reconstruct.configs import TrainConfig
+
+    help_text = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    for f in dataclasses.fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in help_text, f.name
+    seen = []
+    monkeypatch.setattr(fmsplat.reconstruct, "train_gaussians",
+                        lambda data, out, cfg, resume: seen.append(cfg) or {"num_gaussians": 1, "test": {}})
+    (tmp_path / "transforms.json").write_text("{}")
+    res = _run(["train", str(tmp_path), "--out", str(tmp_path / "o"), "--lr-quats", "0.002", "--background",
+                "1,0.5,0", "--downscale", "auto", "--init", "box", "--steps", "12"])
+    assert res.exit_code == 0, res.output
+    cfg = seen[0]
+    assert (cfg.lr_quats, cfg.background, cfg.downscale, cfg.init, cfg.steps) == (0.002, (1.0, 0.5, 0.0), None, "box", 12)
+    assert cfg.lr_scales == TrainConfig().lr_scales and cfg.strategy == TrainConfig().strategy
+
+
 def test_usage_errors_take_two_lines(tmp_path):
     _short(_run(["train"]), 2, "fmsplat train:", "Missing argument", "--help")
     _short(_run(["train", "x", "--out", "y", "--steps", "many"]), 2, "--steps")
-    _short(_run(["train", "x", "--out", "y", "--strategy", "bogus"]), 2, "strategy must be one of")
+    _short(_run(["train", "x", "--out", "y", "--strategy", "bogus"]), 2, "--strategy (3dgs|mcmc): must be one of")
     _short(_run(["train", "x", "--out", "y", "--checkpoint-every", "0"]), 2, "checkpoint_every")
     _short(_run(["no-such-command"]), 2, "No such command")
     _short(_run(["render", str(tmp_path), "--views", "test", "--path", "spiral"]), 2, "spiral")

@@ -285,7 +285,7 @@ def test_cli_passes_the_strategy(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert seen[0].strategy == "mcmc" and seen[0].max_gaussians == 1234
     result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "o"), "--strategy", "bogus"])
-    assert result.exit_code == 2 and "strategy must be one of" in result.output
+    assert result.exit_code == 2 and "--strategy (3dgs|mcmc): must be one of" in result.output
 
 
 # ----------------------------------------------------------------------------- training

@@ -136,29 +136,59 @@ def process_data_cmd(
     typer.echo(f"{out}: {summary(report)}")
 
 
+def _settings_options(cls):
+    """Give a command one `--name` option per field of settings class `cls` (fmsplat.config), its help the
+    field's doc, type and default: the options are the config, never a hand-kept copy. Each value is read
+    by the field's declared type (settings.parse_value) and reaches the command in `**given`; an option
+    not given is absent there, so the config's default holds."""
+    import inspect
+    from dataclasses import fields
+
+    from fmsplat import config as settings
+
+    def _reader(cls, name: str, flag: str):
+        def read(text: str | None):
+            try:
+                return None if text is None else settings.parse_value(cls, name, text, flag)
+            except settings.ConfigError as err:  # a usage error: exit 2 with the usage line
+                raise typer.BadParameter(str(err)) from None
+        return read
+
+    def add(fn):
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        for f in fields(cls):
+            tp = settings.field_type(cls, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation="str", default=typer.Option(
+                None, flag, metavar=settings.type_name(tp), rich_help_panel=f"{cls.label.capitalize()} (fmsplat.config)",
+                help=f"{f.metadata['doc']} (default: {settings.shown(settings.default_of(f))})",
+                callback=_reader(cls, f.name, flag))))
+        fn.__signature__ = sig.replace(parameters=params)
+        return fn
+    return add
+
+
+def _given(values: dict) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _train_settings(fn):
+    from fmsplat.reconstruct.configs import TrainConfig
+
+    return _settings_options(TrainConfig)(fn)
+
+
 @app.command()
+@_train_settings
 def train(
     data: str = typer.Argument(..., help="Dataset: transforms.json (or its folder) or a COLMAP folder; or a video "
                                 "or a photo folder, posed first by fmsplat process-data into OUT/data."),
     out: str = typer.Option(..., "--out", "-o", help="Scene directory to write (gaussians.ply, scene.json, metrics.json, renders/, sfm/)."),
-    downscale: float = typer.Option(None, help="Image downscale factor (8 = 1/8 resolution); default: the smallest "
-                                    "power of two that brings a view to 0.1 megapixel or less (the fox: 8)."),
-    steps: int = typer.Option(None, help="Optimisation steps; the schedule is scaled to this (default: TrainConfig's)."),
-    init: str = typer.Option(None, "--init", help="Initial Gaussians: auto (the dataset's points, else triangulated "
-                             "from its poses with pycolmap, else random in the view frusta), points, sfm, frustum, box."),
-    strategy: str = typer.Option(None, "--strategy", help="Densification: mcmc (relocate dead Gaussians, grow to "
-                                 "--max-gaussians, position noise; Kheradmand et al. 2024) or 3dgs (clone/split/prune, "
-                                 "opacity resets; Kerbl et al. 2023). Default: TrainConfig's."),
-    max_gaussians: int = typer.Option(None, help="Gaussian budget: 3dgs stops densifying here, mcmc grows to it."),
-    sh_degree: int = typer.Option(None, help="Maximum spherical-harmonics degree (0-3)."),
-    test_every: int = typer.Option(None, help="Hold out every N-th view for evaluation (0: none)."),
-    eval_every: int = typer.Option(None, help="Score the held-out views every N steps (metrics.json 'curve')."),
-    seed: int = typer.Option(None, help="Random seed."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the scene already in --out (its fields, "
                                    "features, renders and checkpoints go too)."),
-    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="Write a resumable checkpoint every N steps "
-                                         "(default: TrainConfig's, 500)."),
+    **given,
 ) -> None:
     """Train a 3D Gaussian Splatting scene from posed photos (CPU, numba rasterizer); writes held-out
     render | photo | error panels to OUT/renders/test/."""
@@ -169,11 +199,8 @@ def train(
     from fmsplat.scene.capture import process_data, source_kind
     from fmsplat.scene.capture import summary as capture_summary
 
-    given = dict(downscale=downscale, steps=steps, init=init, strategy=strategy, max_gaussians=max_gaussians,
-                 sh_degree=sh_degree, test_every=test_every, eval_every=eval_every, seed=seed,
-                 checkpoint_every=checkpoint_every)
     try:
-        cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+        cfg = TrainConfig(**_given(given))
     except ValueError as exc:  # an invalid option: a usage error, not a traceback
         raise typer.BadParameter(str(exc)) from exc
     if resume and overwrite:

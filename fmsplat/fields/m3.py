@@ -420,7 +420,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: W
 
     models: extractor names (default effnet, effnet-mid, effnet-labels); config / preset / overrides:
     fields.configs.M3Config. Checkpoints and `resume` (same settings; `steps` may grow): fields.loop."""
-    from fmsplat.reconstruct.train import TrainConfig
+    from fmsplat.reconstruct.configs import TrainConfig
 
     bundle = bundle or Workspace.open(scene_dir)
     spaces = parse_spaces(models, DEFAULT_MODELS, "m3")

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from fmsplat.gaussians import GaussianModel
+from fmsplat.reconstruct.configs import INITS
 from fmsplat.scene import SceneDataset
 from fmsplat.scene.cameras import look_at_point
 
-INITS = ("auto", "points", "sfm", "frustum", "box")
 # Fewer triangulated points than this make a poor start: auto falls back to the frustum then.
 MIN_SFM_POINTS = 100
 

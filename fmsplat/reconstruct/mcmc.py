@@ -15,15 +15,12 @@ and keeps the optimizer aligned through densify.py's row helpers.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from fmsplat.config import Settings, setting
+from fmsplat.reconstruct.configs import MCMCConfig
 from fmsplat.reconstruct.densify import _replace_param, append_rows
 from fmsplat.render.projection import quat_to_rotmat
 
@@ -35,40 +32,6 @@ N_MAX = 51
 # (factor 1/2 at opacity 0.005, < 1e-4 at opacity 0.1), gsplat's constants.
 NOISE_K = 100.0
 NOISE_X0 = 0.995
-
-
-@dataclass
-class MCMCConfig(Settings):
-    """Settings of MCMC densification (Kheradmand et al. 2024, "3D Gaussian Splatting as Markov
-    Chain Monte Carlo", arXiv 2404.09591). The defaults are gsplat's `MCMCStrategy` (its growth
-    is a fixed 5%) and the regulariser weights of gsplat's MCMC training preset, except `cap_max`.
-    The trainer passes TrainConfig.max_gaussians as cap_max and prune_opacity as min_opacity, and
-    fits the refinement iterations to its run length (`scaled`)."""
-
-    label: ClassVar[str] = "mcmc config"
-    cap_max: int = setting(200_000, "the Gaussian budget (gsplat: 1,000,000, a GPU budget). MCMC always grows to "
-                                    "its cap, so the cap sets the cost of every later step (bench/README.md, "
-                                    "'Reconstruction')", ge=1)
-    noise_lr: float = setting(5e5, "position noise scale, multiplied by the current means learning rate", ge=0)
-    refine_start_iter: int = setting(500, "relocate and grow after iterations start < it < stop with it % every "
-                                          "== 0 (gsplat's numbers for 30,000 steps)", ge=0)
-    refine_stop_iter: int = setting(25_000, "... the stop", ge=0)
-    refine_every: int = setting(100, "... the interval", ge=1)
-    min_opacity: float = setting(0.005, "Gaussians at or below this opacity are dead (relocated)", gt=0, lt=1)
-    grow_rate: float = setting(0.05, "each refinement adds this fraction of the current count", ge=0)
-    opacity_reg: float = setting(0.01, "weight of the L1 regulariser on the activated opacities (`regularisation`), "
-                                       "which pushes unused Gaussians to die", ge=0)
-    scale_reg: float = setting(0.01, "weight of the L1 regulariser on the activated scales", ge=0)
-
-    def scaled(self, steps: int, reference_steps: int = 30_000, min_every: int = 10) -> "MCMCConfig":
-        """This config with the refinement iterations (given for `reference_steps`) scaled
-        linearly to a run of `steps`. Refinement is never more frequent than every `min_every`
-        iterations (nor rarer than `refine_every`): relocated and new Gaussians restart with
-        zero Adam moments and need a few steps before the next round judges them dead."""
-        f = steps / reference_steps
-        every = min(self.refine_every, max(min_every, round(self.refine_every * f)))
-        return dataclasses.replace(self, refine_start_iter=round(self.refine_start_iter * f),
-                                   refine_stop_iter=round(self.refine_stop_iter * f), refine_every=every)
 
 
 @functools.lru_cache(maxsize=4)
