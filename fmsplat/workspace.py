@@ -126,6 +126,10 @@ class Workspace:
     def field_checkpoint(self, method: str) -> Path:
         return self.field_dir(method) / CHECKPOINT
 
+    def features_dir(self, key: str) -> Path:
+        """The feature cache of one extractor (foundation.cache: a file per view and a manifest)."""
+        return self.root / "features" / key
+
     def bank_path(self, key: str) -> Path:
         return self.root / "memory" / f"{key}.safetensors"
 

@@ -339,7 +339,7 @@ def _fit(scene_dir, models, cfg: Config, resume: bool, progress: bool, bundle: W
     groups = [{"params": [compact]}, {"params": list(field_.heads.parameters())}]
     if cfg.optimizer == "radam":
         optimizer = torch.optim.RAdam(groups, lr=cfg.lr, eps=cfg.eps)
-    else:  # the fused CPU kernel: one pass over the parameters instead of a dozen (~7x faster here)
+    else:  # the fused CPU kernel: one pass over the parameters instead of a dozen
         optimizer = torch.optim.Adam(groups, lr=cfg.lr, eps=cfg.eps, fused=True)
 
     # teachers (cached on disk per view) resampled once onto their loss grids

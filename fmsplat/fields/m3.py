@@ -24,10 +24,9 @@ Gaussians too (no densification) with the 3DGS photometric loss, colour and quer
 The paper's query learning rate (5e-4) barely moves the N(0, 1) queries in a few hundred steps: the
 `cpu` preset uses 0.05. Nor can a fixed random W serve a 16-dim query on a 1280-d space: cos(qW, b) sees
 only b's component in W's 16-dim row space, 1.3% of the bank's energy (c / D), so the logits stay within a
-few temperatures of each other and the attention is a blur of the bank (held-out 1 - cos 0.54 at best on
-the bench room). The `cpu` preset therefore takes W from the bank's principal directions
-(``projection_init="pca"``: 51% of the energy, best reach 0.29, below the 0.36 of a linear code of the
-same size) and pre-fits the queries to the lifted features (``warm_start``; bench/README.md, "M3's
+few temperatures of each other and the attention is a blur of the bank. The `cpu` preset therefore takes
+W from the bank's principal directions (``projection_init="pca"``: the most energy any c rows keep) and
+pre-fits the queries to the lifted features (``warm_start``; bench/README.md, "M3's
 projection"). Banks (fmsplat.fields.memory): Algorithm 1 (official, O(P²) in the P pixel
 features) or ``fast`` (equally tight, covers every feature, bounded memory, grows with new views),
 cached in SCENE/memory/<extractor key>.safetensors with their tau, method and views.
@@ -307,7 +306,7 @@ def principal_projection(bank: torch.Tensor, c: int) -> torch.Tensor:
     Why: cos(qW, b) only sees b's component in W's row space. Random rows keep about c / D of the bank's
     energy (1.3% for 16 of 1280 dims: each entry's norm shrinks to ~11%), so every logit stays within a few
     multiples of the temperature and the attention cannot single out an entry; principal rows keep the
-    most any c rows can (51% on the bench room's effnet bank)."""
+    most any c rows can (bench/README.md, "M3's projection")."""
     d = bank.shape[1]
     if c > d:
         raise FieldError(f"m3: projection_init=pca needs a query slice of at most the space's {d} dims, got {c}")

@@ -22,6 +22,7 @@ import torch
 
 from fmsplat import atomic
 from fmsplat.errors import FmsplatError
+from fmsplat.workspace import Workspace
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -56,7 +57,7 @@ class FeatureCache:
         self.dim = int(extractor.dim)
         if not self.key or "/" in self.key or self.key in (".", ".."):
             raise CacheError(f"extractor key '{self.key}' is not a usable folder name")
-        self.root = self.scene_dir / "features" / self.key
+        self.root = Workspace(self.scene_dir).features_dir(self.key)
         self.manifest_path = self.root / MANIFEST
         self.manifest = self._read_manifest()
 

@@ -77,9 +77,8 @@ class TrainConfig(Settings):
     lr_quats: float = setting(1e-3, "Adam learning rate of the rotations", gt=0)
     strategy: Literal["3dgs", "mcmc"] = setting(
         "mcmc", "densification: mcmc (relocation, growth to max_gaussians and position noise, Kheradmand et al. "
-                "2024; reconstruct/mcmc.py) or 3dgs (clone/split/prune with opacity resets, Kerbl et al. 2023). "
-                "MCMC scored higher from every start and never spends steps after an opacity reset "
-                "(bench/README.md, 'Reconstruction')")
+                "2024; reconstruct/mcmc.py) or 3dgs (clone/split/prune with opacity resets, Kerbl et al. 2023); "
+                "why mcmc is the default: bench/README.md, 'Reconstruction'")
     densify_from: float = setting(500 / REFERENCE_STEPS, "3dgs: densification starts after this fraction of the "
                                                          "steps (500 of 30,000)", ge=0, le=1)
     densify_until: float = setting(15_000 / REFERENCE_STEPS, "3dgs: ... and stops after this fraction (15,000 of "
