@@ -190,3 +190,24 @@ def test_a_checkpointed_short_run_resumes(tiny_dataset, tmp_path):
     assert res.exit_code == 0, res.output
     assert "resuming from the checkpoint at step 4" in res.output
     assert json.loads((out / "metrics.json").read_text())["resumed_from_step"] == 4
+
+
+def test_model_port_and_host_mistakes_take_two_lines(tiny_scene, tmp_path):
+    """Unknown extractors, options an extractor refuses, a port out of range and a public viewer host are
+    each one or two lines and a non-zero exit, with nothing written to the scene."""
+    before = sorted(p.name for p in tiny_scene.iterdir())
+    _short(_run(["fit", str(tiny_scene), "--models", "nosuch"]), 1, "unknown extractor 'nosuch'", "known: effnet")
+    _short(_run(["features", str(tiny_scene), "--model", "nosuch"]), 1, "unknown extractor 'nosuch'")
+    _short(_run(["features", str(tiny_scene), "--model", "effnet-mid@stride=9"]), 1, "effnet-mid", "stride", "9")
+    _short(_run(["features", str(tiny_scene), "--model", "effnet-mid", "--opt", "strid=8"]), 1, "strid")
+    _short(_run(["serve", str(tiny_scene), "--port", "99999"]), 2, "--port")
+    _short(_run(["view", str(tiny_scene), "--host", "0.0.0.0"]), 1, "0.0.0.0", "no authentication")
+    assert sorted(p.name for p in tiny_scene.iterdir()) == before
+
+
+def test_extractor_options_follow_the_name_as_in_fit(tmp_path):
+    """'effnet-mid@stride=8' names the same extractor for `features --model` as for `fit --models`."""
+    from fmsplat.foundation.registry import get_extractor
+
+    assert get_extractor("effnet-mid@stride=8").key == get_extractor("effnet-mid", stride=8).key
+    assert get_extractor("effnet-mid@stride=8").key != get_extractor("effnet-mid").key

@@ -292,7 +292,7 @@ def render(
     except (SceneError, DatasetError) as err:
         typer.echo(f"fmsplat render: {err}", err=True)
         raise typer.Exit(1)
-    out_dir = Path(out) if out is not None else Path(scene) / "renders"
+    out_dir = Path(out) if out is not None else bundle.renders_dir
     background = bundle.background()
     model = bundle.gaussians
     written = []
@@ -472,7 +472,7 @@ def query(
 def serve(
     scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs a token."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0: any free one)."),
     token: str = typer.Option(None, "--token", envvar="FMSPLAT_TOKEN", show_envvar=True,
                               help="Bearer token every request must carry (required beyond loopback)."),
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
@@ -493,8 +493,8 @@ def serve(
 @app.command()
 def view(
     scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (viser has no authentication: keep loopback)."),
-    port: int = typer.Option(8080, "--port", help="TCP port of the viewer page."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on: loopback only (viser has no authentication; tunnel to it from afar)."),
+    port: int = typer.Option(8080, "--port", min=0, max=65535, help="TCP port of the viewer page."),
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
     space: str = typer.Option(None, "--space", help="Language-aligned space to query (default: the field's first)."),
     out: str = typer.Option(None, "--out", "-o", help="Folder for the 'Save selection' PLY files (default: SCENE/selections/)."),

@@ -87,7 +87,7 @@ def run_query(scene, texts: str | Sequence[str], view: int | None = None, method
     sq = sq or SceneQuery.open(scene, method, space, negatives, data)
     view = sq.view_index(view)
     t_load = time.perf_counter()
-    out = Path(out) if out is not None else sq.root / "queries" / sq.field.method
+    out = Path(out) if out is not None else sq.bundle.queries_dir / sq.field.method
     records = []
     for text in dict.fromkeys(texts):
         t0 = time.perf_counter()

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fmsplat.errors import UserInputError
 from fmsplat.gaussians.sh import sh_to_rgb
 from fmsplat.query.parts import LOCATE_RELATIVE
 from fmsplat.render.projection import quat_to_rotmat
@@ -62,6 +63,7 @@ class Viewer:
         self.answer = None
         self.answer_ms: float | None = None
         self.current_view = sq.view_index(start_view)
+        check_loopback(host)
         self.server = viser.ViserServer(host=host, port=port, verbose=False)
         self.port = self.server.get_port()
         self.arrays = splat_arrays(sq.field.gaussians)
@@ -211,10 +213,21 @@ class Viewer:
         self.server.stop()
 
 
+def check_loopback(host: str) -> None:
+    """Refuse any host but loopback: viser has no authentication, so the viewer cannot take a token as
+    `fmsplat serve` does; a remote user reaches it through an SSH tunnel instead."""
+    from fmsplat.apps.server import is_loopback
+
+    if not is_loopback(host):
+        raise UserInputError(f"--host {host} would expose the viewer beyond this machine, and viser has no "
+                             f"authentication; keep 127.0.0.1 and tunnel to it (ssh -L 8080:127.0.0.1:8080 HOST)")
+
+
 def run_viewer(scene, host: str = "127.0.0.1", port: int = 8080, method: str | None = None, space: str | None = None,
                out=None) -> None:
     from fmsplat.query import SceneQuery
 
+    check_loopback(host)  # before the scene is loaded
     sq = SceneQuery.open(scene, method=method, space=space)
     sq.ask("object")  # load the text encoder and vocabulary before the first visitor
     viewer = Viewer(sq, host, port, out)

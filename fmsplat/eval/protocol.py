@@ -169,7 +169,7 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
     if missing:
         raise EvalError(f"{root / 'labels'}: label files {missing} name no view of {bundle.dataset.source}")
 
-    default_out = scene_dir / "eval" / (field.method if space is None else f"{field.method}-{sq.core.space}")
+    default_out = Workspace(scene_dir).eval_dir / (field.method if space is None else f"{field.method}-{sq.core.space}")
     out = None if out_dir is False else (Path(out_dir) if out_dir is not None else default_out)
     teacher_cache = FeatureCache(bundle.root, sq.core.spec.extractor()) if cfg.teacher else None
     queries, empty_views, panel_files, categories = score_views(

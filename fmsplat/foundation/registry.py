@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from fmsplat.errors import UserInputError
+
 _EMBEDDED = {
     "effnet": "EfficientNet-Lite0, 1280-d stride-32 map, text through ImageNet class rows (embedded, offline)",
     "effnet-mid": "EfficientNet-Lite0 stride-16 (112-d) or stride-8 (40-d) block features (embedded, offline)",
@@ -29,39 +31,54 @@ def _family_factory(family: str) -> Callable:
     return {"clip": hf.ClipExtractor, "siglip": hf.SiglipExtractor, "dino": hf.DinoExtractor, "dinov2": hf.Dinov2Extractor}[family]
 
 
+def _build(factory: Callable, name: str, options: dict, *args):
+    """`factory(*args, **options)`; an option the extractor refuses (a value out of its range, a keyword
+    it does not take) is a user's mistake naming the extractor, not a traceback."""
+    try:
+        return factory(*args, **options)
+    except (TypeError, ValueError) as err:
+        if not options:  # nothing the user chose: a real failure
+            raise
+        raise UserInputError(f"extractor '{name}' with options {options}: {err}") from err
+
+
 def get_extractor(name: str, pyramid: bool = False, **options):
     """Create an extractor by name; options go to its constructor (e.g. input_scale=2, stride=8).
 
     pyramid=True wraps a language-aligned extractor in the FMGS hybrid multi-scale map; its option
-    tile_input=N encodes the tiles at N x N pixels instead of the model's input size (224).
+    tile_input=N encodes the tiles at N x N pixels instead of the model's input size (224). Options may
+    also follow the name as '@KEY=VALUE' pairs ('effnet-mid@stride=8', the spelling of `fit --models`).
     """
+    if "@" in name:
+        name, *pairs = name.split("@")
+        options = {**parse_options(pairs), **options}
     if pyramid:
         from fmsplat.foundation.pyramid import PyramidExtractor
 
         tile_input = options.pop("tile_input", None)
         return PyramidExtractor(get_extractor(name, **options), tile_input=tile_input)
     if "tile_input" in options:
-        raise ValueError(f"extractor option tile_input (the FMGS pyramid's tile size) needs pyramid=True; '{name}' "
+        raise UserInputError(f"extractor option tile_input (the FMGS pyramid's tile size) needs pyramid=True; '{name}' "
                          "was asked for without the pyramid")
     if name == "effnet":
         from fmsplat.foundation.effnet import EffNetExtractor
 
-        return EffNetExtractor(**options)
+        return _build(EffNetExtractor, name, options)
     if name == "effnet-mid":
         from fmsplat.foundation.effnet import EffNetMidExtractor
 
-        return EffNetMidExtractor(**options)
+        return _build(EffNetMidExtractor, name, options)
     if name == "effnet-labels":
         from fmsplat.foundation.effnet import EffNetLabelsExtractor
 
-        return EffNetLabelsExtractor(**options)
+        return _build(EffNetLabelsExtractor, name, options)
     family, sep, ident = name.partition(":")
     if sep and family in _FAMILIES:
         if not ident:
-            raise ValueError(f"extractor name '{name}' lacks a model: use {family}:<hub id or local dir>")
-        return _family_factory(family)(ident, **options)
+            raise UserInputError(f"extractor name '{name}' lacks a model: use {family}:<hub id or local dir>")
+        return _build(_family_factory(family), name, options, ident)
     known = ", ".join(list_extractors())
-    raise ValueError(f"unknown extractor '{name}'; known: {known}")
+    raise UserInputError(f"unknown extractor '{name}'; known: {known}")
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -72,7 +89,7 @@ def parse_options(pairs: list[str]) -> dict:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.isidentifier():
-            raise ValueError(f"extractor option '{pair}' is not KEY=VALUE")
+            raise UserInputError(f"extractor option '{pair}' is not KEY=VALUE")
         for convert in (int, float):
             try:
                 options[key] = convert(value)
