@@ -114,3 +114,30 @@ def test_dataset_like_source_uses_camera_names(tmp_path):
     cache = extract_features(Dataset(), Pooled(), tmp_path, progress=False)
     assert cache.views == ["a.png", "b.png"]
     assert float(cache.get("b.png").mean()) == pytest.approx(0.5)
+
+
+def test_non_finite_features_with_a_consistent_manifest_are_refused(tmp_path, views):
+    """A feature file rewritten with a NaN, its manifest entry updated to match (size and hash), is refused
+    when read, naming the file, instead of being served as NaN."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    extract_features(views, Pooled(), tmp_path, progress=False)
+    cache = FeatureCache(tmp_path, Pooled())
+    name = "images/frame 01.jpg"
+    entry = cache.manifest["views"][name]
+    path = cache.root / entry["file"]
+    feats = load_file(str(path))["features"].clone()
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()  # the view name the file records
+    feats[0, 0, 0] = float("nan")
+    save_file({"features": feats}, str(path), metadata=meta)
+    entry["bytes"], entry["sha256"] = path.stat().st_size, hashlib.sha256(path.read_bytes()).hexdigest()
+    cache.manifest_path.write_text(json.dumps(cache.manifest))
+    reopened = FeatureCache(tmp_path, Pooled())
+    assert reopened.problem(name) is None  # consistent with its manifest: only the values are wrong
+    with pytest.raises(CacheError, match="1 non-finite feature value"):
+        reopened.get(name)

@@ -184,3 +184,18 @@ def test_a_field_whose_files_changed_since_its_manifest_is_refused(copy_scene):
     files["tensors"].write_bytes(bytes(data))
     with pytest.raises(SceneError, match="differs from what field.json records"):
         load_field(copy_scene, "lift")
+
+
+def test_a_field_with_non_finite_tensors_is_refused_in_one_line(copy_scene):
+    """A field whose tensors were rewritten with a NaN and re-committed with a matching manifest (so the
+    hashes agree) is refused when loaded, naming the file and the tensor, instead of answering NaN."""
+    from fmsplat.fields import load_field
+
+    field_ = _lift(copy_scene)
+    tensors = field_.state_tensors()
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel())
+    tensors[name].view(-1)[0] = float("nan")
+    field_.save(copy_scene)
+    with pytest.raises(SceneError, match=f"tensor '{name}' holds 1 non-finite value") as err:
+        load_field(copy_scene, "lift")
+    assert len(str(err.value).splitlines()) == 1

@@ -324,9 +324,14 @@ def load_field_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as err:  # safetensors raises its own error types; name the file and re-raise
         raise FieldError(f"{path}: cannot read ({err})") from err
+    for name, t in tensors.items():  # a NaN weight would answer every query with NaN, silently
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise FieldError(f"{path}: tensor {name!r} holds {bad} non-finite value(s) (NaN or inf); fit the field again")
+    return tensors
 
 
 __all__ = [

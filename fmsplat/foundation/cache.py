@@ -138,6 +138,8 @@ class FeatureCache:
             raise CacheError(f"{path}: unreadable feature file ({err}); delete it to recompute") from err
         if feats.ndim != 3 or feats.shape[0] != self.dim:
             raise CacheError(f"{path}: features of shape {tuple(feats.shape)}, expected ({self.dim}, h, w); delete it to recompute")
+        if not bool(torch.isfinite(feats).all()):  # put() never writes these: the file was changed since
+            raise CacheError(f"{path}: {int((~torch.isfinite(feats)).sum())} non-finite feature value(s); delete it to recompute")
         return feats.float()
 
     def put(self, name: str, features: torch.Tensor, image_size: tuple[int, int] | None = None) -> None:
