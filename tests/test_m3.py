@@ -160,7 +160,7 @@ def test_resume_continues_the_interrupted_run_exactly(copy_scene, monkeypatch):
     monkeypatch.setattr(m3, "feature_loss", real)
     ckpt = copy_scene / "fields" / "m3" / m3.CHECKPOINT
     assert ckpt.is_file()
-    with pytest.raises(FieldError, match="different settings"):
+    with pytest.raises(FieldError, match="other settings or data .*lr_queries"):
         m3.fit(copy_scene, **{**opts, "lr_queries": 0.01}, resume=True)
     resumed = m3.fit(copy_scene, resume=True, **opts)
     assert resumed.summary["resumed_from_step"] == 6
