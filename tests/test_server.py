@@ -216,6 +216,19 @@ def test_select_downloads_the_objects_gaussians(srv, objects, tmp_path):
     assert status == 404 and e["error"] == "not_found" and "rocket" in e["message"]
 
 
+def pose(t: float = 0.0, last=(0, 0, 0, 1)) -> list:
+    m = np.eye(4)
+    m[2, 3], m[3] = t, last
+    return m.tolist()
+
+
+def cam(**changes) -> dict:
+    """A valid 64x48 camera with `changes` (None removes a key)."""
+    c = {"width": 64, "height": 48, "fx": 50, "fy": 50, "viewmat": pose()}
+    c.update(changes)
+    return {k: v for k, v in c.items() if v is not None}
+
+
 NAN_CAMERA = (b'{"text": "cat", "camera": {"width": 64, "height": 48, "fx": 50, "fy": 50, '
               b'"viewmat": [[NaN, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}}')
 
@@ -228,14 +241,31 @@ NAN_CAMERA = (b'{"text": "cat", "camera": {"width": 64, "height": 48, "fx": 50, 
     ("/query", {"text": "   "}, None, 422, "bad_text", "empty"),
     ("/query", {"text": "a" * 10_000}, None, 422, "bad_text", "10000 characters"),
     ("/query", {"text": "cat", "negatives": ["b" * 500]}, None, 422, "bad_text", "negatives[0]"),
-    ("/query", None, NAN_CAMERA, 422, "bad_camera", "NaN"),
+    ("/query", None, NAN_CAMERA, 422, "bad_camera", "camera.viewmat.0.0: Input should be a finite number"),
+    # the attacks of issue 26: each was a 500, a dropped connection or silently accepted
+    ("/query", {"text": "cat", "camera": cam(fx=1e300)}, None, 422, "bad_camera", "camera.fx"),
+    ("/query", {"text": "cat", "camera": cam(fx=10 ** 400)}, None, 422, "bad_camera", "camera.fx"),
+    ("/query", {"text": "cat", "camera": cam(cx=1e300)}, None, 422, "bad_camera", "camera.cx"),
+    ("/query", {"text": "cat", "camera": cam(viewmat=pose(t=1e300))}, None, 422, "bad_camera", "translation"),
+    ("/query", {"text": "cat", "camera": cam(viewmat=pose(last=[5, 5, 5, 5]))}, None, 422, "bad_camera", "last row"),
+    ("/query", {"text": "cat", "camera": cam(viewmat=None, c2w=pose(last=[0, 0, 0, 0]))}, None, 422, "bad_camera",
+     "last row"),
+    ("/query", {"text": "cat", "camera": cam(fx=None, fy=None, K=[[50, 0, 32], [0, 50, 24], [0, 0, 0]])}, None, 422,
+     "bad_camera", "camera.K"),
+    ("/query", {"text": "cat", "camera": cam(width=True)}, None, 422, "bad_camera", "camera.width"),
+    ("/query", {"text": "cat", "view": True}, None, 422, "invalid_request", "view"),
+    ("/query", {"text": "cat", "view": 1, "size": [True, True]}, None, 422, "bad_size", "size"),
+    ("/query", {"text": "cat", "all_parts": 1}, None, 422, "invalid_request", "all_parts"),
+    ("/query", None, b'{"text": "cat \\ud800"}', 422, "invalid_request", "lone surrogate"),
+    ("/select", None, b'{"text": "\\ud800"}', 422, "invalid_request", "lone surrogate"),
+    ("/render", {"kind": "rgb", "camera": cam(name="a\r\nX-Evil: 1")}, None, 422, "bad_camera", "printable"),
     ("/query", {"text": "cat", "camera": {"width": 64, "height": 48, "fx": 50, "fy": 50,
                                           "viewmat": np.diag([2.0, 1, 1, 1]).tolist()}}, None, 422, "bad_camera", "rotation"),
     ("/query", {"text": "cat", "camera": {"width": 64, "height": 48, "fx": 50, "fy": 50}}, None, 422, "bad_camera", "pose"),
     ("/query", {"text": "cat", "camera": {"width": 99999, "height": 48, "fx": 50, "fy": 50,
                                           "viewmat": np.eye(4).tolist()}}, None, 413, "image_too_large", "99999"),
     ("/query", {"text": "cat", "view": 99}, None, 404, "unknown_view", "99"),
-    ("/query", {"text": "cat", "view": 1, "camera": {}}, None, 422, "bad_request", "not both"),
+    ("/query", {"text": "cat", "view": 1, "camera": cam()}, None, 422, "bad_request", "not both"),
     ("/query", {"text": "cat", "view": 1, "size": [0, 5]}, None, 422, "bad_size", "size"),
     ("/query", {"text": "cat", "relative": 2}, None, 422, "invalid_request", "relative"),
     ("/query", {"txt": "cat"}, None, 422, "invalid_request", "text"),

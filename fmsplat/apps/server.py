@@ -25,16 +25,17 @@ import hmac
 import io
 import ipaddress
 import json
-import math
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Annotated, Literal, Optional, Sequence
 
 import numpy as np
 import torch
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+                      model_validator)
 
 from fmsplat.errors import FmsplatError, UserInputError
 from fmsplat.query.parts import LOCATE_RELATIVE
@@ -79,75 +80,132 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 # ------------------------------------------------------------------------------------------ request checks
-def _finite_matrix(value, shape: tuple[int, int], name: str) -> np.ndarray:
-    try:
-        m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ApiError(422, "bad_camera", f"camera.{name} must be a {shape[0]}x{shape[1]} matrix of numbers")
-    if m.shape != shape:
-        raise ApiError(422, "bad_camera", f"camera.{name} has shape {list(m.shape)}, expected {list(shape)}")
-    if not np.isfinite(m).all():
-        raise ApiError(422, "bad_camera", f"camera.{name} holds NaN or infinite values")
-    return m
+# Every body is checked here, at the edge, so that nothing the engine cannot take reaches it (a 4xx, never a 500):
+# numbers finite and within physical ranges, integers and booleans strict (JSON `true` is not 1), poses rigid,
+# texts valid Unicode, view names printable (they go into a response header).
+MAX_PX = 1e5  # focal lengths and principal points, px: a 2048-px view at 1e5 px focal already sees only ~1 degree
+MAX_TRANSLATION = 1e6  # scene units: scenes span a few units; farther is a unit mistake, not a camera
+
+Real = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Pixels = Annotated[float, Field(strict=True, gt=0, le=MAX_PX)]
+Count = Annotated[int, Field(strict=True, ge=1)]
 
 
-def parse_camera(spec: dict, limits: Limits):
-    """A fmsplat Camera from a JSON camera: {width, height, K (3x3) | fx, fy, cx?, cy?, viewmat (4x4 world-to-
-    camera, OpenCV) | c2w (4x4 camera-to-world), convention: opencv | opengl (of c2w)}."""
+def _unicode(text: str) -> str:
+    try:  # JSON may escape a lone surrogate ("\ud800"); no tokenizer can encode one
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("is not valid Unicode (it holds a lone surrogate)") from None
+    return text
+
+
+def _printable(name: str) -> str:
+    if not name.isprintable():
+        raise ValueError("must be printable (no control characters such as CR or LF)")
+    return name
+
+
+Phrase = Annotated[str, AfterValidator(_unicode)]
+ViewName = Annotated[str, Field(max_length=64), AfterValidator(_printable)]
+
+
+def _intrinsics(K: list[list[float]]) -> list[list[float]]:
+    (fx, skew, cx), (zero, fy, cy), last = K
+    if skew or zero or last != [0.0, 0.0, 1.0]:
+        raise ValueError("must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]")
+    for name, v in (("fx", fx), ("fy", fy), ("cx", cx), ("cy", cy)):
+        if not 0 < v <= MAX_PX:
+            raise ValueError(f"{name} must be in (0, {MAX_PX:g}] px, got {v:g}")
+    return K
+
+
+def _rigid(T: list[list[float]]) -> list[list[float]]:
+    m = np.asarray(T, dtype=np.float64)
+    if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-6):
+        raise ValueError(f"last row must be [0, 0, 0, 1] (a rigid transform), got {m[3].tolist()}")
+    R = m[:3, :3]  # entries of a rotation are within [-1, 1]: checked first, so that R @ R.T cannot overflow
+    if np.abs(R).max() > 1 + 1e-3 or not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or abs(np.linalg.det(R) - 1) > 1e-3:
+        raise ValueError("its 3x3 rotation is not a rotation (orthonormal, det +1)")
+    if np.abs(m[:3, 3]).max() > MAX_TRANSLATION:  # not the norm: its square overflows
+        raise ValueError(f"its translation is over {MAX_TRANSLATION:g} scene units")
+    return T
+
+
+def _matrix(n: int, check):
+    row = Annotated[list[Real], Field(min_length=n, max_length=n)]
+    return Annotated[list[row], Field(min_length=n, max_length=n), AfterValidator(check)]
+
+
+class CameraSpec(BaseModel):
+    """A JSON camera: {width, height, K (3x3) | fx, fy, cx?, cy?, viewmat (4x4 world-to-camera, OpenCV) |
+    c2w (4x4 camera-to-world), convention: opencv | opengl (of c2w), name?}."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: Count
+    height: Count
+    K: Optional[_matrix(3, _intrinsics)] = None
+    fx: Optional[Pixels] = None
+    fy: Optional[Pixels] = None
+    cx: Optional[Pixels] = Field(None, description="default: width / 2")
+    cy: Optional[Pixels] = Field(None, description="default: height / 2")
+    viewmat: Optional[_matrix(4, _rigid)] = None
+    c2w: Optional[_matrix(4, _rigid)] = None
+    convention: Literal["opencv", "opengl"] = "opencv"
+    name: ViewName = "camera"
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> "CameraSpec":
+        pinhole = (self.fx, self.fy, self.cx, self.cy)
+        if self.K is not None and any(v is not None for v in pinhole):
+            raise ValueError("give K or fx, fy (cx, cy), not both")
+        if self.K is None and (self.fx is None or self.fy is None):
+            raise ValueError("needs K (3x3) or fx and fy")
+        if (self.viewmat is None) == (self.c2w is None):
+            raise ValueError("needs exactly one pose: viewmat (world-to-camera) or c2w")
+        if self.viewmat is not None and self.convention != "opencv":
+            raise ValueError("viewmat is OpenCV world-to-camera; 'opengl' applies to c2w")
+        return self
+
+
+def _problems(problems: Sequence[dict], root: tuple = ()) -> str:
+    """Pydantic's errors in one line, each naming its field ('camera.fx: ...')."""
+    def where(p):
+        return ".".join(str(x) for x in (*root, *p.get("loc", ())) if x != "body") or "body"
+
+    return "; ".join(f"{where(p)}: {str(p.get('msg', '')).removeprefix('Value error, ')}" for p in problems[:5])
+
+
+def parse_camera(spec, limits: Limits):
+    """A fmsplat Camera from a JSON camera (a dict or a CameraSpec)."""
     from fmsplat.scene.cameras import GL_TO_CV, Camera
 
-    if not isinstance(spec, dict):
-        raise ApiError(422, "bad_camera", "camera must be an object {width, height, K | fx/fy, viewmat | c2w}")
-    known = {"width", "height", "K", "fx", "fy", "cx", "cy", "viewmat", "c2w", "convention", "name"}
-    extra = sorted(set(spec) - known)
-    if extra:
-        raise ApiError(422, "bad_camera", f"camera has unknown keys {extra}; known: {sorted(known)}")
-    w, h = spec.get("width"), spec.get("height")
-    for name, v in (("width", w), ("height", h)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ApiError(422, "bad_camera", f"camera.{name} must be a positive integer, got {v!r}")
-    check_size(w, h, limits, "camera")
-    if "K" in spec:
-        K = _finite_matrix(spec["K"], (3, 3), "K")
+    try:
+        c = spec if isinstance(spec, CameraSpec) else CameraSpec.model_validate(spec)
+    except ValidationError as err:
+        raise ApiError(422, "bad_camera", _problems(err.errors(), ("camera",))) from None
+    check_size(c.width, c.height, limits, "camera")
+    if c.K is not None:
+        K = np.asarray(c.K, dtype=np.float64)
     else:
-        vals = {}
-        for k, default in (("fx", None), ("fy", None), ("cx", w / 2), ("cy", h / 2)):
-            v = spec.get(k, default)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ApiError(422, "bad_camera", f"camera needs K (3x3) or fx, fy (numbers); camera.{k} is {v!r}")
-            if not math.isfinite(v):
-                raise ApiError(422, "bad_camera", f"camera.{k} is NaN or infinite")
-            vals[k] = float(v)
-        K = np.array([[vals["fx"], 0, vals["cx"]], [0, vals["fy"], vals["cy"]], [0, 0, 1]], dtype=np.float64)
-    if not (K[0, 0] > 0 and K[1, 1] > 0):
-        raise ApiError(422, "bad_camera", f"camera focal lengths must be positive, got fx={K[0, 0]}, fy={K[1, 1]}")
-    if ("viewmat" in spec) == ("c2w" in spec):
-        raise ApiError(422, "bad_camera", "camera needs exactly one pose: viewmat (world-to-camera) or c2w")
-    convention = spec.get("convention", "opencv")
-    if convention not in ("opencv", "opengl"):
-        raise ApiError(422, "bad_camera", f"camera.convention must be 'opencv' or 'opengl', got {convention!r}")
-    if "viewmat" in spec:
-        if convention != "opencv":
-            raise ApiError(422, "bad_camera", "camera.viewmat is OpenCV world-to-camera; 'opengl' applies to c2w")
-        viewmat = _finite_matrix(spec["viewmat"], (4, 4), "viewmat")
-        R = viewmat[:3, :3]
+        cx, cy = c.width / 2 if c.cx is None else c.cx, c.height / 2 if c.cy is None else c.cy
+        K = np.array([[c.fx, 0, cx], [0, c.fy, cy], [0, 0, 1]], dtype=np.float64)
+    if c.viewmat is not None:
+        viewmat = np.asarray(c.viewmat, dtype=np.float64)
     else:
-        c2w = _finite_matrix(spec["c2w"], (4, 4), "c2w")
-        if convention == "opengl":
-            c2w = c2w @ GL_TO_CV
-        R = c2w[:3, :3]
-    if not np.allclose(R @ R.T, np.eye(3), atol=1e-3) or not abs(np.linalg.det(R) - 1.0) < 1e-3:
-        raise ApiError(422, "bad_camera", "camera pose: its 3x3 rotation is not a rotation (orthonormal, det +1)")
-    if "c2w" in spec:
-        viewmat = np.linalg.inv(c2w)
-    name = spec.get("name", "camera")
-    return Camera(K=K, viewmat=viewmat, width=w, height=h, name=str(name)[:64])
+        c2w = np.asarray(c.c2w, dtype=np.float64)
+        viewmat = np.linalg.inv(c2w @ GL_TO_CV if c.convention == "opengl" else c2w)
+    return Camera(K=K, viewmat=viewmat, width=c.width, height=c.height, name=c.name)
 
 
 def check_size(w, h, limits: Limits, what: str) -> None:
     if w > limits.max_image_side or h > limits.max_image_side or w * h > limits.max_image_pixels:
         raise ApiError(413, "image_too_large", f"{what}: {w}x{h} is over the limit ({limits.max_image_side} px a "
                                                f"side, {limits.max_image_pixels} pixels)")
+
+
+def header_value(text: str) -> str:
+    """`text` as a header value: printable ASCII only (a CR/LF would end the header, and h11 drops the reply)."""
+    return "".join(c if c.isprintable() else "?" for c in text).encode("ascii", "replace").decode()
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -237,9 +295,12 @@ class SceneService:
         if view is not None and camera is not None:
             raise ApiError(422, "bad_request", "give a view or a camera, not both")
         if camera is not None:
-            cam, name, index = parse_camera(camera, self.limits), str(camera.get("name", "camera")), None
+            cam = parse_camera(camera, self.limits)
+            name, index = cam.name, None
         else:
             n = len(self.sq.dataset)
+            if isinstance(view, bool) or not isinstance(view, (int, type(None))):
+                raise ApiError(422, "unknown_view", f"view must be an integer index, got {view!r}")
             if view is None or not 0 <= view < n:
                 raise ApiError(404 if view is not None else 422, "unknown_view",
                                f"view {view} does not exist (the scene has {n} views, 0-{n - 1})" if view is not None
@@ -319,7 +380,7 @@ class SceneService:
         negatives = self.check_negatives(req.get("negatives"))
         cam, size, name, _ = self.camera_for(req.get("view"), req.get("camera"), req.get("size"))
         cam = camera_at(cam, size)
-        headers = {"X-Fmsplat-View": name.encode("ascii", "replace").decode(), "X-Fmsplat-Kind": kind}
+        headers = {"X-Fmsplat-View": header_value(name), "X-Fmsplat-Kind": kind}
         with self.render_slot():
             if kind == "rgb":
                 img = render_image(self.sq.field.gaussians, cam, self.sq.bundle.background())
@@ -354,7 +415,7 @@ class SceneService:
             with self.lock:
                 count = export_selection(self.sq.field, answer.selection, path)
             data = path.read_bytes()
-        headers = {"Content-Disposition": f'attachment; filename="{slugify(text)}.ply"'.encode("ascii", "replace").decode(),
+        headers = {"Content-Disposition": header_value(f'attachment; filename="{slugify(text)}.ply"'),
                    "X-Fmsplat-Gaussians": str(count), "X-Fmsplat-Found": str(answer.found).lower()}
         return data, headers
 
@@ -372,40 +433,36 @@ class SceneService:
 
 
 # ------------------------------------------------------------------------------------------ the app
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402  (pydantic comes with fastapi)
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class Ask(_Strict):
-    text: str = Field(description="the phrase, e.g. 'espresso cup'")
-    negatives: Optional[list[str]] = Field(None, description="negative phrases (default: the canonical ones)")
-    space: Optional[str] = Field(None, description="a language-aligned space of the field (GET /scene)")
-    all_parts: bool = False
-    relative: float = Field(LOCATE_RELATIVE, ge=0.0, le=1.0, allow_inf_nan=False)
+    text: Phrase = Field(description="the phrase, e.g. 'espresso cup'")
+    negatives: Optional[list[Phrase]] = Field(None, description="negative phrases (default: the canonical ones)")
+    space: Optional[Phrase] = Field(None, description="a language-aligned space of the field (GET /scene)")
+    all_parts: StrictBool = False
+    relative: float = Field(LOCATE_RELATIVE, strict=True, ge=0.0, le=1.0, allow_inf_nan=False)
 
 
 class Query(Ask):
-    view: Optional[int] = Field(None, description="a dataset view index (GET /scene)")
-    camera: Optional[dict] = Field(None, description="{width, height, K | fx, fy, cx, cy, viewmat | c2w, "
-                                                     "convention: opencv | opengl}")
-    size: Optional[list[int]] = Field(None, description="[width, height] of the rendered maps")
+    view: Optional[StrictInt] = Field(None, description="a dataset view index (GET /scene)")
+    camera: Optional[CameraSpec] = None
+    size: Optional[tuple[Count, Count]] = Field(None, description="[width, height] of the rendered maps")
 
 
 class Render(_Strict):
     kind: Literal["rgb", "depth", "relevancy"] = "rgb"
-    text: Optional[str] = None
-    negatives: Optional[list[str]] = None
-    space: Optional[str] = None
-    view: Optional[int] = None
-    camera: Optional[dict] = None
-    size: Optional[list[int]] = None
+    text: Optional[Phrase] = None
+    negatives: Optional[list[Phrase]] = None
+    space: Optional[Phrase] = None
+    view: Optional[StrictInt] = None
+    camera: Optional[CameraSpec] = None
+    size: Optional[tuple[Count, Count]] = None
 
 
 class Select(Ask):
-    export_absent: bool = False
+    export_absent: StrictBool = False
 
 
 class BodyLimit:
@@ -467,6 +524,7 @@ def create_app(service: SceneService, token: str | None = None):
     open_paths = {"/health", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
 
     def error(status: int, kind: str, message: str, headers: dict | None = None):
+        message = message.encode("utf-8", "backslashreplace").decode()  # a lone surrogate echoed back cannot be sent
         return JSONResponse({"error": kind, "message": message}, status_code=status, headers=headers)
 
     @app.middleware("http")
@@ -493,9 +551,9 @@ def create_app(service: SceneService, token: str | None = None):
         if any(p.get("type") == "json_invalid" for p in problems):
             ctx = next(p for p in problems if p.get("type") == "json_invalid").get("ctx", {})
             return error(400, "bad_json", f"the body is not valid JSON ({ctx.get('error', 'parse error')})")
-        text = "; ".join(f"{'.'.join(str(x) for x in p.get('loc', ()) if x != 'body') or 'body'}: {p.get('msg')}"
-                         for p in problems[:5])
-        return error(422, "invalid_request", text)
+        loc = tuple(problems[0].get("loc", ())) if problems else ()
+        kind = {"camera": "bad_camera", "size": "bad_size"}.get(loc[1] if len(loc) > 1 else None, "invalid_request")
+        return error(422, kind, _problems(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, err: StarletteHTTPException):
