@@ -355,7 +355,7 @@ def test_fox_from_triangulated_points_beats_a_constant_image_and_the_camera_box_
     assert sfm["test"]["views"] == 2 and sfm["train"]["views"] == 8
     assert sfm["test"]["psnr"] > constant + 6, (sfm["test"]["psnr"], constant)
     # SfM is not bit-reproducible (pycolmap's multi-threaded matching: 942-946 points over runs), and the sfm
-    # start scored 25.4-26.2 dB against the box start's 22.6 in five runs: a margin of 2 dB, not 3
+    # start scored 25.4-26.2 dB against the box start's 22.6 in three runs: a margin of 2 dB, not 3
     assert sfm["test"]["psnr"] > box["test"]["psnr"] + 2, (sfm["test"]["psnr"], box["test"]["psnr"])
 
 
