@@ -114,11 +114,12 @@ def test_baseline_finds_most_labelled_objects(tiny_scene, tmp_path):
 
     scene = tmp_path / "scene"
     shutil.copytree(tiny_scene, scene)
-    fit_field(scene, "distill", models=["effnet@input_scale=2", "effnet-mid"], steps=300, progress=False)
+    fit_field(scene, "distill", models=["effnet@input_scale=2", "effnet-mid"], steps=100, progress=False)
     result = evaluate_scene(scene, method="distill", out_dir=False, progress=False, panels=False, fidelity=False,
                             rgb=False, latency_repeats=0)
     s = result["summary"]
     assert len(result["queries"]) >= 6
+    print(f"distill, 100 steps: loc {s['loc_acc']:.2f} (chance {s['loc_chance']:.2f}), 3D in box {s['gauss_in_box']:.2f}")
     assert s["loc_acc"] > 0.5 and s["loc_acc"] > s["loc_chance"] + 0.3, (s["loc_acc"], s["loc_chance"])
     # the 3D point taken from the Gaussians' decoded features lands in (or next to) most objects' boxes
     assert s["gauss_in_box"] >= 0.5, s["gauss_in_box"]
