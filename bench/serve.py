@@ -3,6 +3,7 @@ second, p50/p99 latency and the error count (must be 0) per route; a Markdown ta
 
     python bench/serve.py SCENE [--method M] [--clients 4] [--seconds 10] [--text "cat"] [--view 0]
     python bench/serve.py --tiny            # builds the tiny labelled scene with an oracle field first
+    python bench/serve.py --tiny --soak --clients 8 --seconds 600   # a new phrase in every /query; RSS sampled
 
 The server is the real one (uvicorn, HTTP over 127.0.0.1) in this process's thread; the clients are
 threads with keep-alive connections (http.client).
@@ -51,17 +52,37 @@ def register_oracle() -> None:
         pass
 
 
-def load(port: int, method: str, path: str, body: dict | None, clients: int, seconds: float) -> dict:
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
+
+
+def new_phrases():
+    """An endless stream of distinct phrases (word combinations and a serial number)."""
+    colours = ("red", "blue", "old", "shiny", "wooden", "tiny", "broken", "striped")
+    things = ("cup", "chair", "lamp", "box", "book", "plant", "clock", "vase", "shoe", "bottle")
+    i = 0
+    while True:
+        yield f"{colours[i % 8]} {things[i // 8 % 10]} number {i}"
+        i += 1
+
+
+def load(port: int, method: str, path: str, body, clients: int, seconds: float) -> dict:
+    """`clients` keep-alive clients for `seconds`; `body` a dict, None, or a callable giving each request's."""
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
-    payload = None if body is None else json.dumps(body).encode()
+    fixed = None if body is None or callable(body) else json.dumps(body).encode()
 
     def client():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         mine, bad = [], 0
         while time.perf_counter() < stop:
+            if callable(body):
+                with lock:
+                    payload = json.dumps(body()).encode()
+            else:
+                payload = fixed
             t0 = time.perf_counter()
             try:
                 conn.request(method, path, body=payload, headers={"Content-Type": "application/json"})
@@ -100,6 +121,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--text", default="cat")
     ap.add_argument("--view", type=int, default=0)
+    ap.add_argument("--soak", action="store_true", help="only POST /query, a new phrase in every request, with RSS "
+                                                        "sampled every 10 s")
     args = ap.parse_args()
     from fmsplat.apps.server import Limits, SceneService, make_server
 
@@ -121,6 +144,11 @@ def main() -> None:
     while not server.started:
         time.sleep(0.02)
     cam = service.sq.dataset.cameras[args.view]
+    if args.soak:
+        soak(service, port, args)
+        server.should_exit = True
+        th.join(10)
+        return
     routes = [
         ("GET /health", "GET", "/health", None),
         ("GET /scene", "GET", "/scene", None),
@@ -147,6 +175,33 @@ def main() -> None:
         tmp.cleanup()
     if total_errors:
         raise SystemExit(f"{total_errors} errors")
+
+
+def soak(service, port: int, args) -> None:
+    """POST /query with a phrase never asked before in every request; RSS at the start, every 10 s, at the end."""
+    phrases = new_phrases()
+    samples = [(0.0, rss_mb())]
+    done = threading.Event()
+
+    def sampler():
+        t0 = time.perf_counter()
+        while not done.wait(10):
+            samples.append((time.perf_counter() - t0, rss_mb()))
+
+    threading.Thread(target=sampler, daemon=True).start()
+    r = load(port, "POST", "/query", lambda: {"text": next(phrases)}, args.clients, args.seconds)
+    done.set()
+    samples.append((args.seconds, rss_mb()))
+    after = [m for t, m in samples if t >= 60] or [samples[-1][1]]
+    print(f"scene {args.scene} ({service.sq.field.method}, {len(service.sq.field.gaussians)} Gaussians); "
+          f"{args.clients} clients x {args.seconds:.0f} s, a new phrase in every POST /query\n")
+    print("| requests | errors | req/s | p50 ms | p99 ms | RSS start MB | RSS at 1 min MB | RSS end MB | RSS max MB |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {r['requests']} | {r['errors']} | {r['rps']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {samples[0][1]:.0f} | "
+          f"{after[0]:.0f} | {samples[-1][1]:.0f} | {max(m for _, m in samples):.0f} |")
+    print("\nRSS every 10 s (MB): " + ", ".join(f"{m:.0f}" for _, m in samples))
+    if r["errors"]:
+        raise SystemExit(f"{r['errors']} errors")
 
 
 if __name__ == "__main__":

@@ -601,7 +601,10 @@ def make_server(service: SceneService, host: str = "127.0.0.1", port: int = 8000
     """A uvicorn.Server for `service` (call .run(), or run it in a thread and set .should_exit)."""
     import uvicorn
 
+    from fmsplat.apps.heap import fix_mmap_threshold
+
     check_bind(host, token)
+    fix_mmap_threshold()  # request threads would otherwise grow the heap with every new phrase (apps.heap)
     config = uvicorn.Config(create_app(service, token), host=host, port=port, log_level=log_level,
                             limit_concurrency=64, timeout_keep_alive=5, access_log=False)
     return uvicorn.Server(config)

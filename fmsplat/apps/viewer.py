@@ -227,7 +227,10 @@ def run_viewer(scene, host: str = "127.0.0.1", port: int = 8080, method: str | N
                out=None) -> None:
     from fmsplat.query import SceneQuery
 
+    from fmsplat.apps.heap import fix_mmap_threshold
+
     check_loopback(host)  # before the scene is loaded
+    fix_mmap_threshold()  # viser answers on its own threads (apps.heap)
     sq = SceneQuery.open(scene, method=method, space=space)
     sq.ask("object")  # load the text encoder and vocabulary before the first visitor
     viewer = Viewer(sq, host, port, out)

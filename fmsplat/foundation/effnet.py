@@ -198,6 +198,8 @@ class EffNetExtractor(_EffNetBase):
         self.class_rows = self.model._fc.weight.detach().cpu().float()  # (1000, 1280)
         self.class_bias = self.model._fc.bias.detach().cpu().float()
         self.class_names = imagenet_class_names()
+        # the text embeddings' basis, once: a 5 MB temporary per phrase otherwise
+        self.centred_rows = self.class_rows - self.class_rows.mean(0, keepdim=True)
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.extract_features(x)
@@ -227,8 +229,7 @@ class EffNetExtractor(_EffNetBase):
         return self._from_class_weights(self.class_weights(texts))
 
     def _from_class_weights(self, weights: torch.Tensor) -> torch.Tensor:
-        rows = self.class_rows - self.class_rows.mean(0, keepdim=True)
-        return torch.nn.functional.normalize(weights @ rows, dim=-1)
+        return torch.nn.functional.normalize(weights @ self.centred_rows, dim=-1)
 
     def vocabulary_embeddings(self) -> torch.Tensor:
         """(1000, 1280) = encode_text(self.class_names), from the cached sentence embeddings of the class
