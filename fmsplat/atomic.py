@@ -38,6 +38,19 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_leftovers(target: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writes of `target` left when their process was killed outright
+    (SIGKILL, power loss: no `except` ran). Call it where one process owns the target, before it writes."""
+    target = Path(target)
+    gone = []
+    if target.parent.is_dir():
+        for tmp in target.parent.glob(f".{target.name}.*.tmp{target.suffix}"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                gone.append(tmp)
+    return gone
+
+
 def write_bytes(target: str | os.PathLike, data: bytes) -> None:
     with atomic_path(target) as tmp:
         tmp.write_bytes(data)

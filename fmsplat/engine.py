@@ -92,6 +92,7 @@ class Run:
         self.generator = torch.Generator().manual_seed(seed)
         self.start, self.saved, self.last = 0, None, {}
         self._before, self._t0, self._untimed = 0.0, None, 0.0
+        atomic.remove_leftovers(self.path)  # a checkpoint write killed outright left its temporary file
         if resume and self.path.is_file():
             payload = read_checkpoint(self.path, self.error)
             try:

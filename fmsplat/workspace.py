@@ -137,6 +137,18 @@ class Workspace:
     def is_scene(self) -> bool:
         return self.scene_json.is_file()
 
+    def check_writable(self) -> None:
+        """Create the directory (and its parents) and write and remove a probe file in it, so that a run
+        that could not save its result is refused before any work, not after it (permission bits alone
+        say nothing to root or on a read-only mount)."""
+        probe = self.root / f".fmsplat-write-test-{secrets.token_hex(4)}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise SceneError(f"{self.root}: cannot write here ({err.strerror or err}); choose another --out") from None
+
     def existing_outputs(self) -> list[str]:
         """Names in the directory other than its inputs (what a new training would overwrite)."""
         if not self.root.is_dir():
@@ -169,13 +181,12 @@ class Workspace:
         path = data or info.get("path")
         if not path:
             raise SceneError(f"{ws.scene_json}: no data.path; pass the dataset explicitly")
-        try:
-            downscale, test_every = float(info.get("downscale", 1.0)), int(info.get("test_every", 8))
-        except (TypeError, ValueError) as err:
-            raise SceneError(f"{ws.scene_json}: data.downscale / data.test_every are not numbers ({err})") from None
-        if not downscale > 0 or test_every < 1:
-            raise SceneError(f"{ws.scene_json}: data.downscale must be > 0 and data.test_every >= 1, got "
-                             f"{downscale:g} and {test_every}")
+        downscale, test_every = info.get("downscale", 1.0), info.get("test_every", 8)
+        # test_every 0 holds nothing out (TrainConfig.test_every); a bool is not a number here
+        if isinstance(downscale, bool) or not isinstance(downscale, (int, float)) or not 0 < downscale < 1e6:
+            raise SceneError(f"{ws.scene_json}: data.downscale must be a number > 0, got {downscale!r}")
+        if isinstance(test_every, bool) or not isinstance(test_every, int) or test_every < 0:
+            raise SceneError(f"{ws.scene_json}: data.test_every must be a whole number >= 0, got {test_every!r}")
         dataset = load_dataset(path, downscale=downscale, test_every=test_every)
         ws._check_dataset(dataset, path)
         if not ws.gaussians_ply.is_file():

@@ -211,3 +211,51 @@ def test_extractor_options_follow_the_name_as_in_fit(tmp_path):
 
     assert get_extractor("effnet-mid@stride=8").key == get_extractor("effnet-mid", stride=8).key
     assert get_extractor("effnet-mid@stride=8").key != get_extractor("effnet-mid").key
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["eval", "S", "--render-scale", "nan"], "--render-scale"),
+    (["eval", "S", "--render-scale", "0"], "--render-scale"),
+    (["query", "S", "cat", "--relative", "2"], "--relative"),
+    (["query", "S", "cat", "--scale", "inf"], "--scale"),
+    (["render", "S", "--downscale", "-1"], "--downscale"),
+    (["render", "S", "--fps", "nan"], "--fps"),
+    (["serve", "S", "--max-renders", "0"], "--max-renders"),
+    (["train", "D", "--out", "O", "--test-every", "-1"], "test_every"),
+    (["make-scene", "O", "--video", "--frames", "0"], "--frames"),
+])
+def test_numbers_out_of_range_or_nan_take_two_lines(args, flag):
+    """NaN passes click's range checks (every comparison with it is false): each numeric option is checked as
+    a finite number in its range, a usage error (exit 2) naming the flag, before anything is read."""
+    _short(_run(args), 2, flag)
+
+
+def test_an_unwritable_out_is_refused_before_any_work(tiny_dataset, tmp_path, fake_train):
+    """`train --out` where nothing can be written (under a file; under /proc, which even root cannot write):
+    one line naming the folder, and the trainer never starts."""
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file" / "scene", "/proc/fmsplat-cannot-write/scene"):
+        _short(_run(["train", str(tiny_dataset), "--out", str(out)]), 1, str(out), "cannot write here")
+    assert not fake_train.calls
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(tiny_scene):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = _run(["serve", str(tiny_scene), "--port", str(port)])
+    lines = [line for line in res.stderr.strip().splitlines() if not line.startswith("fmsplat serve: loading")]
+    assert res.exit_code == 1 and len(lines) == 1, res.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "another --port" in lines[0]
+
+
+@pytest.mark.parametrize("key,value,words", [("downscale", 0, "data.downscale"), ("test_every", "eight", "data.test_every"),
+                                             ("test_every", 2.5, "data.test_every"), ("downscale", None, "data.downscale")])
+def test_a_scene_json_edited_to_nonsense_is_one_line(copy_scene, key, value, words):
+    meta = json.loads((copy_scene / "scene.json").read_text())
+    meta["data"][key] = value
+    (copy_scene / "scene.json").write_text(json.dumps(meta))
+    _short(_run(["query", str(copy_scene), "cat"]), 1, "scene.json", words, repr(value))

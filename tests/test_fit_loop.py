@@ -269,3 +269,23 @@ def test_render_template_and_text_dots_agree_for_every_method():
             torch.testing.assert_close(sq.reshape(-1), (feats * feats).sum(0), atol=1e-3, rtol=1e-3, msg=f.method)
         with pytest.raises(FieldError, match="no space 'nope'"):
             f.render(camera, ["nope"])
+
+
+def test_a_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
+    """A checkpoint write killed outright (SIGKILL: no except clause runs) leaves its temporary file beside
+    the checkpoint; the next run of that checkpoint deletes it, and nothing else."""
+    from fmsplat import atomic
+    from fmsplat.engine import Run
+
+    ckpt = tmp_path / "fields" / "m3" / "checkpoint.pt"
+    ckpt.parent.mkdir(parents=True)
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(ckpt) as tmp:
+        leftover = tmp.with_name(tmp.name.replace(".tmp", "-killed.tmp"))
+        tmp.write_bytes(b"half")
+        shutil.copy(tmp, leftover)  # what SIGKILL would have left: the except clause below removes `tmp` only
+        raise KeyboardInterrupt
+    mine = ckpt.parent / "notes.tmp.pt"
+    mine.write_text("not a checkpoint's")
+    assert leftover.is_file() and not ckpt.exists()
+    Run(name="test", steps=1, checkpoint=ckpt, identity={}, seed=0, checkpoint_every=1, progress=False)
+    assert not leftover.exists() and mine.is_file()

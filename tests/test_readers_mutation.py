@@ -505,14 +505,42 @@ def _gaussian_ply_cases() -> list[tuple[str, dict]]:
     for column, label, value in [(0, "x NaN", np.nan), (1, "y inf", np.inf), ("scale_1", "scale NaN", np.nan),
                                  ("opacity", "opacity -inf", -np.inf), ("f_dc_0", "sh NaN", np.nan),
                                  ("extra_feat_3", "extra NaN", np.nan), ("extra_label_0", "label 2.5", 2.5),
-                                 ("extra_label_0", "label 2^40", 2.0**40), ("rot", "zero quaternion", 0.0)]:
+                                 ("extra_label_0", "label 2^40", 2.0**40), ("rot", "zero quaternion", 0.0),
+                                 ("scale_0", "log-scale 1e30 (an infinite Gaussian)", 1e30),
+                                 ("scale_2", "log-scale 50 (a float32-infinite covariance)", 50.0),
+                                 (2, "z 1e30", 1e30)]:
         cases.append((label, {"value": (column, value)}))
     for cut in (10, 200, -4, -160):
         cases.append((f"truncated at {cut}", {"cut": cut}))
     cases.append(("bytes appended", {"append": b"\x00" * 4}))
     cases.append(("row appended", {"append": b"\x00" * 4 * 29}))
     cases.append(("empty file", {"cut": 0}))
+    cases.append(("a valid PLY of 0 Gaussians", {"whole": "empty"}))
+    cases.append(("a valid PLY with x stored as uchar", {"whole": "uchar x"}))
     return cases
+
+
+def _whole_gaussian_ply(path: Path, kind: str) -> None:
+    """Files that are valid PLYs but not a scene's Gaussians."""
+    from plyfile import PlyData, PlyElement
+
+    from fmsplat.gaussians.ply import write_gaussian_ply
+
+    g = _gaussians()
+    if kind == "empty":  # what write_gaussian_ply writes, with the body left out and the count 0
+        write_gaussian_ply(path, g["means"], g["quats"], g["scales"], g["opacities"], g["sh"])
+        data = path.read_bytes()
+        end = data.index(b"end_header\n") + len(b"end_header\n")
+        path.write_bytes(data[:end].replace(b"element vertex 40", b"element vertex 0"))
+        return
+    names = (["x", "y", "z"] + [f"f_dc_{i}" for i in range(3)] + [f"f_rest_{i}" for i in range(9)] + ["opacity"]
+             + [f"scale_{i}" for i in range(3)] + [f"rot_{i}" for i in range(4)])
+    rows = np.zeros(40, dtype=[(n, "u1" if n == "x" else "<f4") for n in names])
+    for i, n in enumerate(("x", "y", "z")):
+        rows[n] = np.abs(g["means"][:, i].numpy() * 10) if n == "x" else g["means"][:, i].numpy()
+    for i in range(4):
+        rows[f"rot_{i}"] = g["quats"][:, i].numpy()
+    PlyData([PlyElement.describe(rows, "vertex")]).write(str(path))
 
 
 def _run_gaussian_ply(spec: dict) -> tuple[str, str]:
@@ -521,6 +549,9 @@ def _run_gaussian_ply(spec: dict) -> tuple[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "scene.ply"
         truth = _gaussians()
+        if "whole" in spec:
+            _whole_gaussian_ply(path, spec["whole"])
+            return classify(lambda: read_gaussian_ply(path), lambda g: False, "scene.ply")
         write_gaussian_ply(path, truth["means"], truth["quats"], truth["scales"], truth["opacities"], truth["sh"],
                            truth["extras"])
         data = path.read_bytes()

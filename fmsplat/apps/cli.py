@@ -56,6 +56,23 @@ class _Group(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def _range(lo: float | None = None, hi: float | None = None, *, above: bool = False):
+    """An option callback: the value (if given) is a finite number >= lo (> lo with `above`) and <= hi. NaN
+    passes click's own range checks (every comparison with it is false), so the check is written here."""
+    import math
+
+    def check(value):
+        if value is None:
+            return value
+        bad = not math.isfinite(value) or (lo is not None and (value <= lo if above else value < lo)) \
+            or (hi is not None and value > hi)
+        if bad:
+            bounds = [f"{'>' if above else '>='} {lo:g}" if lo is not None else "", f"<= {hi:g}" if hi is not None else ""]
+            raise typer.BadParameter(f"must be a number {' and '.join(b for b in bounds if b)}, got {value}")
+        return value
+    return check
+
+
 app = typer.Typer(
     cls=_Group,
     add_completion=False,
@@ -90,10 +107,10 @@ def make_scene_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT."),
     video: bool = typer.Option(False, "--video", help="Instead: OUT/video.mp4 along a smooth closed path through the "
                                "room, with its true poses in OUT/transforms.json (input for fmsplat process-data)."),
-    frames: int = typer.Option(120, "--frames", help="--video: number of frames."),
-    fps: float = typer.Option(30.0, "--fps", help="--video: frame rate."),
-    width: int = typer.Option(None, "--width", help="Image width (default: the preset's; --video: 320)."),
-    height: int = typer.Option(None, "--height", help="Image height (default: the preset's; --video: 240)."),
+    frames: int = typer.Option(120, "--frames", help="--video: number of frames.", callback=_range(1)),
+    fps: float = typer.Option(30.0, "--fps", help="--video: frame rate.", callback=_range(0, 1000, above=True)),
+    width: int = typer.Option(None, "--width", help="Image width (default: the preset's; --video: 320).", callback=_range(8, 8192)),
+    height: int = typer.Option(None, "--height", help="Image height (default: the preset's; --video: 240).", callback=_range(8, 8192)),
 ) -> None:
     """Generate a labelled synthetic room scene (transforms.json dataset with labels/ and objects.json),
     or with --video a video of it with its true camera path."""
@@ -119,8 +136,8 @@ def make_scene_cmd(
 def process_data_cmd(
     src: str = typer.Argument(..., help="A video file (mp4, mov, webm, mkv) or a folder of photos (jpg, png, ...)."),
     out: str = typer.Option(..., "--out", "-o", help="Dataset folder to write (images/, sparse/0/, database.db, report.json)."),
-    frames: int = typer.Option(100, "--frames", help="Video: frames to keep, spread over its length (blurred ones dropped)."),
-    max_size: int = typer.Option(960, "--max-size", help="Longest image side in pixels (larger frames/photos are shrunk)."),
+    frames: int = typer.Option(100, "--frames", help="Video: frames to keep, spread over its length (blurred ones dropped).", callback=_range(1)),
+    max_size: int = typer.Option(960, "--max-size", help="Longest image side in pixels (larger frames/photos are shrunk).", callback=_range(16)),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an OUT made from another source or settings."),
 ) -> None:
     """Pose a video or unposed photos by structure from motion (pycolmap, CPU) into a dataset for fmsplat train.
@@ -219,6 +236,7 @@ def train(
         raise typer.Exit(1)
     if existing and overwrite:
         ws.clean()
+    ws.check_writable()  # before the SfM and the steps, not when the result is written
     try:
         if source_kind(data) is not None:  # a capture: posed into OUT/data first, reused when unchanged
             report = process_data(data, ws.capture_dir, overwrite=True)
@@ -265,11 +283,11 @@ def render(
     views: str = typer.Option(None, "--views", help="Panels render|photo|error of test, train, all or views 0,5,9 "
                               "(default: test, unless --path is given)."),
     path: str = typer.Option(None, "--path", help="Also render a video along a camera path: orbit or interpolate."),
-    frames: int = typer.Option(120, "--frames", help="Video frames."),
-    fps: float = typer.Option(30.0, "--fps", help="Video frame rate."),
+    frames: int = typer.Option(120, "--frames", help="Video frames.", callback=_range(1)),
+    fps: float = typer.Option(30.0, "--fps", help="Video frame rate.", callback=_range(0, 1000, above=True)),
     png_frames: bool = typer.Option(False, "--png-frames", help="Also write the video's frames as PNGs."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/renders/)."),
-    downscale: float = typer.Option(None, "--downscale", help="Image downscale (default: the scene's)."),
+    downscale: float = typer.Option(None, "--downscale", help="Image downscale (default: the scene's).", callback=_range(0, 1024, above=True)),
 ) -> None:
     """Render a trained scene for people: render|photo|error panels of views, or a video along a path."""
     from pathlib import Path
@@ -321,11 +339,11 @@ RAY_HELP = ("Run per view on a Ray cluster (pip install 'fmsplat[ray]'): 'local'
 def features(
     scene: str = typer.Argument(..., help="Scene directory; features go to SCENE/features/<model key>/."),
     data: str = typer.Option(None, "--data", help="Dataset (default: data.path in SCENE/scene.json)."),
-    downscale: float = typer.Option(None, "--downscale", help="Image downscale (default: scene.json's, else 1)."),
+    downscale: float = typer.Option(None, "--downscale", help="Image downscale (default: scene.json's, else 1).", callback=_range(0, 1024, above=True)),
     model: str = typer.Option("effnet", "--model", help="Extractor: effnet, effnet-mid, clip:<id|dir>, siglip:, dino:, dinov2:."),
     pyramid: bool = typer.Option(False, "--pyramid", help="FMGS hybrid multi-scale map (language-aligned models)."),
     opt: list[str] = typer.Option([], "--opt", help="Extractor option KEY=VALUE, repeatable (input_scale=2, stride=8, mode=maskclip)."),
-    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; 1 is faster on a busy machine)."),
+    threads: int = typer.Option(0, "--threads", help="torch CPU threads (0: torch's default; 1 is faster on a busy machine).", callback=_range(0, 1024)),
     ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True, help=RAY_HELP),
     workers: int = typer.Option(0, "--workers", min=0, help="--ray: workers (0: one per CPU of the cluster)."),
 ) -> None:
@@ -355,7 +373,7 @@ def fit(
     models: str = typer.Option(None, "--models", help="Comma-separated extractors, e.g. effnet,effnet-mid (default: the method's)."),
     preset: str = typer.Option(None, "--preset", help="Settings preset: paper (published, GPU-sized) or cpu (minutes on "
                                "2 cores); default: paper with CUDA, cpu without."),
-    steps: int = typer.Option(None, "--steps", help="Optimisation steps (default: the preset's)."),
+    steps: int = typer.Option(None, "--steps", help="Optimisation steps (default: the preset's).", callback=_range(0)),
     opt: list[str] = typer.Option([], "--opt", help="Setting KEY=VALUE, repeatable, read by its declared type (listed below)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the field's last checkpoint."),
     ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True, help="--method lift (extraction and lifting) "
@@ -398,8 +416,8 @@ def demo(
     preset: str = typer.Option("bench", "--preset", help="Synthetic scene: bench (8 objects, 72 views) or tiny (fast)."),
     methods: str = typer.Option(None, "--methods", help="Comma-separated field methods (default: the best measured one)."),
     compare: bool = typer.Option(False, "--compare", help="Also fit and evaluate the distillation baseline."),
-    train_steps: int = typer.Option(None, "--train-steps", help="3DGS steps (default: per preset)."),
-    fit_steps: int = typer.Option(None, "--fit-steps", help="Feature-field steps (default: the method's)."),
+    train_steps: int = typer.Option(None, "--train-steps", help="3DGS steps (default: per preset).", callback=_range(1)),
+    fit_steps: int = typer.Option(None, "--fit-steps", help="Feature-field steps (default: the method's).", callback=_range(0)),
     seed: int = typer.Option(0, "--seed", help="Random seed of the scene and the training."),
 ) -> None:
     """Run the whole pipeline offline on the embedded models and write a report: scene -> 3DGS -> field -> eval."""
@@ -420,10 +438,10 @@ def query(
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/queries/<method>/)."),
     space: str = typer.Option(None, "--space", help="Language-aligned space to query (default: the field's first)."),
-    scale: float = typer.Option(1.0, "--scale", help="Render at this fraction of the view's size."),
+    scale: float = typer.Option(1.0, "--scale", help="Render at this fraction of the view's size.", callback=_range(0, 8, above=True)),
     negatives: str = typer.Option(None, "--negatives", help="Comma-separated canonical negatives (default: object,things,stuff,texture)."),
     all_parts: bool = typer.Option(False, "--all", help="Every separate part that matches (plurals: 'the chairs'), each with its own box."),
-    relative: float = typer.Option(0.8, "--relative", help="Candidate cut of the 3D answer, fraction of the way from the lowest to the highest relevancy."),
+    relative: float = typer.Option(0.8, "--relative", help="Candidate cut of the 3D answer, fraction of the way from the lowest to the highest relevancy.", callback=_range(0, 1)),
     export_absent: bool = typer.Option(False, "--export-absent", help="Write the PLY of the best guess even when the phrase is not found."),
     at: str = typer.Option(None, "--at", help="Instead of phrases: what is at pixel X,Y of --view (or at a 3D point X,Y,Z)?"),
 ) -> None:
@@ -477,7 +495,7 @@ def serve(
                               help="Bearer token every request must carry (required beyond loopback)."),
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
     space: str = typer.Option(None, "--space", help="Default language-aligned space (default: the field's first)."),
-    max_renders: int = typer.Option(2, "--max-renders", help="Renders running or waiting at once; more get 503."),
+    max_renders: int = typer.Option(2, "--max-renders", help="Renders running or waiting at once; more get 503.", callback=_range(1, 64)),
 ) -> None:
     """A JSON HTTP API over the scene: /query, /render, /select, /scene, /health (OpenAPI page: /docs)."""
     from fmsplat.apps.server import Limits, check_bind, serve as run_server
@@ -512,10 +530,10 @@ def eval_cmd(
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
     space: str = typer.Option(None, "--space", help="Language-aligned space to query (default: the field's first)."),
     out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/eval/<method>/, or <method>-<space>/ with --space)."),
-    render_scale: float = typer.Option(1.0, "--render-scale", help="Render the field at this fraction of the label size."),
+    render_scale: float = typer.Option(1.0, "--render-scale", help="Render the field at this fraction of the label size.", callback=_range(0, 8, above=True)),
     no_panels: bool = typer.Option(False, "--no-panels", help="Skip the per-query PNG panels."),
     compare: list[str] = typer.Option([], "--compare", help="Other eval.json files (or folders) to put in the comparison table."),
-    latency_repeats: int = typer.Option(5, "--latency-repeats", help="Timed relevancy maps for the latency median (0: skip)."),
+    latency_repeats: int = typer.Option(5, "--latency-repeats", help="Timed relevancy maps for the latency median (0: skip).", callback=_range(0, 1000)),
     ray: str = typer.Option(None, "--ray", envvar="FMSPLAT_RAY_ADDRESS", show_envvar=True,
                             help="Score the labelled views (and extract their teacher features) per view: " + RAY_HELP),
     workers: int = typer.Option(0, "--workers", min=0, help="--ray: workers (0: one per CPU of the cluster)."),

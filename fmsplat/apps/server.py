@@ -610,14 +610,31 @@ def make_server(service: SceneService, host: str = "127.0.0.1", port: int = 8000
     return uvicorn.Server(config)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port another process listens on, in one line (port 0: any free one)."""
+    import socket
+
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no obstacle
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise UserInputError(f"cannot listen on {host}:{port} ({err.strerror or err}); is another server there? "
+                                 "choose another --port") from None
+
+
 def serve(scene, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, method: str | None = None,
           space: str | None = None, data: str | None = None, limits: Limits | None = None,
           log_level: str = "info") -> None:
     """Load `scene`, warm the engine, and serve until interrupted."""
     check_bind(host, token)
+    check_port_free(host, port)  # before the scene is loaded; uvicorn would print its log and exit
     service = SceneService.open(scene, method=method, space=space, data=data, limits=limits)
     make_server(service, host, port, token, log_level).run()
 
 
-__all__ = ["ApiError", "Limits", "SceneService", "TOKEN_ENV", "check_bind", "create_app", "is_loopback",
+__all__ = ["ApiError", "Limits", "SceneService", "TOKEN_ENV", "check_bind", "check_port_free", "create_app", "is_loopback",
            "make_server", "parse_camera", "serve"]

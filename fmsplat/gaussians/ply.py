@@ -29,6 +29,10 @@ from fmsplat.errors import FmsplatError
 from fmsplat.gaussians.sh import MAX_SH_DEGREE, num_sh_coeffs
 
 EXTRA_COMMENT = "fmsplat-extra"
+# Beyond these a Gaussian is a mistake, not a scene: exp(30) is 1e13 scene units (the float32 covariance of
+# a log-scale near 44 is already infinite), and a centre past 1e12 squares beyond float32's range.
+MAX_LOG_SCALE = 30.0
+MAX_COORDINATE = 1e12
 _EXTRA_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _TORCH_DTYPES = {
     "float32": torch.float32,
@@ -64,8 +68,11 @@ def write_gaussian_ply(
     sh: torch.Tensor,
     extras: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Write Gaussians (raw parameters) as a 3DGS PLY, atomically."""
+    """Write Gaussians (raw parameters) as a 3DGS PLY, atomically. At least one Gaussian: the reader refuses
+    an empty file (no scene has no Gaussians)."""
     n = means.shape[0]
+    if n == 0:
+        raise ValueError(f"{path}: no Gaussians to write")
     k = sh.shape[1]
     extras = extras or {}
 
@@ -129,6 +136,8 @@ def read_gaussian_ply(path: str | Path) -> dict:
     vertex = ply["vertex"].data
     present = set(vertex.dtype.names or ())
     n = len(vertex)
+    if n == 0:
+        raise PlyFormatError(f"{path}: holds no Gaussians (0 vertices)")
 
     def columns(names: list[str]) -> np.ndarray:
         missing = [name for name in names if name not in present]
@@ -136,6 +145,10 @@ def read_gaussian_ply(path: str | Path) -> dict:
             raise PlyFormatError(f"{path}: missing vertex propert{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)}")
         if not names:
             return np.zeros((n, 0), np.float32)
+        ints = [name for name in names if vertex.dtype[name].kind != "f" and not name.startswith("extra_")]
+        if ints:  # a Gaussian's own properties are real numbers; an integer type is another kind of PLY
+            raise PlyFormatError(f"{path}: vertex property {ints[0]} is stored as {vertex.dtype[ints[0]]}, "
+                                 "expected float or double")
         # One multi-field view, converted in a single pass (much faster than stacking columns).
         return structured_to_unstructured(vertex[names], dtype=np.float32)
 
@@ -204,6 +217,12 @@ def read_gaussian_ply(path: str | Path) -> dict:
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise PlyFormatError(f"{path}: Gaussian {row} has non-finite {key} {values[row].reshape(-1)[:6].tolist()}")
+    for key, limit, what in (("means", MAX_COORDINATE, "a coordinate"), ("scales", MAX_LOG_SCALE, "a log-scale")):
+        big = (np.abs(arrays[key]) > limit).any(axis=1) if key == "means" else (arrays[key] > limit).any(axis=1)
+        if big.any():
+            row = int(np.flatnonzero(big)[0])
+            raise PlyFormatError(f"{path}: Gaussian {row} has {what} beyond {limit:g} ({key} "
+                                 f"{arrays[key][row].tolist()}): not a Gaussian of a scene")
     zero = np.linalg.norm(arrays["quats"], axis=1) < 1e-12
     if zero.any():
         raise PlyFormatError(f"{path}: Gaussian {int(np.flatnonzero(zero)[0])} has a zero rotation quaternion")
