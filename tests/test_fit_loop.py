@@ -209,6 +209,14 @@ def test_fit_command_on_a_cpu_picks_the_cpu_preset_and_says_so(copy_scene, monke
     assert out.exit_code == 1 and "joint (bool): must be true or false, got 'no'" in out.output
     assert "Traceback" not in out.output
 
+    # without --method: the default of fields.configs (lifting), the same one the demo fits
+    from fmsplat.apps.demo import DemoConfig
+    from fmsplat.fields.configs import DEFAULT_METHOD
+
+    out = CliRunner().invoke(app, ["fit", str(copy_scene)])
+    assert isinstance(out.exception, Done), out.output
+    assert seen["method"] == DEFAULT_METHOD == "lift" and DemoConfig().methods == (DEFAULT_METHOD,)
+
     out = CliRunner().invoke(app, ["fit", "--help"])
     assert out.exit_code == 0
     for text in ("Presets (--preset)", "fmgs:", "pyramid_tile_input (int; 0, cpu 96)", "joint (bool; False)",

@@ -196,3 +196,39 @@ def test_accumulate_is_the_adjoint_of_rendering(seed, channels):
                        backend="torch").image
     assert torch.allclose(onehot.sum((0, 1)), weights, atol=2e-4)
     assert torch.allclose(torch.einsum("hwg,hwc->gc", onehot, signal), sums, atol=2e-4)
+
+
+def test_numba_projection_and_its_backward_match_torch_autograd():
+    """The fused projection kernels (render.projection_kernels) in float32 against torch's autograd of
+    projection.project_gaussians in float64, with Gaussians behind the camera, far outside the view
+    (the clamped Jacobian), flat and point-like scales and unnormalised quaternions among them."""
+    from fmsplat.render import _project_numba
+    from fmsplat.render.projection import project_gaussians
+
+    params, viewmat, K, w, h = random_scene(30, 400, 1)
+    means, quats, scales, opacities, _ = params
+    means[:20, 2] = -1.0  # behind the camera
+    means[20:40, 0] = 6.0  # far right of the view: the Jacobian is clamped there
+    scales[40:50] = 1e-9
+    scales[50:60, 1] = 0.0
+    quats[60:70] *= 40.0
+    g = torch.Generator().manual_seed(31)
+    weights = [torch.randn(400, 2, generator=g, dtype=torch.float64), torch.randn(400, 3, generator=g, dtype=torch.float64),
+               torch.randn(400, generator=g, dtype=torch.float64)]
+    results = {}
+    for name, fn, dtype in (("numba", _project_numba, torch.float32), ("torch", project_gaussians, torch.float64)):
+        leaves = [t.clone().to(dtype).requires_grad_(True) for t in (means, quats, scales)]
+        proj = fn(*leaves, opacities.to(dtype), viewmat.to(dtype), K.to(dtype), w, h)
+        outputs = (proj.means2d, proj.conics, proj.depths)
+        sum(((o.double() * wt).sum() for o, wt in zip(outputs, weights))).backward()
+        results[name] = (proj, [t.grad.double() for t in leaves])
+    fast, ref = results["numba"][0], results["torch"][0]
+    assert torch.equal(fast.visible, ref.visible) and 0 < int(ref.visible.sum()) < 400
+    for a, b, what in ((fast.means2d, ref.means2d, "means2d"), (fast.conics, ref.conics, "conics"),
+                       (fast.depths, ref.depths, "depths"), (fast.radii, ref.radii, "radii")):
+        err = ((a.double() - b).abs() / (b.abs() + 1)).max()
+        assert err < 1e-4, f"{what}: relative error {err:.2e}"
+    for name, a, b in zip(("means", "quats", "scales"), results["numba"][1], results["torch"][1]):
+        assert b.abs().max() > 0, name
+        err = ((a - b).abs() / (b.abs() + b.abs().max() * 1e-3)).max()
+        assert err < 1e-3, f"d{name}: relative error {err:.2e}"

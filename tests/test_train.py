@@ -379,6 +379,40 @@ def test_sh_colors_match_eval_sh_with_gradients(degree):
     assert (g_got[0][:, (degree + 1) ** 2 :] == 0).all(), "coefficients above the degree get no gradient"
 
 
+@pytest.mark.parametrize("degree", [0, 1, 3])
+def test_view_colors_kernels_match_torch_autograd(degree):
+    """gaussians.sh_kernels (float32, the trainer's path) against torch's autograd of sh_colors of the unit
+    directions (float64), gradients to the coefficients and to the means; some colours clamped at 0."""
+    from fmsplat.gaussians.sh import sh_colors
+    from fmsplat.gaussians.sh_kernels import view_colors
+
+    g = torch.Generator().manual_seed(10 + degree)
+    sh = torch.randn(300, 16, 3, generator=g, dtype=torch.float64)
+    means = torch.randn(300, 3, generator=g, dtype=torch.float64) * 2
+    center = torch.tensor([0.3, -0.2, 0.5], dtype=torch.float64)
+    w = torch.randn(300, 3, generator=g, dtype=torch.float64)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        leaves = [t.clone().to(dtype).requires_grad_(True) for t in (sh, means)]
+        s, m = leaves
+        if dtype == torch.float32:
+            colors = view_colors(s[:, :1], s[:, 1:], degree, m, center.to(dtype))
+        else:
+            dirs = (m - center) / (m - center).norm(dim=-1, keepdim=True)
+            colors = sh_colors(s[:, :1], s[:, 1:], degree, dirs)
+        (colors.double() * w).sum().backward()
+        results.append((colors.double(), [torch.zeros(t.shape, dtype=torch.float64) if t.grad is None else t.grad.double()
+                                          for t in leaves]))
+    (fast, fast_grads), (ref, ref_grads) = results
+    assert (ref == 0).any() and (ref > 0).any(), "some colours must be clamped"
+    assert (fast - ref).abs().max() < 1e-5 * ref.abs().max()
+    for name, a, b in zip(("sh", "means"), fast_grads, ref_grads):
+        if name == "means" and degree == 0:
+            assert a.abs().max() == 0 and b.abs().max() == 0
+            continue
+        assert (a - b).abs().max() < 1e-5 * b.abs().max(), name
+
+
 def test_evaluation_ignores_pixels_without_photo(blob, monkeypatch):
     """Undistortion leaves a border with no photo behind it: it must not count in PSNR."""
     from fmsplat.render.rgb import render_rgb
@@ -400,3 +434,40 @@ def test_evaluation_ignores_pixels_without_photo(blob, monkeypatch):
     masked = evaluate_views(model, data, [i], (0, 0, 0))["psnr"]
     assert masked == pytest.approx(expected, abs=1e-4)
     assert abs(clean - expected) > 0.1, "the test needs a border that changes the score"
+
+
+def test_ssim_equals_the_direct_two_dimensional_window_with_gradients():
+    """losses.ssim (separable, batched blur) against SSIM written out with the 11x11 Gaussian window as one
+    2D zero-padded convolution per moment (Wang et al. 2004, the 3DGS form), values and gradients."""
+    import torch.nn.functional as F
+
+    from fmsplat.gaussians.losses import ssim
+
+    def direct(a, b):
+        a, b = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
+        x = torch.arange(11, dtype=torch.float64) - 5
+        g = torch.exp(-x**2 / (2 * 1.5**2))
+        g = g / g.sum()
+        win = torch.outer(g, g).expand(3, 1, 11, 11)
+
+        def blur(t):
+            return F.conv2d(t, win, padding=5, groups=3)
+
+        mu1, mu2 = blur(a), blur(b)
+        s1, s2, s12 = blur(a * a) - mu1**2, blur(b * b) - mu2**2, blur(a * b) - mu1 * mu2
+        c1, c2 = 0.01**2, 0.03**2
+        return (((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s1 + s2 + c2))).mean()
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(37, 29, 3, generator=g, dtype=torch.float64)
+    pred = (target + 0.2 * torch.randn(37, 29, 3, generator=g, dtype=torch.float64)).clamp(0, 1)
+    grads = []
+    for fn in (ssim, direct):
+        x = pred.clone().requires_grad_(True)
+        value = fn(x, target)
+        value.backward()
+        grads.append((value.detach(), x.grad))
+    (v, gv), (ref, gref) = grads
+    assert 0.2 < float(ref) < 0.95
+    assert abs(float(v - ref)) < 1e-12
+    assert (gv - gref).abs().max() < 1e-12 * max(1.0, float(gref.abs().max()))

@@ -369,7 +369,9 @@ class _FitCommand(TyperCommand):
 @app.command(cls=_FitCommand)
 def fit(
     scene: str = typer.Argument(..., help="Trained scene directory (fmsplat train); the field goes to SCENE/fields/<method>/."),
-    method: str = typer.Option("distill", "--method", "-m", help="Field method: distill (baseline), fmgs, m3."),
+    # fields.configs.DEFAULT_METHOD, spelled out: importing it loads torch before --help (a test ties the two)
+    method: str = typer.Option("lift", "--method", "-m", help="Field method: lift (the default: seconds, no "
+                               "training), distill (baseline), fmgs, m3 (bench/README.md, 'Which field by default')."),
     models: str = typer.Option(None, "--models", help="Comma-separated extractors, e.g. effnet,effnet-mid (default: the method's)."),
     preset: str = typer.Option(None, "--preset", help="Settings preset: paper (published, GPU-sized) or cpu (minutes on "
                                "2 cores); default: paper with CUDA, cpu without."),

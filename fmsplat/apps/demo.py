@@ -16,13 +16,9 @@ from pathlib import Path
 
 from fmsplat import __version__, atomic
 from fmsplat.errors import UserInputError
+from fmsplat.fields.configs import DEFAULT_METHOD  # lift: bench/README.md, "Which field by default"
 from fmsplat.workspace import Workspace
 
-# The method the demo fits when none is named. On the bench preset (bench/README.md, "Feature fields")
-# the baseline localised as many labels as FMGS (80%) in a quarter of its fit time (FMGS: better mIoU,
-# 46% vs 36%, but a 6-minute pyramid and a 13-minute fit on 2 cores); M3 scored below both at the CPU
-# step budget. The demo has to stay minutes long, so it fits the baseline; --methods fmgs,m3 adds the others.
-DEFAULT_METHOD = "distill"
 BASELINE = "distill"
 
 

@@ -232,6 +232,12 @@ CONFIGS: dict[str, type[FitConfig]] = {"distill": DistillConfig, "lift": LiftCon
                                        "m3": M3Config}
 
 # preset -> method -> overrides of the dataclass defaults (the `paper` settings); cpu: bench/README.md, "Feature fields"
+# The method `fmsplat fit` and `fmsplat demo` fit when none is named: the fastest within noise of the best
+# measured quality (bench/README.md, "Which field by default"). Lifting needs no optimisation and localised
+# within a query of the 800-step distillation on the bench room in 5 s against 224 s; FMGS localises more
+# but needs its multi-scale pyramid teacher (minutes on 2 cores).
+DEFAULT_METHOD = "lift"
+
 PRESETS: dict[str, dict[str, dict]] = {
     "paper": {"distill": {}, "lift": {}, "fmgs": {}, "m3": {}},
     "cpu": {
@@ -291,6 +297,6 @@ def settings_help() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["CONFIGS", "ConfigError", "DistillConfig", "FMGSConfig", "FieldError", "FitConfig", "LiftConfig", "M3Config",
+__all__ = ["CONFIGS", "DEFAULT_METHOD", "ConfigError", "DistillConfig", "FMGSConfig", "FieldError", "FitConfig", "LiftConfig", "M3Config",
            "PRESETS",
            "PRESET_DOCS", "config_class", "default_preset", "settings_help", "make_config", "parse_opts", "setting"]

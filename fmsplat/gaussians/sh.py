@@ -130,3 +130,4 @@ def sh_colors(sh0: torch.Tensor, shN: torch.Tensor, degree: int, dirs: torch.Ten
         basis = sh_basis(degree, dirs)[:, 1:]
         colors = colors + torch.bmm(basis[:, None, :], shN[:, : basis.shape[1]])[:, 0]
     return (colors + 0.5).clamp_min(0.0)
+

@@ -68,6 +68,51 @@ def _bin(proj: Projection, opacities: torch.Tensor, width: int, height: int):
     return offsets, ids, pixel_box, tiles_x, _tile_order(tiles_x * tiles_y)
 
 
+class _NumbaProjection(torch.autograd.Function):
+    """projection.project_gaussians as two numba kernels with a hand-written backward: no autograd graph
+    over every Gaussian (bench/README.md, "One 3DGS step"). Camera gradients are not computed."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmat, K, width, height):
+        from fmsplat.render import projection_kernels as pk
+
+        arrays = [t.detach().to(torch.float32).contiguous().numpy() for t in (means, quats, scales)]
+        view = viewmat.detach().to(torch.float32).contiguous().numpy()
+        k = K.detach().to(torch.float32)
+        intrinsics = np.array([k[0, 0], k[1, 1], k[0, 2], k[1, 2]], dtype=np.float32)
+        means2d, conics, depths, radii, visible = pk.project_forward(
+            *arrays, opacities.detach().to(torch.float32).contiguous().numpy(), view, intrinsics, width, height)
+        ctx.saved = (arrays, view, intrinsics, width, height, means.dtype)
+        out = [torch.from_numpy(a).to(means.dtype) for a in (means2d, conics, depths)]
+        radii_t, visible_t = torch.from_numpy(radii).to(means.dtype), torch.from_numpy(visible)
+        ctx.mark_non_differentiable(radii_t, visible_t)
+        return (*out, radii_t, visible_t)
+
+    @staticmethod
+    def backward(ctx, g_means2d, g_conics, g_depths, _g_radii, _g_visible):
+        from fmsplat.render import projection_kernels as pk
+
+        arrays, view, intrinsics, width, height, dtype = ctx.saved
+        n = arrays[0].shape[0]
+
+        def arr(g, shape):
+            return np.zeros(shape, np.float32) if g is None else g.detach().to(torch.float32).contiguous().numpy()
+
+        d_means, d_quats, d_scales = pk.project_backward(
+            *arrays, view, intrinsics, width, height, arr(g_means2d, (n, 2)), arr(g_conics, (n, 3)), arr(g_depths, (n,)))
+        return (torch.from_numpy(d_means).to(dtype), torch.from_numpy(d_quats).to(dtype),
+                torch.from_numpy(d_scales).to(dtype), None, None, None, None, None)
+
+
+def _project_numba(means, quats, scales, opacities, viewmat, K, width, height) -> Projection:
+    """project_gaussians through _NumbaProjection; the torch function where a camera needs gradients."""
+    if viewmat.requires_grad or K.requires_grad or means.is_cuda or means.dtype != torch.float32:
+        return project_gaussians(means, quats, scales, opacities, viewmat, K, width, height)
+    means2d, conics, depths, radii, visible = _NumbaProjection.apply(means, quats, scales, opacities, viewmat, K,
+                                                                     width, height)
+    return Projection(means2d=means2d, conics=conics, depths=depths, radii=radii, visible=visible)
+
+
 class _NumbaComposite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means2d, conics, opacities, feats, binning, width, height):
@@ -173,7 +218,8 @@ def rasterize(
 
     viewmat = viewmat.to(means.dtype)
     K = K.to(means.dtype)
-    proj = project_gaussians(means, quats, scales, opacities, viewmat, K, width, height)
+    project = _project_numba if backend == "numba" else project_gaussians
+    proj = project(means, quats, scales, opacities, viewmat, K, width, height)
     means2d = proj.means2d
     if means2d.requires_grad:
         means2d.retain_grad()
@@ -227,7 +273,8 @@ def accumulate(
 
     _check_inputs(means=geometry[0], quats=geometry[1], scales=geometry[2], opacities=geometry[3], signal=signal)
     means, quats, scales, opacities = geometry
-    proj = project_gaussians(means, quats, scales, opacities, viewmat.to(means.dtype), K.to(means.dtype), width, height)
+    with torch.no_grad():
+        proj = _project_numba(means, quats, scales, opacities, viewmat.to(means.dtype), K.to(means.dtype), width, height)
     offsets, ids, pixel_box, tiles_x, order = _bin(proj, opacities, width, height)
     arrays = [t.detach().to(torch.float32).contiguous().numpy() for t in (proj.means2d, proj.conics, opacities)]
     buf = nk.accumulate_weights(offsets, ids, *arrays, pixel_box, width, height, tiles_x, order,

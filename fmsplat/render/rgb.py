@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from fmsplat.gaussians import GaussianModel
-from fmsplat.gaussians.sh import sh_colors
+from fmsplat.gaussians.sh_kernels import view_colors
 from fmsplat.render import RenderResult, rasterize
 
 
@@ -23,9 +23,7 @@ def render_rgb(model_or_params, camera, sh_degree: int, background=(0.0, 0.0, 0.
     means = p["means"]
     device, dtype = means.device, means.dtype
     center = torch.as_tensor(camera.center, dtype=dtype, device=device)
-    dirs = means - center
-    dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    colors = sh_colors(p["sh0"], p["shN"], sh_degree, dirs)
+    colors = view_colors(p["sh0"], p["shN"], sh_degree, means, center)
     return rasterize(
         means, p["quats"], torch.exp(p["scales"]), torch.sigmoid(p["opacities"]), colors,
         camera.viewmat_tensor(device, dtype), camera.K_tensor(device, dtype), camera.width, camera.height,
