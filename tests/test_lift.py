@@ -145,3 +145,141 @@ def test_lifted_field_finds_the_labelled_objects(lifted):
                        latency_repeats=0)["summary"]
     assert s["loc_acc"] > 0.5 and s["loc_acc"] > s["loc_chance"] + 0.3, (s["loc_acc"], s["loc_chance"])
     assert s["gauss_in_box"] >= 0.5, s["gauss_in_box"]
+
+
+def _resign(field_dir, meta, role="tensors"):
+    """Record the current size and SHA-256 of `role`'s file in `meta` (a consistent manifest over damage)."""
+    from fmsplat.workspace import sha256_file
+
+    path = field_dir / meta["files"][role]["name"]
+    meta["files"][role].update(bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+def _field_mutations():
+    """(label, mutate(field_dir, meta) -> meta to write, or None to leave field.json as it is)."""
+    from safetensors.torch import load_file, save_file
+
+    def tensors(change):
+        def mutate(d, meta):
+            path = d / meta["files"]["tensors"]["name"]
+            t = load_file(str(path))
+            change(t)
+            save_file(t, str(path))
+            _resign(d, meta)
+            return meta
+        return mutate
+
+    def setm(fn):
+        def mutate(d, meta):
+            fn(meta)
+            return meta
+        return mutate
+
+    def first(t):
+        return sorted(t)[0]
+
+    def nan(t):
+        t[first(t)].view(-1)[0] = float("nan")
+
+    def inf(t):
+        t[first(t)].view(-1)[-1] = float("inf")
+
+    def shape(t):
+        k = first(t)
+        t[k] = t[k][:-1].clone()
+
+    def transpose(t):
+        k = max(t, key=lambda k: t[k].dim())
+        t[k] = t[k].reshape(-1).flip(0).reshape(t[k].shape[::-1]).clone() if t[k].dim() == 2 else t[k]
+
+    def drop(t):
+        t.pop(first(t))
+
+    def dtype(t):
+        k = first(t)
+        t[k] = t[k].to(torch.int64)
+
+    cases = [("unchanged", setm(lambda m: None))]
+    cases += [(f"meta {key} removed", setm(lambda m, key=key: m.pop(key)))
+              for key in ("spaces", "config", "method", "made_from", "files", "num_gaussians")]
+    cases += [("spaces not a list", setm(lambda m: m.update(spaces=5))),
+              ("a space a string", setm(lambda m: m.update(spaces=["effnet"]))),
+              ("a space without a name", setm(lambda m: [s.pop("name", None) for s in m["spaces"]])),
+              ("a space of an unknown model", setm(lambda m: m["spaces"][0].update(name="nosuch"))),
+              ("config unknown key", setm(lambda m: m["config"].update(nosuch=1))),
+              ("config value a string", setm(lambda m: m["config"].update(render_scale="big"))),
+              ("config value NaN", setm(lambda m: m["config"].update(render_scale=float("nan")))),
+              ("config a list", setm(lambda m: m.update(config=[1]))),
+              ("method another", setm(lambda m: m.update(method="distill"))),
+              ("num_gaussians off by one", setm(lambda m: m.update(num_gaussians=m["num_gaussians"] + 1))),
+              ("owns_geometry without a Gaussians file", setm(lambda m: m.update(owns_geometry=True))),
+              ("made_from other Gaussians", setm(lambda m: m["made_from"].update(gaussians="0" * 16))),
+              ("tensors entry without sha256", setm(lambda m: m["files"]["tensors"].pop("sha256"))),
+              ("tensors entry '../x'", setm(lambda m: m["files"]["tensors"].update(name="../x")))]
+    cases += [("tensor NaN, manifest re-signed", tensors(nan)), ("tensor inf, manifest re-signed", tensors(inf)),
+              ("tensor one row short, manifest re-signed", tensors(shape)),
+              ("tensor transposed, manifest re-signed", tensors(transpose)),
+              ("tensor missing, manifest re-signed", tensors(drop)),
+              ("tensor integer, manifest re-signed", tensors(dtype))]
+
+    def truncate(d, meta):
+        path = d / meta["files"]["tensors"]["name"]
+        path.write_bytes(path.read_bytes()[:100])
+        return None
+
+    def truncate_signed(d, meta):
+        truncate(d, meta)
+        _resign(d, meta)
+        return meta
+
+    def garbage(d, meta):
+        (d / "field.json").write_bytes(b'{"method": "lift", \xff')
+        return None
+
+    cases += [("tensors truncated", truncate), ("tensors truncated, manifest re-signed", truncate_signed),
+              ("field.json not UTF-8 JSON", garbage)]
+    return cases
+
+
+def test_fitted_field_mutations_load_correctly_or_fail_naming_the_field(lifted):
+    """The fitted-field family of the reader harness (tests/test_readers_mutation.py): each mutation of a
+    real lift field (its field.json and its tensors, with the manifest re-signed so the checksum does not
+    catch it) must load the true field or raise the package's error naming the field's files; never a raw
+    exception, never a field that differs from the one fitted."""
+    import json
+    import shutil
+
+    from test_readers_mutation import classify
+
+    scene, field = lifted
+    field_dir = scene / "fields" / "lift"
+    backup = scene.parent / "lift-backup"
+    shutil.copytree(field_dir, backup)
+    reference = load_field(scene, "lift")
+    truth = {k: v.detach().clone() for k, v in reference.state_tensors().items()}
+    truth_spaces = [s.to_json() for s in reference.spaces.values()]
+
+    def same(loaded):
+        got = loaded.state_tensors()
+        return (set(got) == set(truth) and all(torch.equal(got[k], truth[k]) for k in truth)
+                and [s.to_json() for s in loaded.spaces.values()] == truth_spaces and loaded.config == reference.config)
+
+    outcomes = {}
+    try:
+        for label, mutate in _field_mutations():
+            meta = json.loads((field_dir / "field.json").read_text())
+            written = mutate(field_dir, meta)
+            if written is not None:
+                (field_dir / "field.json").write_text(json.dumps(written))
+            outcomes[label] = classify(lambda: load_field(scene, "lift"), same, str(field_dir))
+            shutil.rmtree(field_dir)
+            shutil.copytree(backup, field_dir)
+    finally:
+        if not field_dir.is_dir():
+            shutil.copytree(backup, field_dir)
+        shutil.rmtree(backup)
+    print("\n".join(f"  {label:45s} {o:16s} {d[:100]}" for label, (o, d) in outcomes.items()))
+    assert outcomes["unchanged"][0] == "accepted-correct"
+    bad = {label: o for label, o in outcomes.items() if o[0] not in ("accepted-correct", "rejected-named")}
+    assert not bad, bad
+    assert sum(o[0] == "rejected-named" for o in outcomes.values()) >= len(outcomes) - 3

@@ -74,12 +74,27 @@ def load_field(scene_dir, method: str | None = None, bundle: Workspace | None = 
                          f"{len(gaussians)}; fit it again")
     if "tensors" not in files:
         raise FieldError(f"{where}: names no tensors file")
+    if not isinstance(meta.get("config"), dict):  # no silent defaults for settings the field was fitted with
+        raise FieldError(f"{where}: 'config' must be the object of the settings the field was fitted with, got "
+                         f"{type(meta.get('config')).__name__}; fit it again")
+    if not isinstance(meta.get("spaces"), list) or not meta["spaces"]:
+        raise FieldError(f"{where}: 'spaces' must be a non-empty list of feature spaces; fit it again")
+    tensors = load_field_tensors(files["tensors"])
     try:
         spaces = [SpaceSpec.from_json(s) for s in meta["spaces"]]
-        field_ = module.FIELD.from_saved(gaussians, spaces, meta.get("config", {}), load_field_tensors(files["tensors"]), meta)
-    except FieldError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # a manifest or tensors this version cannot use
+        field_ = module.FIELD.from_saved(gaussians, spaces, meta["config"], tensors, meta)
+        # what the field would save now must have the types it was read with (an integer table cast to
+        # floats would load "fine" with every value truncated)
+        now = field_.state_tensors()
+        for name, t in tensors.items():
+            if name in now and now[name].dtype != t.dtype:
+                raise FieldError(f"tensor {name!r} is {t.dtype}, a {method} field stores {now[name].dtype}")
+    except FieldError as err:
+        if str(field_dir) in str(err):
+            raise
+        raise FieldError(f"{where}: {err}; fit it again") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as err:  # a manifest or tensors this
+        # version cannot use
         raise FieldError(f"{where}: not a {method} field this version can load ({type(err).__name__}: "
                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); fit it again") from None
     field_.eval()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from fmsplat import __version__
 from fmsplat.fields.configs import ConfigError, FieldError
 from fmsplat.foundation.cache import CachedMaps, FeatureCache, extract_features
-from fmsplat.foundation.registry import get_extractor, parse_options
+from fmsplat.foundation.registry import get_extractor, known_extractor, parse_options
 from fmsplat.gaussians import GaussianModel
 from fmsplat.render import rasterize
 from fmsplat.scene import Camera
@@ -78,9 +78,22 @@ class SpaceSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "SpaceSpec":
+        """The space a field.json records; FieldError naming the entry when it is not one."""
+        if not isinstance(d, dict):
+            raise FieldError(f"a feature space must be an object, got {type(d).__name__}")
         d = dict(d)
+        kinds = {"alias": str, "name": str, "key": str, "dim": int, "pyramid": bool, "language_aligned": bool}
+        for key, kind in kinds.items():
+            value = d.get(key)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise FieldError(f"feature space {d.get('alias')!r}: {key} must be a {kind.__name__}, got {value!r}")
+        if d["dim"] < 1 or not known_extractor(d["name"]):
+            raise FieldError(f"feature space {d['alias']!r}: not an extractor fmsplat knows ({d['name']!r}, "
+                             f"dim {d['dim']})")
+        if not isinstance(d.get("options") or {}, dict):
+            raise FieldError(f"feature space {d['alias']!r}: options must be an object, got {d.get('options')!r}")
         d["options"] = tuple(sorted(dict(d.get("options") or {}).items()))
-        return cls(**d)
+        return cls(**{k: d[k] for k in ("alias", "name", "options", *kinds) if k in d})
 
 
 def parse_space(text: str, pyramid: bool = False) -> SpaceSpec:

@@ -25,6 +25,13 @@ def list_extractors() -> dict[str, str]:
     return {**_EMBEDDED, **{f"{k}:<id>": v for k, v in _FAMILIES.items()}}
 
 
+def known_extractor(name: str) -> bool:
+    """Whether get_extractor accepts `name` (options after '@' aside), without building anything."""
+    base = name.split("@", 1)[0]
+    family, sep, ident = base.partition(":")
+    return base in _EMBEDDED or bool(sep and family in _FAMILIES and ident)
+
+
 def _family_factory(family: str) -> Callable:
     from fmsplat.foundation import hf
 
