@@ -37,6 +37,15 @@ def _heldout_cos_distance(field_, bundle, alias: str) -> float:
     return sum(vals) / len(vals)
 
 
+def _mask_auroc(scores: torch.Tensor, inside: torch.Tensor) -> float:
+    """P(a random pixel inside the object's mask scores above a random pixel outside it), ties counted
+    half (the Mann-Whitney statistic, by a search in the sorted outside scores)."""
+    pos, neg = scores[inside].double(), scores[~inside].double().sort().values
+    below = torch.searchsorted(neg, pos, right=False).double()
+    at_most = torch.searchsorted(neg, pos, right=True).double()
+    return float(((below + at_most) / 2).mean() / len(neg))
+
+
 @pytest.fixture(scope="module")
 def fitted(tiny_scene, tmp_path_factory):
     import shutil
@@ -48,7 +57,6 @@ def fitted(tiny_scene, tmp_path_factory):
 
 
 def test_fit_beats_a_random_field_and_localises_labels(fitted, tiny_dataset):
-    from fmsplat.eval.metrics import localization_hit
     from fmsplat.query.relevancy import CANONICAL_NEGATIVES, relevancy
     from fmsplat.scene.labels import read_label_dir
 
@@ -68,25 +76,28 @@ def test_fit_beats_a_random_field_and_localises_labels(fitted, tiny_dataset):
     labels = read_label_dir(tiny_dataset)
     stems = [Path(bundle.view_name(i)).stem for i in range(len(bundle.dataset))]
     teacher_cache = feature_cache(bundle, space, progress=False)
-    field_hits, teacher_hits = {}, {}
+    ranks = {"field": {}, "random": {}, "teacher": {}}  # (stem, category) -> AUROC
     for stem, view in labels.items():
         i = stems.index(stem)
-        out = field_.render(bundle.dataset.cameras[i], [alias], size=(view.width, view.height))
-        assert out.features[alias].shape == (space.dim, view.height, view.width)
-        teacher = F.interpolate(teacher_cache.get(bundle.view_name(i))[None], size=(view.height, view.width),
-                                mode="bilinear", align_corners=False)[0]
+        size = (view.width, view.height)
+        maps = {name: f.render(bundle.dataset.cameras[i], [alias], size=size).features[alias]
+                for name, f in (("field", field_), ("random", random_field))}
+        assert maps["field"].shape == (space.dim, view.height, view.width)
+        maps["teacher"] = F.interpolate(teacher_cache.get(bundle.view_name(i))[None], size=(view.height, view.width),
+                                        mode="bilinear", align_corners=False)[0]
         for category in view.categories():
             text = space.encode_text([category])[0]
-            boxes = [o.bbox for o in view.objects if o.category == category]
-            rel = relevancy(out.features[alias], text, negatives)
-            field_hits[stem, category] = localization_hit(rel.numpy(), boxes)
-            teacher_hits[stem, category] = localization_hit(relevancy(teacher, text, negatives).numpy(), boxes)
-    # labels the teacher's own features never localise (on these 128x96 views: the motorcycle) are out of
-    # any field's reach; on the others the field's argmax lies inside the object's box in most views
-    reachable = {c for (_, c), hit in teacher_hits.items() if hit}
-    pairs = [k for k in field_hits if k[1] in reachable]
-    assert len(pairs) >= 4, teacher_hits
-    assert sum(field_hits[k] for k in pairs) > len(pairs) / 2, (field_hits, teacher_hits)
+            inside = torch.as_tensor(view.mask(category), dtype=torch.bool)
+            for name, feats in maps.items():
+                ranks[name][stem, category] = _mask_auroc(relevancy(feats, text, negatives), inside)
+    # Labels the teacher's own features cannot tell from their surroundings (on these 128x96 views: the
+    # motorcycle) are out of any field's reach. On the others the fitted field ranks the object's pixels
+    # above the rest of the view (AUROC, stable where a single argmax pixel flips between runs) far
+    # better than chance and than the untrained field.
+    reachable = [k for k, auc in ranks["teacher"].items() if auc > 0.7]
+    assert len(reachable) >= 4, ranks["teacher"]
+    mean = {name: sum(r[k] for k in reachable) / len(reachable) for name, r in ranks.items()}
+    assert mean["field"] > 0.75 and mean["field"] > mean["random"] + 0.15, mean
 
 
 def test_summary_banks_and_round_trip(fitted):

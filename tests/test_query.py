@@ -43,6 +43,15 @@ def shuffled(bundle, tiny_dataset):
     return OracleField.paint(bundle.gaussians, Path(tiny_dataset) / "objects.json", shuffle_seed=0)
 
 
+def _shuffles(shuffled, objects, seeds=range(1, 6)):
+    """`shuffled` (seed 0) and the same painting with the labels permuted by each of `seeds`."""
+    from fmsplat.eval.oracle import OracleField
+
+    yield shuffled
+    for seed in seeds:
+        yield OracleField.paint(shuffled.gaussians, shuffled.summary["objects_json"], shuffle_seed=seed)
+
+
 def _inside(points, obj) -> torch.Tensor:
     p = torch.as_tensor(np.asarray(points, dtype=np.float64)).reshape(-1, 3)
     return ((p >= torch.as_tensor(obj.aabb_min)) & (p <= torch.as_tensor(obj.aabb_max))).all(dim=1)
@@ -214,8 +223,13 @@ def test_shuffled_oracle_is_not_found(shuffled, labelled, objects):
     ious = [iou(views.in_view(cam, locator.locate(cat)).mask, vl.mask(cat)) for cam, vl in labelled
             for cat in vl.categories()]
     assert np.mean(ious) < 0.25
-    found = [bool(_inside(locator.locate(cat).point, objects[cat])) for cat in objects]
-    assert sum(found) <= 1
+    # Where the answer lands is chance, and chance is high here: a shuffled label still sits on every
+    # Gaussian, most densely where Gaussians are dense, on the large textured objects (measured: 0-3 of
+    # the 4 points inside their boxes by seed, 14 of 32 over 8 seeds). So over several shuffles: far from
+    # the oracle's 4 of 4 (test_oracle_is_found_in_every_labelled_view_in_2d_and_3d).
+    found = [bool(_inside(Locator(QueryCore(field_)).locate(cat).point, objects[cat]))
+             for field_ in _shuffles(shuffled, objects) for cat in objects]
+    assert np.mean(found) <= 0.6, found
 
 
 def test_answer_gaussians_are_the_objects_gaussians(oracle, shuffled, objects):
@@ -230,9 +244,13 @@ def test_answer_gaussians_are_the_objects_gaussians(oracle, shuffled, objects):
         assert sel.count > 20
         assert bool(inside[sel.mask].all()), f"{cat}: {int((~inside[sel.mask]).sum())} selected Gaussians outside its box"
         assert sel.count == int((inside & opaque).sum())  # and every opaque one inside it
-    cat = next(iter(objects))
-    bad = Locator(QueryCore(shuffled)).locate(cat).selection
-    assert float(_inside(means[bad.mask], objects[cat]).float().mean()) < 0.3
+    # shuffled: the selected Gaussians mostly lie outside the object (one shuffle can land the answer on it)
+    precision = []
+    for field_ in _shuffles(shuffled, objects):
+        for cat, obj in objects.items():
+            bad = Locator(QueryCore(field_)).locate(cat).selection
+            precision.append(float(_inside(means[bad.mask], obj).float().mean()) if bad.count else 0.0)
+    assert np.mean(precision) < 0.3, precision
 
 
 def test_unknown_space_and_empty_selection_are_named_errors(oracle):
