@@ -11,6 +11,7 @@ A trained scene is a directory (`fmsplat train DATA --out SCENE`); every stage a
     memory/<key>.safetensors   M3 memory banks (one file each, written atomically)
     fields/<method>/     a fitted field: field.json (its manifest) + the files it names, checkpoint.pt
     queries/ eval/       answers and evaluation reports
+    inventory/<method>/  what is in the scene (fmsplat inventory): JSON, pictures, PLY per object
 
 `Workspace(root)` names those paths; `Workspace.open(root)` also reads scene.json, loads the dataset it
 names and the Gaussians, and refuses (one line naming what differs) a dataset or a gaussians.ply other
@@ -47,7 +48,7 @@ CHECKPOINT = "checkpoint.pt"
 # that a kill mid-way leaves a folder that no longer claims to be a scene. data/ (a capture posed by
 # `fmsplat train VIDEO`) is input, not output, and stays.
 OUTPUTS = (SCENE_JSON, METRICS_JSON, GAUSSIANS_PLY, "checkpoints", "renders", "sfm", "fields", "features", "memory",
-           "queries", "eval")
+           "queries", "eval", "inventory")
 INPUTS = ("data",)
 
 
@@ -119,6 +120,9 @@ class Workspace:
     @property
     def eval_dir(self) -> Path:
         return self.root / "eval"
+
+    def inventory_dir(self, method: str) -> Path:
+        return self.root / "inventory" / method
 
     def field_dir(self, method: str) -> Path:
         return self.fields_dir / method

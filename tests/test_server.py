@@ -120,6 +120,16 @@ def jcall(srv, path, body=None, **kw):
     return status, json.loads(data)
 
 
+def test_inventory_lists_every_object_at_its_place(srv, objects):
+    status, inv = jcall(srv, "/inventory")
+    assert status == 200
+    placed = {label for label, obj in objects.items() for o in inv["objects"] if not o["background"]
+              and all(lo <= v <= hi for v, lo, hi in zip(o["point"], obj.aabb_min, obj.aabb_max))}
+    assert placed == set(objects), inv["objects"]  # the oracle field: every object, each at its place
+    status, again = jcall(srv, "/inventory")
+    assert status == 200 and again["objects"] == inv["objects"]
+
+
 def test_health_and_scene(srv, service):
     status, h = jcall(srv, "/health")
     assert status == 200 and h["status"] == "ok" and h["method"] == "oracle" and h["gaussians"] == len(service.sq.field.gaussians)

@@ -489,6 +489,56 @@ def query(
 
 
 @app.command()
+def inventory(
+    scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
+    method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
+    out: str = typer.Option(None, "--out", "-o", help="Output folder (default: SCENE/inventory/<method>/)."),
+    clusters: int = typer.Option(32, "--clusters", min=1, max=512, help="Feature groups before the spatial split (more: finer objects)."),
+    ply: bool = typer.Option(False, "--ply", help="Also write each object's Gaussians as a PLY (objects/<n>-<name>.ply)."),
+) -> None:
+    """What is in the scene, without a phrase: its objects with names, 3D points, boxes and sizes (JSON, pictures, PLY)."""
+    from fmsplat.apps.inventory import run_inventory
+
+    record, folder, cached = run_inventory(scene, method, out, clusters, ply)
+    objects = record["objects"]
+    typer.echo(f"{sum(not o['background'] for o in objects)} objects and {sum(o['background'] for o in objects)} "
+               f"background piece(s) in {record['scene']} ({record['method']} field"
+               + (", read back from an earlier run)" if cached else f", {record['seconds']:.1f} s)"))
+    for o in objects:
+        size = " x ".join(f"{v:.2f}" for v in o["size"])
+        point = "(" + ", ".join(f"{v:.2f}" for v in o["point"]) + ")"
+        kind = "background " if o["background"] else ""
+        also = ", ".join(c["name"] for c in o["concepts"][1:3])
+        typer.echo(f"  {o['index']:3d}  {kind}{o['name']}  at {point}, size {size}, {o['gaussians']} Gaussians"
+                   f" (also: {also})")
+    typer.echo(f"files: {folder}/ (inventory.json, inventory.png, inventory_map.png" + (", objects/*.ply)" if ply else ")"))
+
+
+@app.command()
+def edit(
+    scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit); only read."),
+    out: str = typer.Option(..., "--out", "-o", help="The edited scene: a new directory."),
+    remove: str = typer.Option(None, "--remove", help="Phrase whose Gaussians are removed, e.g. \"chair\"."),
+    keep: str = typer.Option(None, "--keep", help="Phrase whose Gaussians alone are kept, e.g. fox."),
+    all_parts: bool = typer.Option(False, "--all", help="Every separate part that matches, not only the heaviest."),
+    method: str = typer.Option(None, "--method", "-m", help="Field that answers the phrase (default: the newest fitted one)."),
+) -> None:
+    """Remove (--remove) or keep only (--keep) what a phrase names: a new scene with its fields cut to match, and before/after renders."""
+    from fmsplat.query import SceneQuery
+    from fmsplat.query.edit import edit_scene
+
+    if (remove is None) == (keep is None):
+        raise typer.BadParameter("give one of --remove PHRASE or --keep PHRASE")
+    mode, text = ("remove", remove) if remove is not None else ("keep", keep)
+    rec = edit_scene(SceneQuery.open(scene, method), text, out, mode=mode, all_parts=all_parts)
+    typer.echo(f"{mode} '{text}' (score {rec['presence']['score']:.2f}): {rec['selected']} Gaussians selected, "
+               f"{rec['gaussians_before']} -> {rec['gaussians_after']} in {rec['out']}")
+    typer.echo(f"fields cut to match: {', '.join(rec['fields']) or 'none'}"
+               + "".join(f"; left out {m}: {why}" for m, why in rec["fields_left_out"].items()))
+    typer.echo(f"before/after: {Path(rec['out']) / 'renders'}/edit_*.png")
+
+
+@app.command()
 def serve(
     scene: str = typer.Argument(..., help="Scene directory with a fitted field (fmsplat fit)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs a token."),

@@ -419,6 +419,13 @@ class SceneService:
                    "X-Fmsplat-Gaussians": str(count), "X-Fmsplat-Found": str(answer.found).lower()}
         return data, headers
 
+    def inventory(self) -> dict:
+        """What is in the scene (fmsplat.query.inventory), computed on the first request and kept."""
+        with self.lock:
+            t0 = time.perf_counter()
+            inv = self.sq.inventory()
+            return {**inv.to_json(), "elapsed_ms": round(1e3 * (time.perf_counter() - t0), 3)}
+
     def scene(self) -> dict:
         ds = self.sq.dataset
         test = set(getattr(ds, "test_indices", []) or [])
@@ -576,6 +583,10 @@ def create_app(service: SceneService, token: str | None = None):
     @app.get("/scene")
     def scene():
         return service.scene()
+
+    @app.get("/inventory")
+    def inventory():
+        return service.inventory()
 
     @app.post("/query")
     def query(req: Query = Body(...)):

@@ -34,6 +34,7 @@ class OracleConfig:
 class OracleField(FeatureField):
     method = "oracle"
     config_class = OracleConfig
+    per_gaussian = ("classes",)
 
     def __init__(self, gaussians: GaussianModel, spaces: list[SpaceSpec], config: OracleConfig) -> None:
         super().__init__(gaussians, spaces, config)

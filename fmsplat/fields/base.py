@@ -302,6 +302,30 @@ class FeatureField(torch.nn.Module):
         return field_
 
     config_class: ClassVar[type] = type(None)
+    # state tensors with one row per Gaussian (the rest, decoders, tables in world space, banks, are shared by
+    # every Gaussian): what `subset` cuts
+    per_gaussian: ClassVar[tuple[str, ...]] = ()
+
+    def subset(self, keep) -> "FeatureField":
+        """The same field on the Gaussians selected by the bool mask `keep` (N,): their per-Gaussian state cut
+        with them, everything else as is, so that each kept Gaussian renders and answers as it did."""
+        keep = torch.as_tensor(keep, dtype=torch.bool)
+        n = len(self.gaussians)
+        if keep.shape != (n,):
+            raise FieldError(f"{self.method} field: a subset mask of shape {tuple(keep.shape)} for {n} Gaussians")
+        if not keep.any():
+            raise FieldError(f"{self.method} field: a subset must keep at least one Gaussian")
+        tensors = self.state_tensors()
+        for name in self.per_gaussian:
+            if tensors[name].shape[0] != n:
+                raise FieldError(f"{self.method} field: per-Gaussian tensor {name!r} has {tensors[name].shape[0]} rows "
+                                 f"for {n} Gaussians")
+            tensors[name] = tensors[name][keep].contiguous()
+        config = asdict(self.config) if self.config is not None else {}
+        field_ = type(self).from_saved(self.gaussians.detach().subset(keep), list(self.spaces.values()), config,
+                                       tensors, {"summary": {**self.summary, "subset": {"of": n, "kept": int(keep.sum())}}})
+        field_.eval()
+        return field_
 
     # -- persistence
     def save(self, scene_dir) -> Path:

@@ -17,6 +17,7 @@ DEFAULT_MODELS = ("effnet", "effnet-mid")
 class DistillField(FeatureField):
     method = "distill"
     config_class = Config
+    per_gaussian = ("features",)
 
     def __init__(self, gaussians, spaces: list[SpaceSpec], config: Config) -> None:
         super().__init__(gaussians, spaces, config)

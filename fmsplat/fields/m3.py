@@ -94,6 +94,7 @@ def tau_of(config: Config, spec: SpaceSpec) -> float:
 class M3Field(FeatureField):
     method = "m3"
     config_class = Config
+    per_gaussian = ("queries",)
 
     def __init__(self, gaussians: GaussianModel, spaces: list[SpaceSpec], config: Config,
                  banks: dict[str, torch.Tensor] | None = None) -> None:

@@ -27,6 +27,7 @@ _EXPORTS = {
     **{name: "views" for name in ("QueryResult", "ViewQuery", "lift_pixel", "localize_2d", "relevancy_map",
                                   "segment_query")},
     **{name: "scene_query" for name in ("MAX_TEXT_LENGTH", "SceneQuery", "check_text", "slugify")},
+    **{name: "inventory" for name in ("Inventory", "InventoryObject", "inventory")},
 }
 __all__ = sorted(_EXPORTS)
 

@@ -156,6 +156,15 @@ class Locator:
             self._neg_gauss = (self._gauss @ neg.T).amax(dim=1)
         return self._gauss, self._neg_gauss
 
+    def unit_features(self) -> torch.Tensor:
+        """(N, D) unit feature of every Gaussian in this core's space (cached)."""
+        return self._gaussian_cache()[0]
+
+    def opaque_geometry(self, min_opacity: float = 0.1):
+        """(indices of the Gaussians with opacity >= `min_opacity`, their centres (K, 3) float64, the linking
+        length of their parts, the scene's robust diagonal); cached."""
+        return self._opaque_geometry(min_opacity)
+
     def gaussian_relevancy(self, text: str) -> torch.Tensor:
         """(N,) LERF relevancy of every Gaussian's decoded feature for `text`."""
         g, neg_max = self._gaussian_cache()

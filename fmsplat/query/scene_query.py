@@ -29,6 +29,7 @@ from fmsplat.errors import UserInputError
 from fmsplat.fields import load_field
 from fmsplat.fields.base import FeatureField, FieldError
 from fmsplat.query.core import QueryCore
+from fmsplat.query.inventory import INVENTORY_CLUSTERS, Inventory, inventory
 from fmsplat.query.locate import Answer, Locator, export_selection
 from fmsplat.query.presence import Concept
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
@@ -70,6 +71,7 @@ class SceneQuery:
         self.locator = Locator(core)
         self.views = ViewQuery(core)
         self._variants: OrderedDict[tuple[str, tuple[str, ...]], SceneQuery] = OrderedDict()
+        self._inventories: dict[int, Inventory] = {}
 
     @classmethod
     def open(cls, scene, method: str | None = None, space: str | None = None,
@@ -146,6 +148,12 @@ class SceneQuery:
             return self.locator.describe_point(point, k)
         i = self.view_index(view)
         return self.views.describe_pixel(self.dataset.cameras[i], int(pixel[0]), int(pixel[1]), k)
+
+    def inventory(self, clusters: int = INVENTORY_CLUSTERS) -> Inventory:
+        """What is in the scene, without a phrase (fmsplat.query.inventory); computed once per `clusters`."""
+        if clusters not in self._inventories:
+            self._inventories[clusters] = inventory(self.locator, self.dataset.cameras, clusters=clusters)
+        return self._inventories[clusters]
 
     def export(self, answer: Answer, path) -> int:
         """Write the answer's Gaussians (all its parts) as a 3DGS PLY; returns how many."""
