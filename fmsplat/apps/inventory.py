@@ -44,6 +44,11 @@ def _label(draw: ImageDraw.ImageDraw, xy, text: str, colour, size: int) -> None:
     draw.text((x, y), text, fill=colour, font=f)
 
 
+def _in_image(cam, p_cam) -> bool:
+    u, v, _ = cam.K @ (p_cam / p_cam[2])
+    return bool(p_cam[2] > 1e-6 and 0 <= u < cam.width and 0 <= v < cam.height)
+
+
 def view_picture(sq: SceneQuery, inv: Inventory, view: int) -> np.ndarray:
     """The render of `view` with each object's projected box and "n name" drawn on it."""
     cam = sq.dataset.cameras[view]
@@ -57,8 +62,9 @@ def view_picture(sq: SceneQuery, inv: Inventory, view: int) -> np.ndarray:
         if obj.background:
             continue
         pc = _box_corners(obj) @ R.T + t
-        if (pc[:, 2] <= 1e-6).any():
-            continue
+        centre = 0.5 * (obj.box_min + obj.box_max) @ R.T + t
+        if (pc[:, 2] <= 1e-6).any() or view not in obj.views and not _in_image(cam, centre):
+            continue  # behind the camera, or its centre out of the picture: drawn in its own best views
         uv = (pc @ cam.K.T)[:, :2] / pc[:, 2:3] * scale
         x0, y0 = uv.min(0)
         x1, y1 = uv.max(0)

@@ -12,8 +12,10 @@ parts (fmsplat.query.parts, the linking length of the 3D answers): a group of si
 several objects, and one object is one connected piece. Parts of too few Gaussians or too little weight
 are dropped, and so are parts scattered among other things (less than MIN_PURITY of the opaque
 Gaussians inside their box are their own: features that carry no information make only such parts).
-Two parts of the same name whose boxes touch are one object (k-means can cut an object along a feature
-gradient); parts of different names stay apart, so one object can be listed as two pieces.
+Adjacent parts where one reads as the other (its nearest concept among the other's 5 nearest) and
+whose mean features agree (cosine >= MERGE_COSINE) are then joined, the closest pair first (`merge_adjacent`): k-means cuts an object along
+its feature gradients. An object can still be
+listed as two pieces where its parts read as different things.
 
 Each object's name is the vocabulary concept nearest its mean feature (fmsplat.query.presence.describe),
 kept only when its Gaussians agree: at least NAME_AGREEMENT of them have that concept among their own 5
@@ -42,6 +44,7 @@ INVENTORY_CLUSTERS = 32  # feature groups before the spatial split (bench/README
 MIN_OBJECT_GAUSSIANS = 30
 MIN_OBJECT_WEIGHT = 0.002  # share of the scene's total opacity
 NAME_AGREEMENT = 0.5  # share of an object's Gaussians with its name among their own 5 nearest concepts
+MERGE_COSINE = 0.8  # adjacent pieces whose mean features agree this well are one object (the fox's pieces: 0.74-0.91)
 MIN_PURITY = 0.3  # share of the opaque Gaussians inside an object's box that are its own
 BACKGROUND_EXTENT = 0.5  # box diagonal, as a share of the scene's robust diagonal
 FLAT_RATIO = 0.05  # thinnest / widest principal extent of a flat sheet ...
@@ -99,6 +102,21 @@ class Inventory:
     link: float
     n_gaussians: int
     seconds: float
+
+    def grow(self, mask: torch.Tensor, share: float = 0.5) -> torch.Tensor:
+        """`mask` (N,) joined with every object (not background) that holds at least `share` of the masked
+        Gaussians or has at least `share` of its own among them: a phrase's answer, often one surface of
+        the object, grown to the objects it falls in."""
+        mask = torch.as_tensor(mask, dtype=torch.bool)
+        out = mask.clone()
+        total = max(int(mask.sum()), 1)
+        for o in self.objects:
+            if o.background:
+                continue
+            common = int(mask[o.indices].sum())
+            if common >= share * total or common >= share * o.count:
+                out[o.indices] = True
+        return out
 
     def object(self, index: int) -> InventoryObject:
         """The object numbered `index` (1-based, as printed)."""
@@ -190,7 +208,7 @@ def inventory(locator: Locator, cameras=(), clusters: int = INVENTORY_CLUSTERS, 
     nearest = _nearest_concepts(feats, vocab.embeddings)  # (K, 5)
     groups = spherical_kmeans(feats, clusters)
     total = float(opac.sum())
-    pieces = []  # (local indices into keep, concept index)
+    pieces = []  # local indices into keep, one tensor per piece
     for g in range(int(groups.max()) + 1):
         members = torch.nonzero(groups == g).squeeze(1)
         if len(members) < MIN_OBJECT_GAUSSIANS:
@@ -198,12 +216,10 @@ def inventory(locator: Locator, cameras=(), clusters: int = INVENTORY_CLUSTERS, 
         for comp in connected_parts(pts[members.numpy()], opac[members].numpy(), link):
             local = members[torch.as_tensor(comp.members)]
             if len(local) >= MIN_OBJECT_GAUSSIANS and comp.weight >= MIN_OBJECT_WEIGHT * total:
-                mean = F.normalize((opac[local, None].float() * feats[local]).sum(0), dim=0)
-                best = int(torch.argmax(vocab.embeddings @ mean))
-                pieces.append([local, best])
-    pieces = _merge_touching(pieces, pts, link)
+                pieces.append(local)
+    pieces = merge_adjacent(pieces, pts, feats, opac, link, vocab.embeddings)
     objects = []
-    for local, best in pieces:
+    for local in pieces:
         ppts = pts[local.numpy()]
         w = opac[local]
         mean = F.normalize((w[:, None].float() * feats[local]).sum(0), dim=0)
@@ -232,27 +248,62 @@ def inventory(locator: Locator, cameras=(), clusters: int = INVENTORY_CLUSTERS, 
                      n_gaussians=len(locator.field.gaussians), seconds=time.perf_counter() - t0)
 
 
-def _merge_touching(pieces: list, pts: np.ndarray, link: float) -> list:
-    """Join two pieces of the same concept whose boxes lie within a linking length of each other (k-means
-    can cut an object along a feature gradient). Pieces of different names are left apart even where their
-    boxes overlap: joining by overlap chained the tiny room's cat and motorcycle into one box."""
-    merged = True
-    while merged:
-        merged = False
-        boxes = [(pts[p[0].numpy()].min(0), pts[p[0].numpy()].max(0)) for p in pieces]
-        for a in range(len(pieces)):
-            for b in range(a + 1, len(pieces)):
-                (lo_a, hi_a), (lo_b, hi_b) = boxes[a], boxes[b]
-                gap = np.maximum(0.0, np.maximum(lo_a - hi_b, lo_b - hi_a))
-                if pieces[a][1] == pieces[b][1] and float(np.linalg.norm(gap)) <= link:
-                    pieces[a][0] = torch.cat([pieces[a][0], pieces[b][0]])
-                    del pieces[b]
-                    merged = True
-                    break
-            if merged:
-                break
-    return pieces
+def _adjacent_pairs(pieces: list, pts: np.ndarray, link: float) -> set[tuple[int, int]]:
+    """Pairs of pieces with Gaussians in one cell of a grid of `link`-sized cells (about: within a linking
+    length of each other), without pairing Gaussians one by one (trained Gaussians come in dense clumps)."""
+    idx = np.concatenate([p.numpy() for p in pieces])
+    owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(pieces)])
+    cells = np.floor((pts[idx] - pts[idx].min(0)) / link).astype(np.int64)
+    _, cell = np.unique(cells, axis=0, return_inverse=True)
+    pairs = np.unique(np.stack([cell.reshape(-1), owner], axis=1), axis=0)  # (cell, piece), sorted by cell
+    pairs_out: set[tuple[int, int]] = set()
+    starts = np.flatnonzero(np.r_[True, pairs[1:, 0] != pairs[:-1, 0]])
+    ends = np.r_[starts[1:], len(pairs)]
+    for s0, e0 in zip(starts, ends):
+        if e0 - s0 > 1:
+            owners = pairs[s0:e0, 1]
+            pairs_out.update((int(a), int(b)) for i, a in enumerate(owners) for b in owners[i + 1:])
+    return pairs_out
+
+
+def merge_adjacent(pieces: list, pts: np.ndarray, feats: torch.Tensor, opac: torch.Tensor, link: float,
+                   vocab_emb: torch.Tensor, cosine: float | None = None) -> list:
+    """Agglomerate adjacent pieces: of the adjacent pairs where one's nearest concept (of `vocab_emb`) is
+    among the other's 5 nearest, the one whose mean features (opacity weighted) agree best is joined while that agreement
+    is at least `cosine` (MERGE_COSINE), and the joined piece's mean is its Gaussians' mean. k-means cuts an object along its feature gradients (the fox's head, back and tail
+    read as different dog breeds); joining by a centroid's similarity, not a single pair's, keeps an
+    object and the wall it touches apart."""
+    cosine = MERGE_COSINE if cosine is None else cosine
+    if len(pieces) < 2:
+        return list(pieces)
+    sums = [(opac[p, None].float() * feats[p]).sum(0) for p in pieces]
+    adjacent = _adjacent_pairs(pieces, pts, link)
+    members = {i: [i] for i in range(len(pieces))}
+
+    def concepts(i):  # (nearest concept, the 5 nearest)
+        top = torch.topk(vocab_emb @ F.normalize(sums[i], dim=0), min(5, len(vocab_emb))).indices.tolist()
+        return top[0], set(top)
+
+    named = {i: concepts(i) for i in members}
+    while True:
+        best, pair = -2.0, None
+        for a, b in adjacent:
+            if named[a][0] not in named[b][1] and named[b][0] not in named[a][1]:
+                continue  # they read as different things: the cat and the lamp beside it stay apart
+            c = float(F.normalize(sums[a], dim=0) @ F.normalize(sums[b], dim=0))
+            if c > best:
+                best, pair = c, (a, b)
+        if pair is None or best < cosine:
+            break
+        a, b = pair
+        sums[a] = sums[a] + sums[b]
+        members[a] += members.pop(b)
+        named[a] = concepts(a)
+        adjacent = {(min(x if x != b else a, y if y != b else a), max(x if x != b else a, y if y != b else a))
+                    for x, y in adjacent if {x, y} != {a, b}}
+        adjacent = {(x, y) for x, y in adjacent if x != y}
+    return [torch.cat([pieces[j] for j in group]) for group in members.values()]
 
 
 __all__ = ["BACKGROUND_EXTENT", "INVENTORY_CLUSTERS", "Inventory", "InventoryObject", "NAME_AGREEMENT", "UNNAMED",
-           "best_views", "inventory", "spherical_kmeans"]
+           "best_views", "inventory", "merge_adjacent", "spherical_kmeans"]

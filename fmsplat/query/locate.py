@@ -26,7 +26,8 @@ import torch
 from fmsplat.errors import UserInputError
 from fmsplat.fields.base import FeatureField, FieldError
 from fmsplat.query.core import QueryCore
-from fmsplat.query.parts import LOCATE_RELATIVE, MIN_PART_GAUSSIANS, PART_SHARE, connected_parts, linking_length, robust_diagonal
+from fmsplat.query.parts import (GROW_RELATIVE, LOCATE_RELATIVE, MIN_PART_GAUSSIANS, PART_SHARE, connected_parts,
+                                 linking_length, robust_diagonal)
 from fmsplat.query.presence import Concept, Presence, describe, presence
 
 
@@ -215,6 +216,26 @@ class Locator:
     def describe_point(self, point, k: int = 5, radius: float | None = None) -> list[Concept]:
         """What is here? The `k` vocabulary concepts that best describe the place around world `point`."""
         return describe(self.place_feature(point, radius), self.core.vocabulary, k)
+
+    def grow(self, answer: "Answer", relative: float = GROW_RELATIVE, min_opacity: float = 0.1) -> torch.Tensor:
+        """(N,) bool: the answer's Gaussians grown by hysteresis, as edges are in images: the opaque Gaussians
+        whose relevancy is at least 0.5 and `relative` of the way up the scene's range (a lower cut than the
+        answer's own) form connected parts (the answer's linking length), and every part that holds one of
+        the answer's Gaussians is kept whole. The answer's cut finds the object's surest Gaussians; this
+        follows them over the rest of the object without jumping to another one."""
+        keep, pts, _, _ = self._opaque_geometry(min_opacity)
+        rel = answer.relevancy[keep].double()
+        lo, hi = float(rel.min()), float(rel.max())
+        cut = max(0.5, lo + relative * (hi - lo))
+        cand = torch.nonzero(rel >= cut).squeeze(1)
+        grown = answer.selection.mask.clone()
+        if len(cand) == 0:
+            return grown
+        seeds = grown[keep[cand]].numpy()
+        for comp in connected_parts(pts[cand.numpy()], np.ones(len(cand)), answer.link):
+            if seeds[comp.members].any():
+                grown[keep[cand[torch.as_tensor(comp.members)]]] = True
+        return grown
 
     def locate(self, text: str, all_parts: bool = False, relative: float = LOCATE_RELATIVE, min_opacity: float = 0.1,
                share: float = PART_SHARE, link: float | None = None,
