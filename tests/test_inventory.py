@@ -190,3 +190,25 @@ def test_edit_of_an_absent_phrase_or_into_the_source_writes_nothing(oracle_scene
     assert res.exit_code == 1 and "inside the source scene" in res.output
     res = CliRunner().invoke(app, ["edit", str(oracle_scene), "--out", str(out)])
     assert res.exit_code == 2
+
+
+def test_viewer_buttons_write_new_scenes_beside_the_shown_one(oracle_scene):
+    """The viewer's "Remove from scene" / "Keep only this" (its handlers, without a browser: the browser
+    test is test_viewer.py)."""
+    from fmsplat.apps.viewer import Viewer
+
+    sq = SceneQuery.open(oracle_scene, "oracle")
+    viewer = Viewer(sq, "127.0.0.1", 0, start_view=0)
+    try:
+        assert viewer.remove_btn.disabled and viewer.edit("remove") is None  # nothing asked yet
+        viewer.text.value = "cat"
+        viewer.ask()
+        assert viewer.answer.found and not viewer.remove_btn.disabled
+        removed, kept = viewer.edit("remove"), viewer.edit("keep")
+        again = viewer.edit("keep")
+    finally:
+        viewer.stop()
+    assert removed.parent == kept.parent == oracle_scene.parent / "scene.edits" and again.name == "cat-kept-2"
+    n = len(sq.field.gaussians)
+    a, b = (len(SceneQuery.open(d, "oracle").field.gaussians) for d in (removed, kept))
+    assert a + b == n and 0 < b < n and not SceneQuery.open(removed, "oracle").ask("cat").found

@@ -130,6 +130,24 @@ def test_inventory_lists_every_object_at_its_place(srv, objects):
     assert status == 200 and again["objects"] == inv["objects"]
 
 
+def test_edit_writes_a_new_scene_beside_the_served_one(srv, service):
+    from fmsplat.query import SceneQuery
+
+    status, rec = jcall(srv, "/edit", {"text": "cat", "mode": "remove", "name": "no-cat"})
+    assert status == 200, rec
+    out = service.edits / "no-cat"
+    assert rec["out"] == "no-cat" and out.parent != service.sq.root and "source" not in rec
+    edited = SceneQuery.open(out, "oracle")
+    assert len(edited.field.gaussians) == rec["gaussians_after"] < rec["gaussians_before"]
+    assert not edited.ask("cat").found and service.sq.ask("cat").found  # the served scene is unchanged
+    status, err = jcall(srv, "/edit", {"text": "cat", "name": "no-cat"})
+    assert status == 409 and err["error"] == "exists"
+    status, err = jcall(srv, "/edit", {"text": "bicycle", "name": "no-bike"})
+    assert status == 422 and "presence score" in err["message"] and not (service.edits / "no-bike").exists()
+    for name in ("../escape", "/tmp/x", "", ".hidden"):
+        assert jcall(srv, "/edit", {"text": "cat", "name": name})[0] == 422, name
+
+
 def test_health_and_scene(srv, service):
     status, h = jcall(srv, "/health")
     assert status == 200 and h["status"] == "ok" and h["method"] == "oracle" and h["gaussians"] == len(service.sq.field.gaussians)

@@ -550,8 +550,9 @@ def serve(
     method: str = typer.Option(None, "--method", "-m", help="Field method (default: the newest fitted one)."),
     space: str = typer.Option(None, "--space", help="Default language-aligned space (default: the field's first)."),
     max_renders: int = typer.Option(2, "--max-renders", help="Renders running or waiting at once; more get 503.", callback=_range(1, 64)),
+    edits: str = typer.Option(None, "--edits", help="Folder where POST /edit writes new scenes (default: SCENE.edits/ beside SCENE)."),
 ) -> None:
-    """A JSON HTTP API over the scene: /query, /render, /select, /scene, /health (OpenAPI page: /docs)."""
+    """A JSON HTTP API over the scene: /query, /render, /select, /edit, /inventory, /scene, /health (OpenAPI page: /docs)."""
     from fmsplat.apps.server import Limits, check_bind, serve as run_server
 
     check_bind(host, token)
@@ -559,7 +560,7 @@ def serve(
         raise typer.BadParameter("--max-renders must be at least 1")
     typer.echo(f"fmsplat serve: loading {scene} ...", err=True)
     run_server(scene, host=host, port=port, token=token, method=method, space=space,
-               limits=Limits(max_renders=max_renders))
+               limits=Limits(max_renders=max_renders), edits=edits)
 
 
 @app.command()

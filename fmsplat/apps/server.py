@@ -227,10 +227,12 @@ def relevancy_png(rel: np.ndarray) -> bytes:
 class SceneService:
     """One loaded scene (fmsplat.query.SceneQuery, with its variants for other spaces/negatives), behind one lock."""
 
-    def __init__(self, sq, limits: Limits | None = None) -> None:
+    def __init__(self, sq, limits: Limits | None = None, edits=None) -> None:
         from fmsplat.fields import saved_methods
 
         self.sq = sq
+        # POST /edit writes here, never into the served scene: a client names a folder, not a path
+        self.edits = Path(edits) if edits is not None else sq.root.parent / f"{sq.root.name}.edits"
         self.limits = limits or Limits()
         self.lock = threading.Lock()
         self.renders = threading.BoundedSemaphore(self.limits.max_renders)
@@ -243,10 +245,10 @@ class SceneService:
 
     @classmethod
     def open(cls, scene, method: str | None = None, space: str | None = None, data: str | None = None,
-             limits: Limits | None = None, warm: bool = True) -> "SceneService":
+             limits: Limits | None = None, warm: bool = True, edits=None) -> "SceneService":
         from fmsplat.query import SceneQuery
 
-        service = cls(SceneQuery.open(scene, method=method, space=space, data=data), limits)
+        service = cls(SceneQuery.open(scene, method=method, space=space, data=data), limits, edits)
         if warm:
             service.warm()
         return service
@@ -419,6 +421,24 @@ class SceneService:
                    "X-Fmsplat-Gaussians": str(count), "X-Fmsplat-Found": str(answer.found).lower()}
         return data, headers
 
+    def edit(self, req: dict) -> dict:
+        """A new scene under the edits folder without (or with only) the Gaussians of the phrase's answer."""
+        from fmsplat.query.edit import edit_scene
+
+        text = self.check_text(req.get("text"))
+        out = self.edits / req["name"]
+        if out.exists():
+            raise ApiError(409, "exists", f"an edit named {req['name']!r} exists; choose another name")
+        t0 = time.perf_counter()
+        with self.lock:
+            try:
+                record = edit_scene(self.sq, text, out, mode=req.get("mode", "remove"),
+                                    all_parts=bool(req.get("all_parts", False)))
+            except UserInputError as err:
+                raise ApiError(422, "not_edited", str(err)) from None
+        record.pop("source", None)  # the server's own paths stay its own
+        return {**record, "out": req["name"], "elapsed_ms": round(1e3 * (time.perf_counter() - t0), 3)}
+
     def inventory(self) -> dict:
         """What is in the scene (fmsplat.query.inventory), computed on the first request and kept."""
         with self.lock:
@@ -470,6 +490,14 @@ class Render(_Strict):
 
 class Select(Ask):
     export_absent: StrictBool = False
+
+
+class Edit(_Strict):
+    text: Phrase = Field(description="the phrase whose answer is removed or kept, e.g. 'chair'")
+    mode: Literal["remove", "keep"] = "remove"
+    all_parts: StrictBool = False
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = Field(
+        description="folder of the new scene in the server's edits folder (letters, digits, '_', '-', '.')")
 
 
 class BodyLimit:
@@ -588,6 +616,10 @@ def create_app(service: SceneService, token: str | None = None):
     def inventory():
         return service.inventory()
 
+    @app.post("/edit")
+    def edit(req: Edit = Body(...)):
+        return service.edit(req.model_dump())
+
     @app.post("/query")
     def query(req: Query = Body(...)):
         return service.query(req.model_dump())
@@ -639,11 +671,11 @@ def check_port_free(host: str, port: int) -> None:
 
 def serve(scene, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, method: str | None = None,
           space: str | None = None, data: str | None = None, limits: Limits | None = None,
-          log_level: str = "info") -> None:
+          log_level: str = "info", edits=None) -> None:
     """Load `scene`, warm the engine, and serve until interrupted."""
     check_bind(host, token)
     check_port_free(host, port)  # before the scene is loaded; uvicorn would print its log and exit
-    service = SceneService.open(scene, method=method, space=space, data=data, limits=limits)
+    service = SceneService.open(scene, method=method, space=space, data=data, limits=limits, edits=edits)
     make_server(service, host, port, token, log_level).run()
 
 

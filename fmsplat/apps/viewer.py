@@ -10,7 +10,10 @@ same query layer as `fmsplat query` and `fmsplat serve` (fmsplat.query.SceneQuer
 - the dataset cameras as frusta: a click moves the browser's camera there and shows that view's 2D
   relevancy, rendered by fmsplat's own rasterizer, in the panel ("Relevancy of this view" renders the
   browser's current camera);
-- "Save selection" writes the selected object's Gaussians as a 3DGS PLY (default: SCENE/selections/).
+- "Save selection" writes the selected object's Gaussians as a 3DGS PLY (default: SCENE/selections/);
+- "Remove from scene" and "Keep only this" write a new scene without the answer's Gaussians, or with only
+  them (fmsplat.query.edit, as `fmsplat edit`), under SCENE.edits/ beside the scene; the scene shown is
+  never changed.
 
 viser has no authentication: the viewer listens on 127.0.0.1 unless --host says otherwise.
 """
@@ -60,6 +63,7 @@ class Viewer:
         self.sq = sq
         self.lock = threading.Lock()
         self.out = Path(out) if out is not None else sq.root / "selections"
+        self.edits = sq.root.parent / f"{sq.root.name}.edits"
         self.answer = None
         self.answer_ms: float | None = None
         self.current_view = sq.view_index(start_view)
@@ -101,12 +105,16 @@ class Viewer:
         self.threshold = gui.add_slider("Threshold", 0.0, 1.0, 0.05, LOCATE_RELATIVE,
                                         hint="candidate cut: fraction of the way from the lowest to the highest relevancy")
         self.save = gui.add_button("Save selection (PLY)", disabled=True)
+        self.remove_btn = gui.add_button("Remove from scene (new scene)", disabled=True)
+        self.keep_btn = gui.add_button("Keep only this (new scene)", disabled=True)
         self.render_btn = gui.add_button("Relevancy of this view")
         self.image = gui.add_image(np.zeros((48, 64, 3), np.uint8), label="2D relevancy (fmsplat rasterizer)")
         self.text.on_update(lambda _: self.ask())
         self.negatives.on_update(lambda _: self.ask())
         self.threshold.on_update(lambda _: self.ask())
         self.save.on_click(lambda _: self.save_selection())
+        self.remove_btn.on_click(lambda _: self.edit("remove"))
+        self.keep_btn.on_click(lambda _: self.edit("keep"))
         self.render_btn.on_click(lambda event: self.show_relevancy(self._client_camera(event.client)))
 
     def _on_connect(self, client) -> None:
@@ -182,6 +190,7 @@ class Viewer:
         self.status.content = (f"**{state}** '{a.text}': score {a.presence.score:.2f}, "
                                f"{a.selection.count} Gaussians, {self.answer_ms:.0f} ms")
         self.save.disabled = not a.selection.count
+        self.remove_btn.disabled = self.keep_btn.disabled = not a.found
 
     def show_relevancy(self, camera) -> None:
         """The 2D relevancy of `camera`, rendered by fmsplat, over its RGB render, in the panel."""
@@ -208,6 +217,27 @@ class Viewer:
             n = self.sq.export(self.answer, path)
         self.status.content += f"  \nsaved {n} Gaussians: `{path}`"
         return path
+
+    def edit(self, mode: str) -> Path | None:
+        """A new scene without (remove) or with only (keep) the current answer's Gaussians, under SCENE.edits/."""
+        if self.answer is None or not self.answer.found:
+            return None
+        from fmsplat.query import slugify
+        from fmsplat.query.edit import edit_scene
+
+        stem = f"{slugify(self.answer.text)}-{'removed' if mode == 'remove' else 'kept'}"
+        out, k = self.edits / stem, 2
+        while out.exists():
+            out, k = self.edits / f"{stem}-{k}", k + 1
+        try:
+            with self.lock:
+                record = edit_scene(self.sq, self.answer.text, out, mode=mode, answer=self.answer)
+        except Exception as err:  # say so in the panel, keep the viewer alive
+            self.status.content += f"  \n**edit failed**: {err}"
+            return None
+        self.status.content += (f"  \n{mode}: {record['gaussians_before']} -> {record['gaussians_after']} Gaussians, "
+                                f"new scene `{out}` (fmsplat view {out})")
+        return out
 
     def stop(self) -> None:
         self.server.stop()

@@ -31,6 +31,7 @@ from fmsplat.errors import UserInputError
 from fmsplat.fields import load_field
 from fmsplat.pictures import hstack, write_png
 from fmsplat.query.inventory import best_views
+from fmsplat.query.locate import Answer
 from fmsplat.query.scene_query import SceneQuery, check_text
 from fmsplat.render.rgb import render_image
 from fmsplat.workspace import Workspace
@@ -40,11 +41,11 @@ EDIT_VIEWS = 3
 
 
 def edit_scene(sq: SceneQuery, text: str, out, mode: str = "remove", all_parts: bool = False,
-               views: int = EDIT_VIEWS, grow: bool = True) -> dict:
+               views: int = EDIT_VIEWS, grow: bool = True, answer: Answer | None = None) -> dict:
     """Write the edited scene to `out` (a new directory) and return the record of the edit. `grow`: the
     answer's Gaussians grown by hysteresis (Locator.grow) and joined with the inventory objects they fall
     in (Inventory.grow): the answer alone is the object's surest surface, and removing it leaves the rest
-    of the object showing."""
+    of the object showing. `answer`: the phrase already asked (the viewer's, at its slider's cut)."""
     if mode not in MODES:
         raise UserInputError(f"edit mode must be one of {MODES}, got {mode!r}")
     text = check_text(text)
@@ -54,7 +55,10 @@ def edit_scene(sq: SceneQuery, text: str, out, mode: str = "remove", all_parts: 
         raise UserInputError(f"{out}: exists and is not empty; an edit writes a new scene (choose another --out)")
     if out.resolve() == src or src in out.resolve().parents:
         raise UserInputError(f"{out}: inside the source scene {src}; an edit never writes into the scene it reads")
-    answer = sq.ask(text, all_parts=all_parts)
+    if answer is None:
+        answer = sq.ask(text, all_parts=all_parts)
+    elif answer.text != text:
+        raise UserInputError(f"edit: the answer given is to '{answer.text}', not to '{text}'")
     best = answer.presence
     if not answer.found:
         there = ", ".join(c.name for c in best.concepts[:3]) if best is not None else "nothing"
