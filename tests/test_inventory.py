@@ -212,3 +212,19 @@ def test_viewer_buttons_write_new_scenes_beside_the_shown_one(oracle_scene):
     n = len(sq.field.gaussians)
     a, b = (len(SceneQuery.open(d, "oracle").field.gaussians) for d in (removed, kept))
     assert a + b == n and 0 < b < n and not SceneQuery.open(removed, "oracle").ask("cat").found
+
+
+def test_a_query_can_name_an_inventory_object(lift_scene):
+    from fmsplat.errors import UserInputError
+
+    sq = SceneQuery.open(lift_scene, "lift")
+    inv = sq.inventory()
+    k = next(o.index for o in inv.objects if "cat" in o.name)
+    a = sq.ask(f"#{k}")
+    obj = inv.object(k)
+    assert a.text == obj.concepts[0].name and a.found == obj.presence.found
+    assert torch.equal(a.selection.mask, obj.mask(len(sq.field.gaussians)))
+    np.testing.assert_allclose(a.point, obj.point)
+    assert sq.in_view(a, view=0).relevancy.shape[0] > 0  # and it shows in a view like any answer
+    with pytest.raises(UserInputError, match=f"has {len(inv.objects)} objects"):
+        sq.ask("#999")

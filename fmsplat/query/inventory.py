@@ -22,8 +22,8 @@ kept only when its Gaussians agree: at least NAME_AGREEMENT of them have that co
 nearest. Otherwise it is an "unnamed object" with its box: the embedded vocabulary (ImageNet's classes
 for the default model) has no word for it, and a wrong word would be worse than none. An object whose
 box spans BACKGROUND_EXTENT of the scene's robust diagonal, or that is a large flat sheet, is marked
-background (walls, floors, sky). Its presence is the phrase presence of its name at its point, as a
-query for that name would report it.
+background (walls, floors, sky). Its presence is the phrase presence of its nearest concept at its
+point, as a query for that word would report it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class InventoryObject:
     box_max: np.ndarray
     indices: torch.Tensor  # indices of its Gaussians in the field's Gaussians
     weight: float  # sum of opacity
-    presence: Presence | None  # of its name at its point (None when unnamed)
+    presence: Presence  # of its nearest concept (its name, when named) at its point
     views: list[int] = field(default_factory=list)  # dataset views that see it best, best first
 
     @property
@@ -91,7 +91,7 @@ class InventoryObject:
                 "box": {"min": [float(v) for v in self.box_min], "max": [float(v) for v in self.box_max]},
                 "size": [float(v) for v in self.box_max - self.box_min], "gaussians": self.count,
                 "weight": round(self.weight, 4),
-                "presence": None if self.presence is None else self.presence.to_json(), "views": self.views}
+                "presence": self.presence.to_json(), "views": self.views}
 
 
 @dataclass
@@ -234,9 +234,7 @@ def inventory(locator: Locator, cameras=(), clusters: int = INVENTORY_CLUSTERS, 
         purity = float(((ppts >= lo) & (ppts <= hi)).all(axis=1).sum()) / max(in_box, 1)
         if purity < MIN_PURITY:  # a scatter among other things, not a piece of its own
             continue
-        pres = None
-        if name != UNNAMED:
-            pres = presence(locator.place_feature(point, min_opacity=min_opacity), vocab.embeddings[best], vocab)
+        pres = presence(locator.place_feature(point, min_opacity=min_opacity), vocab.embeddings[best], vocab)
         objects.append(InventoryObject(index=0, name=name, concepts=concepts, agreement=agreement, purity=purity,
                                        background=bool(_is_background(ppts, diag)), point=point, box_min=lo, box_max=hi,
                                        indices=keep[local], weight=float(w.sum()), presence=pres,

@@ -30,7 +30,7 @@ from fmsplat.fields import load_field
 from fmsplat.fields.base import FeatureField, FieldError
 from fmsplat.query.core import QueryCore
 from fmsplat.query.inventory import INVENTORY_CLUSTERS, Inventory, inventory
-from fmsplat.query.locate import Answer, Locator, export_selection
+from fmsplat.query.locate import Answer, Locator, Part, export_selection
 from fmsplat.query.presence import Concept
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 from fmsplat.query.views import QueryResult, ViewQuery
@@ -121,8 +121,23 @@ class SceneQuery:
         return int(view)
 
     def ask(self, text: str, all_parts: bool = False, **locate) -> Answer:
-        """The 3D answer to `text` (Locator.locate): found or not, score, point, parts."""
-        return self.locator.locate(check_text(text), all_parts=all_parts, **locate)
+        """The 3D answer to `text` (Locator.locate): found or not, score, point, parts. "#3" names the 3rd
+        object of the inventory (`inventory()`, as `fmsplat inventory` numbers them) instead of a phrase."""
+        m = re.fullmatch(r"\s*#(\d{1,4})\s*", check_text(text))
+        if m:
+            return self.inventory_answer(int(m.group(1)))
+        return self.locator.locate(text, all_parts=all_parts, **locate)
+
+    def inventory_answer(self, index: int) -> Answer:
+        """Inventory object `index` (1-based) as an Answer: its Gaussians as the one part, its point, box
+        and presence; the relevancy (of every Gaussian, for its nearest concept) for the views' maps."""
+        obj = self.inventory().object(index)
+        word = obj.concepts[0].name
+        rel = self.locator.gaussian_relevancy(word)
+        part = Part(point=obj.point, box_min=obj.box_min, box_max=obj.box_max, indices=obj.indices,
+                    weight=obj.weight, presence=obj.presence)
+        return Answer(text=word, space=self.core.space, parts=[part], relevancy=rel, cutoff=0.0,
+                      link=self.inventory().link, n_gaussians=len(self.field.gaussians))
 
     def ask_many(self, texts: Sequence[str], all_parts: bool = False, **locate) -> list[Answer]:
         return [self.ask(t, all_parts, **locate) for t in texts]
