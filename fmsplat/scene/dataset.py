@@ -206,8 +206,9 @@ def load_dataset(
     undistort: bool = True,
     background=(0, 0, 0),
 ) -> SceneDataset:
-    """Open a dataset: a transforms*.json file, a directory holding transforms.json, or a COLMAP
-    directory (sparse/0/, sparse/ or cameras.bin|txt directly; images in images/).
+    """Open a dataset: a transforms*.json file, a directory holding transforms.json, an LLFF directory
+    (poses_bounds.npy beside images/), or a COLMAP directory (sparse/0/, sparse/ or cameras.bin|txt
+    directly; images in images/).
     downscale None: auto_downscale (a size a CPU trains on in minutes)."""
     path = Path(path)
     raw = _read_raw(path)
@@ -221,12 +222,18 @@ def _read_raw(path: Path) -> RawScene:
 
     if not path.exists():
         raise DatasetError(f"{path}: does not exist (expected a transforms.json file or a dataset directory)")
+    from fmsplat.scene.llff import POSES_BOUNDS, is_llff, read_llff
+
     if path.is_file():
         if path.suffix.lower() == ".json":
             return read_transforms(path)
+        if path.name == POSES_BOUNDS:
+            return read_llff(path.parent)
         raise DatasetError(f"{path}: not a transforms*.json file; pass a .json file or a dataset directory")
     if (path / "transforms.json").is_file():
         return read_transforms(path / "transforms.json")
+    if is_llff(path):
+        return read_llff(path)
     # Imported only here: the COLMAP reader pulls in numba, which transforms.json users never need.
     from fmsplat.scene.colmap import find_colmap_model, read_colmap_scene
 
@@ -236,6 +243,6 @@ def _read_raw(path: Path) -> RawScene:
     others = sorted(p.name for p in path.glob("transforms*.json"))
     hint = f"; found {others}: pass one of them as the path" if others else ""
     raise DatasetError(
-        f"{path}: no dataset found (expected transforms.json, or a COLMAP model in sparse/0/, sparse/ "
+        f"{path}: no dataset found (expected transforms.json, poses_bounds.npy (LLFF), or a COLMAP model in sparse/0/, sparse/ "
         f"or cameras.bin|txt with images/){hint}"
     )
