@@ -84,3 +84,25 @@ def test_broken_llff_files_are_refused_naming_the_problem(truth, tmp_path, damag
     with pytest.raises(DatasetError, match=re.escape(words)) as err:
         load_dataset(root)
     assert "poses_bounds.npy" in str(err.value)
+
+
+def test_llff_reduced_folders_are_read_when_the_resolution_allows(truth, tmp_path):
+    """images_2/ (every image 2x smaller) is the source at 1/2 and 1/3 scale, images/ at full size; a
+    folder missing an image is not used. The images_2 copies are marked (colours inverted) to tell them
+    apart from a resize of the full images."""
+    root = write_llff(truth, tmp_path / "llff")
+    (root / "images_2").mkdir()
+    for f in sorted((root / "images").iterdir()):
+        img = Image.open(f).convert("RGB")
+        img = img.resize((img.width // 2, img.height // 2), Image.LANCZOS)
+        Image.fromarray(255 - np.asarray(img)).save(root / "images_2" / f.name)
+    full = load_dataset(root, test_every=0)
+    half = load_dataset(root, downscale=2, test_every=0)
+    third = load_dataset(root, downscale=3, test_every=0)
+    assert full.image_file(0).parent.name == "images" and half.image_file(0).parent.name == "images_2"
+    assert third.image_file(0).parent.name == "images_2"
+    marked = np.asarray(Image.open(root / "images_2" / "0000.png"), dtype=np.float32) / 255
+    np.testing.assert_allclose(half.image(0), marked, atol=1e-6)
+    (root / "images_2" / "0005.png").unlink()
+    partial = load_dataset(root, downscale=2, test_every=0)
+    assert partial.image_file(0).parent.name == "images"

@@ -125,7 +125,7 @@ class SceneDataset:
         if i in self._cache:
             return self._cache[i]
         cam = self.cameras[i]
-        rgb = load_rgb(cam.image_path, cam.width, cam.height, self.background)
+        rgb = load_rgb(self.image_file(i), cam.width, cam.height, self.background)
         coverage = None
         distortion = self._distortions[i]
         if self.undistort and distortion is not None:
@@ -136,6 +136,16 @@ class SceneDataset:
             coverage.setflags(write=False)
             self._coverage[i] = coverage
         return rgb
+
+    def image_file(self, i: int) -> Path:
+        """The file view i is read from: the full-size image, or its copy in the dataset's most reduced
+        folder that is still at least the camera's size (LLFF's images_4/ for a 1/4 or 1/6 scene): the
+        same pixels after the resize, a fraction of the decoding."""
+        path = self.cameras[i].image_path
+        usable = [f for f in self._raw.downscaled_dirs if f <= self.downscale + 1e-9]
+        if path is None or not usable:
+            return path
+        return self._raw.downscaled_dirs[max(usable)] / path.name
 
     def image_tensor(self, i: int, device: str | torch.device = "cpu") -> torch.Tensor:
         """View i as a fresh float32 torch tensor (H, W, 3) on `device`."""

@@ -7,7 +7,9 @@ width and focal length in pixels of the full-size images), and the near and far 
 scene points that camera sees. LLFF's rotation columns point down, right and backwards; fmsplat's
 cameras are OpenCV (right, down, forwards), so c2w_cv = [right, down, forwards] = [c1, c0, -c2].
 
-The images may be smaller than the stored height and width (a dataset shipped with images_4/ only
+Folders images_<n>/ holding every image n times smaller are read instead of images/ when the
+training resolution is at most 1/n of it (SceneDataset.image_file). The images may be smaller than the
+stored height and width (a dataset shipped with images_4/ only
 renamed to images/, say): the focal length is scaled with them, and an image of another aspect ratio
 is refused. The bounds become the scene box (every camera's frustum between its near and far bounds):
 triangulation and random starts stay inside it.
@@ -84,7 +86,32 @@ def read_llff(root: Path) -> RawScene:
                 corners.append(c2w[:3, :3] @ (ray * depth) + c2w[:3, 3])
     corners = np.asarray(corners)
     return RawScene(cameras=cameras, format="llff", pose_file=path,
-                    scene_box=(corners.min(axis=0), corners.max(axis=0)), intrinsics_file=path)
+                    scene_box=(corners.min(axis=0), corners.max(axis=0)), intrinsics_file=path,
+                    downscaled_dirs=_downscaled_dirs(root, cameras))
+
+
+def _downscaled_dirs(root: Path, cameras: list[Camera]) -> dict[int, Path]:
+    """LLFF's images_<n>/ folders that hold every image, n times smaller (within a pixel); others are
+    ignored (a partial or mis-sized folder must not replace a single view's pixels)."""
+    out = {}
+    for folder in sorted(root.glob("images_*")):
+        tail = folder.name[len("images_"):]
+        if not folder.is_dir() or not tail.isdigit() or int(tail) < 2:
+            continue
+        n = int(tail)
+        ok = True
+        for cam in cameras:
+            f = folder / cam.image_path.name
+            if not f.is_file():
+                ok = False
+                break
+            w, h = image_size(f)
+            if abs(w - cam.width / n) > 1 or abs(h - cam.height / n) > 1:
+                ok = False
+                break
+        if ok:
+            out[n] = folder
+    return out
 
 
 __all__ = ["POSES_BOUNDS", "is_llff", "read_llff"]

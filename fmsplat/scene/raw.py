@@ -25,3 +25,5 @@ class RawScene:
     scene_box: tuple[np.ndarray, np.ndarray] | None = None
     # the file that states the cameras' image sizes (COLMAP's cameras file; else the pose file)
     intrinsics_file: Path | None = None
+    # factor -> folder holding every image `factor` times smaller under the same name (LLFF's images_4/)
+    downscaled_dirs: dict[int, Path] = field(default_factory=dict)
