@@ -330,7 +330,7 @@ def constant_image_psnr(img: np.ndarray) -> float:
 
 @pytest.mark.skipif(not (FOX / "transforms.json").exists(), reason=f"fox dataset not found at {FOX}")
 def test_fox_from_triangulated_points_beats_a_constant_image_and_the_camera_box_start(tmp_path):
-    """CI-sized fox: 8 training views at 1/16 resolution, 300 steps. The held-out views are what a
+    """CI-sized fox: 8 training views at 1/16 resolution, 200 steps. The held-out views are what a
     random start in the box of the camera centres gets wrong (the fox lies outside that box): the
     same run from points triangulated by fmsplat must beat it there by several dB."""
     def fox_data():
@@ -342,7 +342,7 @@ def test_fox_from_triangulated_points_beats_a_constant_image_and_the_camera_box_
 
     data = fox_data()
     assert data.cameras[0].width * data.cameras[0].height < 100 * 130
-    base = dict(steps=300, downscale=16, sh_degree=1, init_random_points=3000, test_every=8, train_eval_views=8,
+    base = dict(steps=200, downscale=16, sh_degree=1, init_random_points=3000, test_every=8, train_eval_views=8,
                 checkpoint_every=10_000, max_gaussians=30_000)
     constant = np.mean([constant_image_psnr(data.image(i)) for i in data.test_indices])
     sfm = train_gaussians(FOX, tmp_path / "sfm", TrainConfig(init="sfm", **base), progress=False, data=data)
@@ -354,8 +354,9 @@ def test_fox_from_triangulated_points_beats_a_constant_image_and_the_camera_box_
     assert (tmp_path / "sfm" / "sfm" / "sparse" / "points3D.bin").exists(), "the SfM model is kept in the scene"
     assert sfm["test"]["views"] == 2 and sfm["train"]["views"] == 8
     assert sfm["test"]["psnr"] > constant + 6, (sfm["test"]["psnr"], constant)
-    # SfM is not bit-reproducible (pycolmap's multi-threaded matching: 942-946 points over runs), and the sfm
-    # start scored 25.4-26.2 dB against the box start's 22.6 in three runs: a margin of 2 dB, not 3
+    # SfM is not bit-reproducible (pycolmap's multi-threaded matching: 942-946 points over runs); at 200 steps
+    # the sfm start scored 23.7 and 24.0 dB against the box start's 19.9 in two runs (at 300: 25.4-26.2
+    # against 22.6): a margin of 2 dB
     assert sfm["test"]["psnr"] > box["test"]["psnr"] + 2, (sfm["test"]["psnr"], box["test"]["psnr"])
 
 
