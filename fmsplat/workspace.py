@@ -6,6 +6,7 @@ A trained scene is a directory (`fmsplat train DATA --out SCENE`); every stage a
     gaussians.ply        the trained Gaussians (any 3DGS viewer opens it)
     metrics.json         held-out and training PSNR / SSIM
     checkpoints/         the 3DGS trainer's resumable checkpoint
+    report.html          one page on the training run (fmsplat.reconstruct.report)
     renders/ sfm/        pictures for people; points triangulated from the poses
     features/<key>/      cached extractor outputs (fmsplat.foundation.cache)
     memory/<key>.safetensors   M3 memory banks (one file each, written atomically)
@@ -47,7 +48,7 @@ CHECKPOINT = "checkpoint.pt"
 # Everything a scene's stages write (removed by `clean`, i.e. train --overwrite); scene.json first, so
 # that a kill mid-way leaves a folder that no longer claims to be a scene. data/ (a capture posed by
 # `fmsplat train VIDEO`) is input, not output, and stays.
-OUTPUTS = (SCENE_JSON, METRICS_JSON, GAUSSIANS_PLY, "checkpoints", "renders", "sfm", "fields", "features", "memory",
+OUTPUTS = (SCENE_JSON, METRICS_JSON, GAUSSIANS_PLY, "report.html", "checkpoints", "renders", "sfm", "fields", "features", "memory",
            "queries", "eval", "inventory")
 INPUTS = ("data",)
 

@@ -472,3 +472,24 @@ def test_ssim_equals_the_direct_two_dimensional_window_with_gradients():
     assert 0.2 < float(ref) < 0.95
     assert abs(float(v - ref)) < 1e-12
     assert (gv - gref).abs().max() < 1e-12 * max(1.0, float(gref.abs().max()))
+
+
+def test_run_report_shows_every_held_out_view_and_the_cameras_from_above(tiny_scene):
+    """report.html: each held-out view with its PSNR as metrics.json has it, the panels it names exist; the
+    overview puts each camera's red dot where its centre projects on the top-down plane."""
+    import re
+
+    from fmsplat.reconstruct.report import CAMERA_COLOUR, overview_picture
+    from fmsplat.workspace import Workspace
+
+    page = (tiny_scene / "report.html").read_text()
+    metrics = json.loads((tiny_scene / "metrics.json").read_text())
+    for v in metrics["test"]["per_view"]:
+        assert f"<td>{v['view']}</td><td>{v['psnr']:.2f}</td>" in page
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (tiny_scene / src).is_file(), src
+    ws = Workspace.open(tiny_scene)
+    img, cam_px = overview_picture(ws.gaussians.means.detach().double().numpy(), ws.dataset.cameras)
+    for x, y in np.round(cam_px).astype(int):
+        assert tuple(img[y, x]) == CAMERA_COLOUR
+    assert (img == np.array(CAMERA_COLOUR, np.uint8)).all(axis=-1).sum() < 0.05 * img.shape[0] * img.shape[1]

@@ -27,6 +27,7 @@ from fmsplat.reconstruct.init import initial_gaussians
 from fmsplat.reconstruct.mcmc import MCMCStrategy
 from fmsplat.reconstruct.strategy import Strategy
 from fmsplat.reconstruct.renders import evenly_spaced, write_view_panels
+from fmsplat.reconstruct.report import write_run_report
 from fmsplat.render.rgb import render_rgb
 from fmsplat.scene import SceneDataset, load_dataset
 from fmsplat.workspace import GAUSSIANS_PLY, Workspace
@@ -278,6 +279,8 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
     panels = write_view_panels(model, data, evenly_spaced(data.test_indices, 4), ws.renders_dir / "test", cfg.background)
     metrics["panels"] = [p.relative_to(out_dir).as_posix() for p in panels]  # relative: scene dirs move
     ws.write_scene(model, scene, metrics, data)
+    # one page to see whether the capture worked (after the scene is committed: a report never costs the run)
+    write_run_report(out_dir, model, data, metrics, init_info)
     run.remove_checkpoint()
     return metrics
 
