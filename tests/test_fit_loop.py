@@ -297,3 +297,21 @@ def test_a_run_removes_what_a_killed_checkpoint_write_left(tmp_path):
     assert leftover.is_file() and not ckpt.exists()
     Run(name="test", steps=1, checkpoint=ckpt, identity={}, seed=0, checkpoint_every=1, progress=False)
     assert not leftover.exists() and mine.is_file()
+
+
+def test_subset_keeps_every_kept_gaussians_features_for_every_method():
+    """FeatureField.subset (what fmsplat edit cuts fields with): the kept Gaussians carry the features they
+    had, in every space, for every method; an empty or wrong-sized mask is a named error."""
+    fields_, _ = _random_fields()
+    keep = torch.rand(len(fields_[0].gaussians), generator=torch.Generator().manual_seed(0)) < 0.6
+    for f in fields_:
+        sub = f.subset(keep)
+        assert type(sub) is type(f) and len(sub.gaussians) == int(keep.sum())
+        torch.testing.assert_close(sub.gaussians.means, f.gaussians.means[keep])
+        for alias in f.spaces:
+            torch.testing.assert_close(sub.gaussian_features(alias), f.gaussian_features(alias)[keep],
+                                       atol=1e-5, rtol=1e-5, msg=f"{f.method} {alias}")
+        with pytest.raises(FieldError, match="at least one"):
+            f.subset(torch.zeros_like(keep))
+        with pytest.raises(FieldError, match="mask of shape"):
+            f.subset(keep[:-1])

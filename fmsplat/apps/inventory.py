@@ -23,17 +23,13 @@ from PIL import Image, ImageDraw
 from fmsplat import atomic
 from fmsplat.pictures import font, label_size, to_uint8, write_png
 from fmsplat.query import SceneQuery, export_selection, slugify
-from fmsplat.query.inventory import INVENTORY_CLUSTERS, Inventory
+from fmsplat.query.inventory import INVENTORY_CLUSTERS, Inventory, box_corners
 from fmsplat.render.rgb import render_image
+from fmsplat.scene.cameras import top_down_basis
 from fmsplat.workspace import FIELD_MANIFEST, sha256_file
 
 COLOURS = [(255, 220, 40), (60, 200, 255), (255, 90, 90), (120, 255, 120), (255, 140, 255), (255, 160, 60),
            (160, 160, 255), (200, 255, 255)]
-
-
-def _box_corners(obj) -> np.ndarray:
-    lo, hi = obj.box_min, obj.box_max
-    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
 
 
 def _label(draw: ImageDraw.ImageDraw, xy, text: str, colour, size: int) -> None:
@@ -61,7 +57,7 @@ def view_picture(sq: SceneQuery, inv: Inventory, view: int) -> np.ndarray:
     for obj in inv.objects:
         if obj.background:
             continue
-        pc = _box_corners(obj) @ R.T + t
+        pc = box_corners(obj.box_min, obj.box_max) @ R.T + t
         centre = 0.5 * (obj.box_min + obj.box_max) @ R.T + t
         if (pc[:, 2] <= 1e-6).any() or view not in obj.views and not _in_image(cam, centre):
             continue  # behind the camera, or its centre out of the picture: drawn in its own best views
@@ -80,12 +76,7 @@ def view_picture(sq: SceneQuery, inv: Inventory, view: int) -> np.ndarray:
 def map_picture(sq: SceneQuery, inv: Inventory, size: int = 640) -> np.ndarray:
     """Top-down map: the opaque Gaussians seen along the cameras' mean up axis, each object's box and number."""
     keep, pts, _, _ = sq.locator.opaque_geometry()
-    up = -np.mean([c.viewmat[1, :3] for c in sq.dataset.cameras], axis=0)  # OpenCV: y points down in the image
-    up = up / max(np.linalg.norm(up), 1e-12)
-    a = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
-    a /= np.linalg.norm(a)
-    b = np.cross(up, a)
-    plane = np.stack([a, b], axis=1)
+    plane = top_down_basis(sq.dataset.cameras)
     uv = pts @ plane
     lo, hi = np.percentile(uv, [1, 99], axis=0)
     span = max(float((hi - lo).max()), 1e-9)
@@ -103,7 +94,7 @@ def map_picture(sq: SceneQuery, inv: Inventory, size: int = 640) -> np.ndarray:
     for obj in inv.objects:
         if obj.background:
             continue
-        c = pix(_box_corners(obj) @ plane)
+        c = pix(box_corners(obj.box_min, obj.box_max) @ plane)
         x0, y1 = c.min(0)
         x1, y0 = c.max(0)
         colour = COLOURS[(obj.index - 1) % len(COLOURS)]

@@ -31,6 +31,7 @@ from fmsplat.errors import UserInputError
 from fmsplat.gaussians.sh import sh_to_rgb
 from fmsplat.query.parts import LOCATE_RELATIVE
 from fmsplat.render.projection import quat_to_rotmat
+from fmsplat.scene.cameras import up_direction
 
 HIGHLIGHT = (255, 0, 255)  # colour of the selected Gaussians (pure magenta: nothing in a scene looks like it)
 
@@ -72,8 +73,7 @@ class Viewer:
         self.port = self.server.get_port()
         self.arrays = splat_arrays(sq.field.gaussians)
         cams = sq.dataset.cameras
-        up = -np.mean([c.c2w[:3, 1] for c in cams], axis=0)  # OpenCV y is down
-        self.server.scene.set_up_direction(tuple(up / np.linalg.norm(up)))
+        self.server.scene.set_up_direction(tuple(up_direction(cams)))
         self.splats = self._add_splats(self.arrays["rgbs"])
         self.marker = None
         self._frusta(cams)

@@ -5,8 +5,9 @@ The answer is the 3D answer of `fmsplat query` (Locator.locate: the heaviest con
 `all_parts` every part of a fair weight), grown over the object by hysteresis and to the inventory objects
 it falls in (`grow`). The edit can only be as whole as the field's idea of the object: on the fox the
 answer's 3,937 Gaussians grow to about 8,000 and the fox is fainter, not gone, after --remove, since
-much of its fur does not read as "fox" to the lifted effnet features (bench/README.md, "Inventory"). The edited scene is a scene like any other: gaussians.ply (the
-kept Gaussians), scene.json (the source's, with the edit recorded and the new Gaussians' identity), and
+much of its fur does not read as "fox" to the lifted effnet features (bench/README.md, "Inventory").
+
+The edited scene is a scene like any other: gaussians.ply (the kept Gaussians), scene.json (the source's, with the edit recorded and the new Gaussians' identity), and
 every field of the source that renders the same Gaussians, cut to the kept ones (FeatureField.subset:
 each kept Gaussian renders and answers as before). A field that owns other Gaussians than the edited ones
 (M3's joint training) cannot follow and is left out, named in the record. renders/ holds before | after
@@ -51,7 +52,9 @@ def edit_scene(sq: SceneQuery, text: str, out, mode: str = "remove", all_parts: 
     text = check_text(text)
     out = Path(out)
     src = sq.root.resolve()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{out}: is a file; an edit writes a new scene directory (choose another --out)")
+    if out.is_dir() and any(out.iterdir()):
         raise UserInputError(f"{out}: exists and is not empty; an edit writes a new scene (choose another --out)")
     if out.resolve() == src or src in out.resolve().parents:
         raise UserInputError(f"{out}: inside the source scene {src}; an edit never writes into the scene it reads")
@@ -74,8 +77,8 @@ def edit_scene(sq: SceneQuery, text: str, out, mode: str = "remove", all_parts: 
     field_ = sq.field
     gaussians = field_.gaussians.detach().subset(keep)
     record = {"source": str(src), "mode": mode, "text": text, "all_parts": all_parts, "method": field_.method,
-              "presence": best.to_json(), "answer_gaussians": answered, "grown": grow, "selected": int(selected.sum()), "gaussians_before": len(keep),
-              "gaussians_after": int(keep.sum()), "fields": [], "fields_left_out": {}}
+              "presence": best.to_json(), "answer_gaussians": answered, "grown": grow, "selected": int(selected.sum()),
+              "gaussians_before": len(keep), "gaussians_after": int(keep.sum()), "fields": [], "fields_left_out": {}}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.edit-{secrets.token_hex(4)}"

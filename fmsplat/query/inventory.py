@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from fmsplat.errors import UserInputError
-from fmsplat.query.locate import Locator, densest_point
+from fmsplat.query.locate import Locator, Part, densest_point, index_mask
 from fmsplat.query.parts import connected_parts
 from fmsplat.query.presence import Concept, Presence, describe, presence
 
@@ -76,9 +76,12 @@ class InventoryObject:
         return int(len(self.indices))
 
     def mask(self, n: int) -> torch.Tensor:
-        m = torch.zeros(n, dtype=torch.bool)
-        m[self.indices] = True
-        return m
+        return index_mask(self.indices, n)
+
+    def as_part(self) -> Part:
+        """The object as one part of a 3D answer (fmsplat.query.locate.Part)."""
+        return Part(point=self.point, box_min=self.box_min, box_max=self.box_max, indices=self.indices,
+                    weight=self.weight, presence=self.presence)
 
     @property
     def named(self) -> bool:
@@ -160,8 +163,13 @@ def _nearest_concepts(feats: torch.Tensor, vocab_emb: torch.Tensor, k: int = 5) 
     return torch.cat([torch.topk(c @ vocab_emb.T, min(k, len(vocab_emb)), dim=1).indices for c in feats.split(16384)])
 
 
-def _is_background(pts: np.ndarray, diag: float) -> bool:
-    lo, hi = np.percentile(pts, [2, 98], axis=0)
+def box_corners(lo, hi) -> np.ndarray:
+    """(8, 3) corners of the axis-aligned box [lo, hi]."""
+    return np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+
+
+def _is_background(pts: np.ndarray, lo: np.ndarray, hi: np.ndarray, diag: float) -> bool:
+    """A box spanning BACKGROUND_EXTENT of the scene, or a large flat sheet (lo, hi: the points' box)."""
     if np.linalg.norm(hi - lo) >= BACKGROUND_EXTENT * diag:
         return True
     if len(pts) < 4:
@@ -173,8 +181,7 @@ def _is_background(pts: np.ndarray, diag: float) -> bool:
 def best_views(cameras, box_min, box_max, n: int = BEST_VIEWS) -> list[int]:
     """Views whose image holds the box's centre, by the share of the image its projected box fills
     (clipped to the image), largest first."""
-    corners = np.array([[x, y, z] for x in (box_min[0], box_max[0]) for y in (box_min[1], box_max[1])
-                        for z in (box_min[2], box_max[2])])
+    corners = box_corners(box_min, box_max)
     centre = 0.5 * (np.asarray(box_min) + np.asarray(box_max))
     scores = []
     for i, cam in enumerate(cameras):
@@ -221,6 +228,11 @@ def inventory(locator: Locator, cameras=(), clusters: int = INVENTORY_CLUSTERS, 
     objects = []
     for local in pieces:
         ppts = pts[local.numpy()]
+        lo, hi = np.percentile(ppts, [2, 98], axis=0)
+        in_box = int(((pts >= lo) & (pts <= hi)).all(axis=1).sum())
+        purity = float(((ppts >= lo) & (ppts <= hi)).all(axis=1).sum()) / max(in_box, 1)
+        if purity < MIN_PURITY:  # a scatter among other things, not a piece of its own
+            continue
         w = opac[local]
         mean = F.normalize((w[:, None].float() * feats[local]).sum(0), dim=0)
         best = int(torch.argmax(vocab.embeddings @ mean))  # of the merged object
@@ -229,16 +241,12 @@ def inventory(locator: Locator, cameras=(), clusters: int = INVENTORY_CLUSTERS, 
         name = vocab.names[best] if agreement >= NAME_AGREEMENT else UNNAMED
         top = torch.topk(w, min(1024, len(w))).indices  # the density step is quadratic
         point = densest_point(torch.as_tensor(ppts)[top], w[top], bandwidth=max(link, 0.02 * diag)).numpy()
-        lo, hi = np.percentile(ppts, [2, 98], axis=0)
-        in_box = int(((pts >= lo) & (pts <= hi)).all(axis=1).sum())
-        purity = float(((ppts >= lo) & (ppts <= hi)).all(axis=1).sum()) / max(in_box, 1)
-        if purity < MIN_PURITY:  # a scatter among other things, not a piece of its own
-            continue
         pres = presence(locator.place_feature(point, min_opacity=min_opacity), vocab.embeddings[best], vocab)
         objects.append(InventoryObject(index=0, name=name, concepts=concepts, agreement=agreement, purity=purity,
-                                       background=bool(_is_background(ppts, diag)), point=point, box_min=lo, box_max=hi,
+                                       background=bool(_is_background(ppts, lo, hi, diag)), point=point, box_min=lo,
+                                       box_max=hi,
                                        indices=keep[local], weight=float(w.sum()), presence=pres,
-                                       views=best_views(cameras, lo, hi) if len(cameras) else []))
+                                       views=best_views(cameras, lo, hi)))
     objects.sort(key=lambda o: (o.background, -o.weight))
     for i, o in enumerate(objects, 1):
         o.index = i
@@ -267,10 +275,11 @@ def _adjacent_pairs(pieces: list, pts: np.ndarray, link: float) -> set[tuple[int
 def merge_adjacent(pieces: list, pts: np.ndarray, feats: torch.Tensor, opac: torch.Tensor, link: float,
                    vocab_emb: torch.Tensor, cosine: float | None = None) -> list:
     """Agglomerate adjacent pieces: of the adjacent pairs where one's nearest concept (of `vocab_emb`) is
-    among the other's 5 nearest, the one whose mean features (opacity weighted) agree best is joined while that agreement
-    is at least `cosine` (MERGE_COSINE), and the joined piece's mean is its Gaussians' mean. k-means cuts an object along its feature gradients (the fox's head, back and tail
-    read as different dog breeds); joining by a centroid's similarity, not a single pair's, keeps an
-    object and the wall it touches apart."""
+    among the other's 5 nearest, the one whose mean features (opacity weighted) agree best is joined,
+    while that agreement is at least `cosine` (MERGE_COSINE); a joined piece's mean is its Gaussians'
+    mean. k-means cuts an object along its feature gradients (the fox's head, back and tail read as
+    different dog breeds); joining by a centroid's similarity, not a single pair's, keeps an object and
+    the wall it touches apart."""
     cosine = MERGE_COSINE if cosine is None else cosine
     if len(pieces) < 2:
         return list(pieces)
@@ -297,11 +306,10 @@ def merge_adjacent(pieces: list, pts: np.ndarray, feats: torch.Tensor, opac: tor
         sums[a] = sums[a] + sums[b]
         members[a] += members.pop(b)
         named[a] = concepts(a)
-        adjacent = {(min(x if x != b else a, y if y != b else a), max(x if x != b else a, y if y != b else a))
-                    for x, y in adjacent if {x, y} != {a, b}}
-        adjacent = {(x, y) for x, y in adjacent if x != y}
+        renamed = ((a if x == b else x, a if y == b else y) for x, y in adjacent if {x, y} != {a, b})
+        adjacent = {(min(x, y), max(x, y)) for x, y in renamed if x != y}
     return [torch.cat([pieces[j] for j in group]) for group in members.values()]
 
 
 __all__ = ["BACKGROUND_EXTENT", "INVENTORY_CLUSTERS", "Inventory", "InventoryObject", "NAME_AGREEMENT", "UNNAMED",
-           "best_views", "inventory", "merge_adjacent", "spherical_kmeans"]
+           "best_views", "box_corners", "inventory", "merge_adjacent", "spherical_kmeans"]

@@ -47,6 +47,13 @@ def densest_point(points: torch.Tensor, weights: torch.Tensor, bandwidth: float,
     return x
 
 
+def index_mask(indices: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) bool, True at `indices`."""
+    m = torch.zeros(n, dtype=torch.bool)
+    m[indices] = True
+    return m
+
+
 @dataclass
 class Selection:
     """Gaussians selected for a query: `mask` (N,) bool, the relevancy cut used, how many."""
@@ -76,9 +83,7 @@ class Part:
         return int(len(self.indices))
 
     def mask(self, n: int) -> torch.Tensor:
-        m = torch.zeros(n, dtype=torch.bool)
-        m[self.indices] = True
-        return m
+        return index_mask(self.indices, n)
 
     def to_json(self) -> dict:
         return {"found": self.presence.found, "point": [float(v) for v in self.point],
@@ -304,4 +309,4 @@ def export_selection(field_: FeatureField, mask, path) -> int:
     return len(subset)
 
 
-__all__ = ["Answer", "Locator", "Part", "Selection", "densest_point", "export_selection"]
+__all__ = ["Answer", "Locator", "Part", "Selection", "densest_point", "export_selection", "index_mask"]

@@ -30,7 +30,7 @@ from fmsplat.fields import load_field
 from fmsplat.fields.base import FeatureField, FieldError
 from fmsplat.query.core import QueryCore
 from fmsplat.query.inventory import INVENTORY_CLUSTERS, Inventory, inventory
-from fmsplat.query.locate import Answer, Locator, Part, export_selection
+from fmsplat.query.locate import Answer, Locator, export_selection
 from fmsplat.query.presence import Concept
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 from fmsplat.query.views import QueryResult, ViewQuery
@@ -133,11 +133,8 @@ class SceneQuery:
         and presence; the relevancy (of every Gaussian, for its nearest concept) for the views' maps."""
         obj = self.inventory().object(index)
         word = obj.concepts[0].name
-        rel = self.locator.gaussian_relevancy(word)
-        part = Part(point=obj.point, box_min=obj.box_min, box_max=obj.box_max, indices=obj.indices,
-                    weight=obj.weight, presence=obj.presence)
-        return Answer(text=word, space=self.core.space, parts=[part], relevancy=rel, cutoff=0.0,
-                      link=self.inventory().link, n_gaussians=len(self.field.gaussians))
+        return Answer(text=word, space=self.core.space, parts=[obj.as_part()], relevancy=self.locator.gaussian_relevancy(word),
+                      cutoff=0.0, link=self.inventory().link, n_gaussians=len(self.field.gaussians))
 
     def ask_many(self, texts: Sequence[str], all_parts: bool = False, **locate) -> list[Answer]:
         return [self.ask(t, all_parts, **locate) for t in texts]

@@ -19,19 +19,11 @@ from fmsplat import atomic
 from fmsplat.gaussians import GaussianModel
 from fmsplat.pictures import write_png
 from fmsplat.scene import SceneDataset
+from fmsplat.scene.cameras import top_down_basis
 
 LOW_VIEW_DB = 3.0
 CAMERA_COLOUR = (230, 40, 40)
 OVERVIEW = "renders/overview.png"
-
-
-def top_down_basis(cameras) -> np.ndarray:
-    """(3, 2): two unit axes of the plane normal to the cameras' mean up direction (OpenCV: -y)."""
-    up = -np.mean([c.c2w[:3, 1] for c in cameras], axis=0)
-    up = up / max(float(np.linalg.norm(up)), 1e-12)
-    a = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
-    a /= np.linalg.norm(a)
-    return np.stack([a, np.cross(up, a)], axis=1)
 
 
 def overview_picture(points: np.ndarray, cameras, size: int = 640) -> tuple[np.ndarray, np.ndarray]:
@@ -39,9 +31,8 @@ def overview_picture(points: np.ndarray, cameras, size: int = 640) -> tuple[np.n
     plane = top_down_basis(cameras)
     centres = np.stack([c.center for c in cameras])
     uv_pts, uv_cam = points @ plane, centres @ plane
-    both = np.concatenate([np.percentile(uv_pts, [1, 99], axis=0), uv_cam.min(0, keepdims=True),
-                           uv_cam.max(0, keepdims=True)]) if len(points) else np.concatenate([uv_cam.min(0, keepdims=True), uv_cam.max(0, keepdims=True)])
-    lo, hi = both.min(0), both.max(0)
+    extent = [uv_cam] + ([np.percentile(uv_pts, [1, 99], axis=0)] if len(points) else [])
+    lo, hi = np.concatenate(extent).min(0), np.concatenate(extent).max(0)
     span = max(float((hi - lo).max()), 1e-9)
     margin = 20
 
@@ -118,4 +109,4 @@ tr:nth-child(even){{background:#f2f2f2}}</style></head><body>
     return path
 
 
-__all__ = ["LOW_VIEW_DB", "OVERVIEW", "overview_picture", "top_down_basis", "write_run_report"]
+__all__ = ["LOW_VIEW_DB", "OVERVIEW", "overview_picture", "write_run_report"]

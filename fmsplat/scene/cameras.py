@@ -93,6 +93,20 @@ class Camera:
         }
 
 
+def up_direction(cameras: list[Camera]) -> np.ndarray:
+    """(3,) unit world direction of the cameras' mean up (OpenCV: the image's -y)."""
+    up = -np.mean([c.viewmat[1, :3] for c in cameras], axis=0)
+    return up / max(float(np.linalg.norm(up)), 1e-12)
+
+
+def top_down_basis(cameras: list[Camera]) -> np.ndarray:
+    """(3, 2): two unit axes of the plane normal to `up_direction` (a map of the scene seen from above)."""
+    up = up_direction(cameras)
+    a = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    return np.stack([a, np.cross(up, a)], axis=1)
+
+
 def look_at_point(cameras: list[Camera], strict: bool = True) -> np.ndarray | None:
     """The point closest, in least squares, to every camera's optical axis: where a capture that
     circles an object looks. Minimises sum_i |(I - a_i a_i^T)(p - c_i)|^2 over p (a_i the unit

@@ -12,7 +12,7 @@ import torch
 
 from fmsplat.scene.cameras import Camera
 from fmsplat.scene.errors import DatasetError
-from fmsplat.scene.images import check_image_matches, load_rgb, undistort_image
+from fmsplat.scene.images import IMAGE_EXTENSIONS, check_image_matches, load_rgb, undistort_image
 from fmsplat.scene.raw import RawScene
 
 
@@ -252,6 +252,10 @@ def _read_raw(path: Path) -> RawScene:
         return read_colmap_scene(path, model)
     others = sorted(p.name for p in path.glob("transforms*.json"))
     hint = f"; found {others}: pass one of them as the path" if others else ""
+    photos = [p for p in (path / "images").glob("*") if p.suffix in IMAGE_EXTENSIONS] if (path / "images").is_dir() else []
+    if photos and not hint:
+        hint = (f"; its images/ holds {len(photos)} photos without poses: fmsplat train {path / 'images'} "
+                "--out SCENE poses them first")
     raise DatasetError(
         f"{path}: no dataset found (expected transforms.json, poses_bounds.npy (LLFF), or a COLMAP model in sparse/0/, sparse/ "
         f"or cameras.bin|txt with images/){hint}"
