@@ -154,8 +154,16 @@ def test_edit_removes_or_keeps_what_a_phrase_names_and_leaves_the_source_untouch
     assert _tree_digest(oracle_scene) == before  # the source, byte for byte
 
     n = len(source.field.gaussians)
-    sel = source.inventory().grow(source.locator.grow(answer))  # what the edit takes (grow, the default)
-    assert bool((sel >= answer.selection.mask).all())
+    sel = source.whole_object(answer)  # what the edit takes (grow, the default)
+    assert bool((sel >= source.inventory().grow(source.locator.grow(answer))).all())
+    # the faint Gaussians that draw the cat go with it: those in its box whose nearest opaque Gaussian
+    # was taken (before, every faint Gaussian stayed and a ghost of the object remained)
+    cat = next(b for b in boxes if b.label == "cat")
+    means = source.field.gaussians.means.detach().numpy()
+    faint = torch.sigmoid(source.field.gaussians.opacities.detach()).numpy() < 0.1
+    in_box = ((means >= cat.aabb_min) & (means <= cat.aabb_max)).all(1)
+    assert faint[in_box].sum() >= 20
+    assert sel.numpy()[in_box & faint].mean() > 0.6
     edited = SceneQuery.open(removed, "oracle")
     assert len(edited.field.gaussians) == n - int(sel.sum())
     assert not edited.ask("cat").found  # what was removed is gone ...

@@ -248,3 +248,24 @@ def test_query_cli_answers_several_phrases_and_says_what_is_not_there(copy_scene
     res = CliRunner().invoke(app, ["query", str(copy_scene), "--at", ",".join(f"{v}" for v in cup["answer_3d"]["point"]),
                                    "--method", "oracle"])
     assert res.exit_code == 0 and "espresso" in res.output.splitlines()[1], res.output
+
+
+def test_background_planes_find_the_wall_and_not_the_object_before_it():
+    """A wall (a 4 x 3 sheet of points), a ball in front of it touching it, a small box face beside it,
+    and a slab of scattered points: only the wall is background (the box face is too small, the scatter
+    is no sheet); the ball stays whole."""
+    from fmsplat.query.parts import background_planes
+
+    rng = np.random.default_rng(3)
+    wall = np.c_[rng.uniform(-2, 2, 6000), rng.uniform(-1.5, 1.5, 6000), rng.normal(0, 0.005, 6000)]
+    v = rng.normal(size=(1500, 3))
+    ball = 0.4 * v / np.linalg.norm(v, axis=1, keepdims=True) + [0.5, 0.0, 0.41]
+    face = np.c_[rng.uniform(1.0, 1.3, 400), rng.uniform(-0.2, 0.1, 400), np.full(400, 0.9)]
+    scatter = np.c_[rng.uniform(-2, 2, 800), rng.uniform(-1.5, 1.5, 800), np.full(800, -1.0)]
+    pts = np.concatenate([wall, ball, face, scatter])
+    on = background_planes(pts, tolerance=0.1)
+    n1, n2, n3 = len(wall), len(wall) + len(ball), len(wall) + len(ball) + len(face)
+    assert on[:n1].mean() > 0.99
+    assert on[n1:n2].mean() < 0.15  # only the ball's cap where it touches the wall
+    assert not on[n2:n3].any() and not on[n3:].any()
+    assert not background_planes(ball, tolerance=0.1).any()  # no plane at all

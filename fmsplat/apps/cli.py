@@ -522,7 +522,7 @@ def edit(
     keep: str = typer.Option(None, "--keep", help="Phrase whose Gaussians alone are kept, e.g. fox."),
     all_parts: bool = typer.Option(False, "--all", help="Every separate part that matches, not only the heaviest."),
     method: str = typer.Option(None, "--method", "-m", help="Field that answers the phrase (default: the newest fitted one)."),
-    grow: bool = typer.Option(True, "--grow/--no-grow", help="Grow the answer to the inventory objects it falls in (the answer alone is often one surface)."),
+    grow: bool = typer.Option(True, "--grow/--no-grow", help="Take the whole object: the answer grown over it (not across a wall or floor) with the faint Gaussians that draw it (the answer alone is often one surface)."),
 ) -> None:
     """Remove (--remove) or keep only (--keep) what a phrase names: a new scene with its fields cut to match, and before/after renders."""
     from fmsplat.query import SceneQuery
@@ -532,7 +532,7 @@ def edit(
         raise typer.BadParameter("give one of --remove PHRASE or --keep PHRASE")
     mode, text = ("remove", remove) if remove is not None else ("keep", keep)
     rec = edit_scene(SceneQuery.open(scene, method), text, out, mode=mode, all_parts=all_parts, grow=grow)
-    grown = f" (the answer's {rec['answer_gaussians']} grown to its objects)" if grow else ""
+    grown = f" (the answer's {rec['answer_gaussians']} taken whole)" if grow else ""
     typer.echo(f"{mode} '{text}' (score {rec['presence']['score']:.2f}): {rec['selected']} Gaussians selected{grown}, "
                f"{rec['gaussians_before']} -> {rec['gaussians_after']} in {rec['out']}")
     typer.echo(f"fields cut to match: {', '.join(rec['fields']) or 'none'}"

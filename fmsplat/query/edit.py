@@ -2,10 +2,12 @@
 them: `edit_scene(sq, "chair", out, mode="remove")`.
 
 The answer is the 3D answer of `fmsplat query` (Locator.locate: the heaviest connected part, or with
-`all_parts` every part of a fair weight), grown over the object by hysteresis and to the inventory objects
-it falls in (`grow`). The edit can only be as whole as the field's idea of the object: on the fox the
-answer's 3,937 Gaussians grow to about 8,000 and the fox is fainter, not gone, after --remove, since
-much of its fur does not read as "fox" to the lifted effnet features (bench/README.md, "Inventory").
+`all_parts` every part of a fair weight), taken whole by `SceneQuery.whole_object`: grown over the object
+by hysteresis and to the inventory objects it falls in, never across a background plane (the wall the fox
+hangs on), with the faint Gaussians that draw the same surface. Those matter most: on the fox 80 % of the
+Gaussians are under 0.1 opacity, and an edit of the opaque ones alone left the fox fainter, not gone
+(bench/README.md, "Inventory and edits"). What was hidden behind a removed object was never seen and
+renders as whatever the training left there.
 
 The edited scene is a scene like any other: gaussians.ply (the kept Gaussians), scene.json (the source's, with the edit recorded and the new Gaussians' identity), and
 every field of the source that renders the same Gaussians, cut to the kept ones (FeatureField.subset:
@@ -69,8 +71,7 @@ def edit_scene(sq: SceneQuery, text: str, out, mode: str = "remove", all_parts: 
                              f"there: {there}); nothing edited")
     selected = answer.selection.mask
     answered = int(selected.sum())
-    if grow:
-        selected = sq.inventory().grow(sq.locator.grow(answer))
+    selected = sq.whole_object(answer, grow)
     keep = ~selected if mode == "remove" else selected
     if not keep.any():
         raise UserInputError(f"removing '{text}' would remove every Gaussian of {sq.root}; nothing edited")

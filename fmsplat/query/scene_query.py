@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from fmsplat.errors import UserInputError
 from fmsplat.fields import load_field
@@ -166,6 +167,19 @@ class SceneQuery:
         if clusters not in self._inventories:
             self._inventories[clusters] = inventory(self.locator, self.dataset.cameras, clusters=clusters)
         return self._inventories[clusters]
+
+    def whole_object(self, answer: Answer, grow: bool = True) -> torch.Tensor:
+        """(N,) bool: the Gaussians of the object an answer names, as an edit takes them. `grow`: the answer
+        grown by hysteresis without crossing a background plane (Locator.grow), joined with the inventory
+        objects it falls in (Inventory.grow) less their background-plane Gaussians, then the faint
+        Gaussians that draw the same surface (Locator.with_translucent). Without `grow`, the answer's own
+        Gaussians only."""
+        seeds = answer.selection.mask
+        if not grow:
+            return seeds
+        grown = self.inventory().grow(self.locator.grow(answer))
+        grown = seeds | (grown & ~self.locator.background())
+        return self.locator.with_translucent(grown)
 
     def export(self, answer: Answer, path) -> int:
         """Write the answer's Gaussians (all its parts) as a 3DGS PLY; returns how many."""
