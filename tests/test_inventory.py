@@ -190,8 +190,10 @@ def test_edit_of_an_absent_phrase_or_into_the_source_writes_nothing(oracle_scene
     from fmsplat.apps.cli import app
 
     out = tmp_path / "edited"
-    res = CliRunner().invoke(app, ["edit", str(oracle_scene), "--remove", "bicycle", "--out", str(out), "-m", "oracle"])
-    assert res.exit_code == 1 and "not found" in res.output and "presence score" in res.output
+    # (not "bicycle": the painted motorcycle's 5th reading is the tandem bicycle, and "bicycle", half of
+    # whose weight the lexicon gives to the bicycle classes, ranks 4th there: a near miss, not absent)
+    res = CliRunner().invoke(app, ["edit", str(oracle_scene), "--remove", "banana", "--out", str(out), "-m", "oracle"])
+    assert res.exit_code == 1 and "not found" in res.output and "presence score" in res.output, res.output
     assert not out.exists() and not list(tmp_path.glob(".edited.*"))
     res = CliRunner().invoke(app, ["edit", str(oracle_scene), "--remove", "cat", "--out", str(oracle_scene / "x"),
                                    "-m", "oracle"])

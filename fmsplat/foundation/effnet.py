@@ -8,7 +8,9 @@ pooled feature is the mean of the dense map — so each classifier row is an emb
 Text → that space: the query and the 1000 class names are embedded with the offline sentence
 encoder (all-MiniLM-L6-v2); the class rows are weighted by softmax(similarity / T) with a sharp
 temperature T = 0.03 (a 0.1 gap in sentence similarity is a 28× weight ratio, so "rocket" lands
-on missile/space shuttle/projectile, "kitty" on the five domestic-cat classes); the mean class row
+on missile/space shuttle/projectile); half of the weight goes to the classes WordNet names for the
+phrase (fmsplat.foundation.lexicon: "bulldozer" → tractor, where the names alone give plane, crate and
+power drill), spread over them by the same similarity; the mean class row
 is subtracted, because a component shared by all rows raises every logit alike and says nothing
 about which concept is present. Dense features and text are compared by the cosine of their
 L2-normalised vectors (fmsplat.foundation.base.cosine_similarity). `class_logits` gives the
@@ -46,6 +48,7 @@ import torch
 from fmsplat.foundation.base import ModelUnavailableError, resize, safe_key, to_bchw
 
 CLASS_TEMPERATURE = 0.03
+LEXICON_SHARE = 0.5  # share of a phrase's class weights given to the classes WordNet names for it
 # Last block index (inclusive) of each stage whose output has the given stride.
 _MID_STAGE_END = {8: 4, 16: 10}
 _MID_DIMS = {8: 40, 16: 112}
@@ -215,14 +218,27 @@ class EffNetExtractor(_EffNetBase):
             return torch.einsum("bdhw,cd->bchw", features.float(), self.class_rows) + self.class_bias[None, :, None, None]
         return features.float() @ self.class_rows.T + self.class_bias
 
-    def class_weights(self, texts: Sequence[str]) -> torch.Tensor:
-        """(T, 1000): softmax over ImageNet classes of sentence similarity / temperature."""
+    def class_weights(self, texts: Sequence[str], lexicon: bool = True) -> torch.Tensor:
+        """(T, 1000): softmax over ImageNet classes of sentence similarity / temperature; with `lexicon`,
+        mixed half and half with the same softmax over only the classes WordNet names for the phrase
+        (fmsplat.foundation.lexicon), when it names any."""
+        from fmsplat.foundation.lexicon import phrase_classes
         from fmsplat.foundation.sentence import shared_sentence_encoder
 
         if isinstance(texts, str):
             texts = [texts]
         query = shared_sentence_encoder().encode(list(texts))
-        return torch.softmax(query @ class_name_embeddings().T / self.temperature, dim=-1)
+        logits = query @ class_name_embeddings().T / self.temperature
+        weights = torch.softmax(logits, dim=-1)
+        if lexicon:
+            for i, text in enumerate(texts):
+                named = phrase_classes(text)[1]
+                if named:
+                    idx = torch.as_tensor(named)
+                    within = torch.zeros_like(weights[i])
+                    within[idx] = torch.softmax(logits[i, idx], dim=0)
+                    weights[i] = (1 - LEXICON_SHARE) * weights[i] + LEXICON_SHARE * within
+        return weights
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """(T, 1280) unit text embeddings in the dense-feature space (see the module docstring)."""

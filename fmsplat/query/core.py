@@ -12,12 +12,15 @@ that is asked ever new phrases keeps a fixed amount of memory.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Sequence
 
 import torch
 
 from fmsplat.errors import UserInputError
 from fmsplat.fields.base import FeatureField, FieldError
+from fmsplat.foundation.effnet import imagenet_class_names
+from fmsplat.foundation.lexicon import phrase_classes
 from fmsplat.query.presence import vocabulary_for
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES, LERF_TEMPERATURE
 
@@ -53,6 +56,11 @@ class TextCache:
 
     def clear(self) -> None:
         self._items.clear()
+
+
+@lru_cache(maxsize=1)
+def _imagenet_names() -> tuple[str, ...]:
+    return tuple(imagenet_class_names())
 
 
 class QueryCore:
@@ -106,6 +114,15 @@ class QueryCore:
     def vocabulary(self):
         """The concepts presence competes against (fmsplat.query.presence.vocabulary_for)."""
         return vocabulary_for(self.spec)
+
+    def named_concepts(self, text: str) -> tuple[int, ...]:
+        """Indices of the vocabulary concepts the phrase names (not competitors for it in presence): the
+        classes WordNet names for it (fmsplat.foundation.lexicon) when the vocabulary is ImageNet's class
+        list ("dog" on a beagle is present); none for other vocabularies."""
+        vocab = self.vocabulary
+        if vocab.names != _imagenet_names():
+            return ()
+        return tuple(phrase_classes(text)[1])
 
 
 __all__ = ["TEXT_CACHE_SIZE", "QueryCore", "TextCache"]

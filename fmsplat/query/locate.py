@@ -217,7 +217,8 @@ class Locator:
 
     def presence_at(self, text: str, point, radius: float | None = None) -> Presence:
         """Is `text` what best describes the place around `point`? (fmsplat.query.presence)"""
-        return presence(self.place_feature(point, radius), self.core.embed([text])[0], self.core.vocabulary)
+        return presence(self.place_feature(point, radius), self.core.embed([text])[0], self.core.vocabulary,
+                        named=self.core.named_concepts(text))
 
     def describe_point(self, point, k: int = 5, radius: float | None = None) -> list[Concept]:
         """What is here? The `k` vocabulary concepts that best describe the place around world `point`."""
@@ -306,6 +307,7 @@ class Locator:
             chosen = [c for c in comps if c.weight >= share * comps[0].weight and len(c.members) >= MIN_PART_GAUSSIANS]
             chosen = chosen or [comps[0]]
         q = self.core.embed([text])[0]
+        named = self.core.named_concepts(text)
         parts = []
         for comp in chosen:
             local = cand[torch.as_tensor(comp.members)]  # indices into `keep`
@@ -320,7 +322,8 @@ class Locator:
             lo, hi = np.percentile(ppts.numpy(), [2, 98], axis=0)
             parts.append(Part(point=point, box_min=lo, box_max=hi,
                               indices=keep[local], weight=float(comp.weight),
-                              presence=presence(self.place_feature(point, min_opacity=min_opacity), q, self.core.vocabulary)))
+                              presence=presence(self.place_feature(point, min_opacity=min_opacity), q, self.core.vocabulary,
+                                                named=named)))
         if all_parts:  # present parts first, then by weight
             parts.sort(key=lambda p: (not p.presence.found, -p.weight))
         t2 = time.perf_counter()

@@ -10,7 +10,9 @@ same text encoder as the query.
 
 With f the unit feature of the place, q the unit query embedding and v_i the vocabulary's::
 
-    rank      = 1 + #{i : f.v_i > f.q}         (vocabulary entries that are the query itself excluded)
+    rank      = 1 + #{i : f.v_i > f.q}         (vocabulary entries that are the query itself excluded;
+                                                when the best v_i is one the phrase names in WordNet,
+                                                "dog" on a beagle, f.q is taken as f.v_i and ranks 1)
     threshold = the k-th largest f.v_i          (k = PRESENCE_TOP_K)
     score     = sigmoid(PRESENCE_TEMPERATURE * (f.q - threshold))
     found     = score >= 0.5, i.e. rank <= k
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,8 +119,12 @@ def describe(feature: torch.Tensor, vocab: Vocabulary, k: int = 5) -> list[Conce
 
 
 def presence(feature: torch.Tensor, query: torch.Tensor, vocab: Vocabulary, top_k: int = PRESENCE_TOP_K,
-             temperature: float = PRESENCE_TEMPERATURE, describe_k: int = 5) -> Presence:
-    """Presence of the phrase embedded as `query` (D,) at a place whose feature is `feature` (D,)."""
+             temperature: float = PRESENCE_TEMPERATURE, describe_k: int = 5, named: Sequence[int] = ()) -> Presence:
+    """Presence of the phrase embedded as `query` (D,) at a place whose feature is `feature` (D,).
+    `named`: indices of vocabulary concepts that the phrase names (QueryCore.named_concepts: "dog" names
+    the beagle): when the place's best concept is one of them, the phrase is as present as that concept
+    (similarity and rank 1). Only the best: a motorcycle whose 3rd reading is "mountain bike" does not make
+    "bicycle" present."""
     if top_k < 1 or top_k > len(vocab):
         raise ValueError(f"presence: top_k must be in [1, {len(vocab)}], got {top_k}")
     f = F.normalize(torch.as_tensor(feature, dtype=torch.float32).reshape(-1), dim=0)
@@ -127,6 +134,10 @@ def presence(feature: torch.Tensor, query: torch.Tensor, vocab: Vocabulary, top_
     sims = vocab.embeddings @ f
     competitors = sims[(vocab.embeddings @ q) < SAME_CONCEPT]
     s_q = float(f @ q)
+    top = int(torch.argmax(sims))
+    if top in set(int(i) for i in named):  # the place's best reading is a kind of the phrase: "dog" on a beagle
+        s_q = max(s_q, float(sims[top]))
+        competitors = sims[[i for i in range(len(sims)) if i != top and float(vocab.embeddings[i] @ q) < SAME_CONCEPT]]
     k = min(top_k, len(competitors))
     threshold = float(torch.topk(competitors, k).values[-1])
     rank = 1 + int((competitors > s_q).sum())
