@@ -272,6 +272,30 @@ def test_config_scaling_and_validation():
         MCMCConfig(cap_max=0)
 
 
+def test_a_sparse_start_fills_the_budget_by_mid_run():
+    """From 649 Gaussians (the 11-photo capture's SfM points) under a 100k budget, gsplat's fixed 5 % grows
+    to a few thousand by mid-run; the fitted growth fills the budget by then. A start at the budget's
+    scale (the fox's 14k) keeps the 5 %."""
+    tc = TrainConfig()  # the default run: 1,000 steps, 100k budget
+    base = tc.mcmc_config()
+    assert base.fitted_growth(14_384) == base and base.fitted_growth(200_000) == base
+    fitted = base.fitted_growth(649)
+    assert fitted.grow_rate > base.grow_rate and fitted.cap_max == base.cap_max
+    rounds = base.refinement_iterations()
+    mid = rounds[len(rounds) // 2]
+    counts = {}
+    for cfg in (base, fitted):
+        params, opt = opacity_marked_params([0.9, 0.5, 0.2, 0.6] * 162 + [0.9])  # 649
+        strategy, g = MCMCStrategy(cfg), torch.Generator().manual_seed(0)
+        for it in rounds:
+            if it > mid:
+                break
+            strategy.step(params, opt, it, means_lr=1e-6, generator=g)
+        counts[cfg.grow_rate] = params["means"].shape[0]
+    assert counts[fitted.grow_rate] == base.cap_max, counts
+    assert counts[base.grow_rate] < 0.1 * base.cap_max, counts
+
+
 def test_cli_passes_the_strategy(monkeypatch, tmp_path):
     import fmsplat.reconstruct
     from fmsplat.apps.cli import app

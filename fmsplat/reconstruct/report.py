@@ -72,7 +72,8 @@ def write_run_report(out_dir, model: GaussianModel, data: SceneDataset, metrics:
         ("dataset", f"{data.source} ({data.format}, {len(data)} views: {len(data.train_indices)} train, "
                     f"{len(data.test_indices)} held out)"),
         ("resolution", f"{cam.width}x{cam.height} (1/{data.downscale:g} of the photos)"),
-        ("start", f"{init_info.get('kind', '?')}, {init_info.get('points', '?')} points"),
+        ("start", f"{init_info.get('kind', '?')}, {init_info.get('points', '?')} points"
+                  + (f"; MCMC growth {100 * init_info['grow_rate']:.1f} % a refinement" if "grow_rate" in init_info else "")),
         ("Gaussians", metrics.get("num_gaussians")),
         ("steps", f"{metrics.get('steps')} in {metrics.get('train_seconds')} s"),
         ("held-out PSNR / SSIM", f"{test.get('psnr', float('nan')):.2f} dB / {test.get('ssim', float('nan')):.3f}"

@@ -145,9 +145,10 @@ def train_gaussians(data_path, out_dir, cfg: TrainConfig | None = None, resume: 
 
 
 def _strategy(cfg: TrainConfig, extent: float, sched: dict, n: int) -> Strategy:
-    """The densification strategy of cfg.strategy for a model of n Gaussians."""
+    """The densification strategy of cfg.strategy for a model that started from n Gaussians (MCMC's
+    growth is fitted to it: MCMCConfig.fitted_growth)."""
     if cfg.strategy == "mcmc":
-        return MCMCStrategy(cfg.mcmc_config())
+        return MCMCStrategy(cfg.mcmc_config().fitted_growth(n))
     return AdaptiveDensity(DensityControl(n, extent, grad_threshold=cfg.grad_threshold, percent_dense=cfg.percent_dense,
                                           min_opacity=cfg.prune_opacity, max_screen_size=cfg.max_screen_size,
                                           max_world_size=cfg.max_world_size, max_gaussians=cfg.max_gaussians), sched)
@@ -184,13 +185,29 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
     if run.saved is None:
         torch.manual_seed(cfg.seed)
         model, init_info = _init_model(data, cfg, out_dir, progress)
+        init_info["gaussians"] = len(model)
         run.note(f"{out_dir}: starting from {len(model)} Gaussians ({_describe_init(init_info)})")
         params = model.trainable()
     else:
         init_info = json.loads(run.saved["init"])
         params = {k: torch.nn.Parameter(v.clone()) for k, v in run.saved["params"].items()}
     optimizer = _make_optimizer(params, cfg, extent)
-    strategy = _strategy(cfg, extent, sched, params["means"].shape[0])
+    # the start's count (saved with the run: a resumed run fits the same growth)
+    strategy = _strategy(cfg, extent, sched, int(init_info.get("gaussians", params["means"].shape[0])))
+    if isinstance(strategy, MCMCStrategy) and run.saved is None:
+        m, base = strategy.cfg, cfg.mcmc_config()
+        if m.grow_rate > base.grow_rate:
+            rounds = m.refinement_iterations()
+            n, full = init_info["gaussians"], None
+            for it in rounds:
+                n = min(m.cap_max, int((1 + m.grow_rate) * n))
+                if n >= m.cap_max:
+                    full = it
+                    break
+            run.note(f"{out_dir}: a sparse start ({init_info['gaussians']:,} of a {m.cap_max:,} budget): MCMC grows "
+                     f"{100 * m.grow_rate:.1f} % a refinement instead of {100 * base.grow_rate:.0f} %"
+                     + (f", full by step {full}" if full else ""))
+        init_info["grow_rate"] = m.grow_rate
     order: list[int] = []
     curve: list[dict] = []
     loss_ema = None
