@@ -201,10 +201,11 @@ if not LUND.is_dir():
 def test_a_street_walk_is_posed_in_order_along_the_street(tmp_path):
     """../shared/data/lund: 29 photos taken walking down a street. Incremental SfM cannot start on a
     forward walk (2 of 29 posed); the global solve poses them, and the camera centres must lie along
-    one line in the order the photos were taken (the walk's truth). At 512 px to keep the test short."""
+    one line in the order the photos were taken (the walk's truth). At 640 px to keep the test short (at
+    512 px the global solve poses all 29 for 4 of 5 seeds: too close to the edge for a test)."""
     if not LUND.is_dir():
         pytest.skip(f"lund photos not found at {LUND} (shared data folder absent)")
-    report = process_data(LUND, tmp_path / "lund", CaptureConfig(max_size=512), progress=False)
+    report = process_data(LUND, tmp_path / "lund", CaptureConfig(max_size=640), progress=False)
     assert report["sfm"]["mapper"] == "global" and report["frames_posed"] >= 27, report["sfm"]
     poses = poses_from_colmap(tmp_path / "lund" / "sparse" / "0")
     names = sorted(poses)

@@ -116,7 +116,7 @@ def test_baseline_finds_most_labelled_objects(tiny_scene, tmp_path):
     shutil.copytree(tiny_scene, scene)
     fit_field(scene, "distill", models=["effnet@input_scale=2", "effnet-mid"], steps=100, progress=False)
     result = evaluate_scene(scene, method="distill", out_dir=False, progress=False, panels=False, fidelity=False,
-                            rgb=False, latency_repeats=0)
+                            rgb=False, latency_repeats=0, masks_3d=False)
     s = result["summary"]
     assert len(result["queries"]) >= 6
     print(f"distill, 100 steps: loc {s['loc_acc']:.2f} (chance {s['loc_chance']:.2f}), 3D in box {s['gauss_in_box']:.2f}")

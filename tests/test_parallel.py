@@ -164,7 +164,9 @@ def test_eval_on_ray_scores_every_view_as_the_local_run(local_cluster, tiny_scen
     shutil.copytree(tiny_scene, scene)
     fit_field(scene, "lift", models=["effnet"], progress=False)
     shutil.rmtree(scene / "features" / "effnet-lite0__scale1")  # the teacher is extracted again, on the cluster
-    quick = dict(method="lift", out_dir=False, progress=False, fidelity=False, rgb=False, latency_repeats=0)
+    # (the 3D masks are scored in the calling process either way: off here)
+    quick = dict(method="lift", out_dir=False, progress=False, fidelity=False, rgb=False, latency_repeats=0,
+                 masks_3d=False)
     remote = evaluate_scene(scene, ray=local_cluster, workers=2, **quick)
     local = evaluate_scene(scene, **quick)
     assert len(local["queries"]) >= 5

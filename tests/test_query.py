@@ -306,3 +306,24 @@ def test_default_text_dots_give_the_relevancy_of_the_rendered_features(oracle, b
     slow = views.relevancy_maps(views.render(cam), ["cat", "espresso cup"])
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
     assert render.features == {} and render.alpha.shape == slow.shape[1:]
+
+
+def test_a_selection_hidden_behind_another_gaussian_is_not_in_its_mask():
+    """ViewQuery.selection_masks renders every Gaussian with the selection as its value: a selected
+    Gaussian behind an opaque unselected one does not show; in front, it fills its footprint."""
+    from types import SimpleNamespace
+
+    from fmsplat.gaussians import GaussianModel
+    from fmsplat.query import ViewQuery
+    from fmsplat.scene import Camera
+
+    near, far = [0.0, 0.0, 2.0], [0.0, 0.0, 4.0]  # both on the optical axis, the same size on screen
+    model = GaussianModel(means=torch.tensor([near, far]), quats=torch.tensor([[1.0, 0, 0, 0]] * 2),
+                          scales=torch.log(torch.tensor([[0.3] * 3, [0.6] * 3])), opacities=torch.full((2,), 6.0),
+                          sh=torch.zeros(2, 1, 3), sh_degree=0)
+    camera = Camera(K=np.array([[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]]), viewmat=np.eye(4), width=32, height=24)
+    views = ViewQuery(SimpleNamespace(field=SimpleNamespace(gaussians=model)))
+    front, back = views.selection_masks(camera, torch.tensor([[True, False], [False, True]]))
+    assert front[12, 16] and front.sum() > 20
+    assert not back[12, 16]  # hidden at the centre, where the front Gaussian covers it
+    assert back.sum() < front.sum()

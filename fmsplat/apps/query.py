@@ -20,24 +20,14 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from fmsplat import atomic
 from fmsplat.errors import UserInputError
-from fmsplat.fields.base import camera_at, splat
 from fmsplat.pictures import colorbar, draw_marker, hstack, mask_overlay, relevancy_overlay, resize_map, write_png
-from fmsplat.query import Answer, QueryResult, SceneQuery, check_text, slugify
+from fmsplat.query import QueryResult, SceneQuery, check_text, slugify
 from fmsplat.query.parts import LOCATE_RELATIVE
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 from fmsplat.render.rgb import render_image
-
-
-def selection_coverage(sq: SceneQuery, answer: Answer, camera) -> np.ndarray:
-    """(H, W) share of each pixel's colour that comes from the answer's Gaussians, occlusion included."""
-    mask = answer.selection.mask.float()[:, None]
-    with torch.no_grad():
-        res = splat(sq.field.gaussians, mask, camera)
-    return res.image[0].clamp(0, 1).cpu().numpy()
 
 
 def pictures(sq: SceneQuery, result: QueryResult, view: int) -> dict[str, np.ndarray]:
@@ -58,7 +48,7 @@ def pictures(sq: SceneQuery, result: QueryResult, view: int) -> dict[str, np.nda
         return img
 
     render = render_image(sq.field.gaussians, camera, sq.bundle.background())
-    cover = selection_coverage(sq, result.answer, camera_at(camera, (image.shape[1], image.shape[0])))
+    cover = sq.views.selection_coverage(camera, result.answer.selection.mask, (image.shape[1], image.shape[0]))[0][0]
     part = mask_overlay(render, cover > 0.3, alpha=0.6)
     state = "found" if result.found else "NOT FOUND"
     score = result.answer.presence.score if result.answer.presence else float("nan")
@@ -117,4 +107,4 @@ def run_query(scene, texts: str | Sequence[str], view: int | None = None, method
     return records
 
 
-__all__ = ["pictures", "run_query", "selection_coverage"]
+__all__ = ["pictures", "run_query"]

@@ -4,6 +4,9 @@ For every labelled view (`labels/<stem>.json`, LERF-OVS format) and every catego
 text is the category label:
 
 - LERF localisation accuracy: the argmax pixel of the relevancy map lies in a ground-truth box;
+- 3D masks: the category's 3D answer taken whole (SceneQuery.whole_object) rendered into the view
+  (ViewQuery.selection_masks), scored like the LangSplat mask ("mask3d"; summary miou_3d, and
+  miou_3d_if_found: the 3D mask where presence says found, the LangSplat mask elsewhere);
 - LangSplat segmentation: mask by fmsplat.query.segment.langsplat_segmentation, IoU and pixel
   accuracy against the ground-truth mask; mIoU / mAcc are means over all (view, category) queries;
 - 3D localisation (needs `objects.json`): the argmax pixel (after a small mean filter, see
@@ -125,6 +128,7 @@ class EvalConfig:
     teacher: bool = True  # score the 2D extractor on the photos too
     fidelity: bool = True  # 1 - cos and MSE against the teacher on held-out views
     rgb: bool = True  # PSNR / SSIM of the 3DGS on held-out views
+    masks_3d: bool = True  # also score the 3D answer's whole object rendered as the mask (score_masks_3d)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "negatives", tuple(str(n) for n in self.negatives))
@@ -179,6 +183,8 @@ def evaluate_scene(scene_dir, data: str | None = None, method: str | None = None
                         f"(rendered opacity < 0.5 everywhere); no metrics. Are the scene and the dataset {root} the same?")
     if not queries:
         raise EvalError(f"{root / 'labels'}: the label files hold no objects")
+    if cfg.masks_3d:
+        score_masks_3d(sq, labels, index, queries)
     per_object = score_objects(sq.locator, categories, objects, objects_path) if objects is not None else []
 
     # -------------------------------------------------------------- held-out views: fidelity, RGB, latency
@@ -341,6 +347,26 @@ class ViewScorer:
         return queries, False, panel_files
 
 
+def score_masks_3d(sq: SceneQuery, labels: dict, index: dict, queries: list[dict]) -> None:
+    """The second mask of every query (q["mask3d"]): each category asked once in 3D (every present part),
+    taken whole (SceneQuery.whole_object) and rendered into each labelled view as an occlusion-aware mask
+    (ViewQuery.selection_masks), scored like the LangSplat mask cut from the relevancy map."""
+    cats = list(dict.fromkeys(q["category"] for q in queries))
+    answers = [sq.ask(c, all_parts=True) for c in cats]
+    selections = torch.stack([sq.whole_object(a) for a in answers])
+    by_view: dict[str, list[dict]] = {}
+    for q in queries:
+        by_view.setdefault(q["view"], []).append(q)
+    for stem, qs in by_view.items():
+        vl = labels[stem]
+        ks = [cats.index(q["category"]) for q in qs]
+        masks = sq.views.selection_masks(sq.dataset.cameras[index[stem]], selections[ks], size=(vl.width, vl.height))
+        for q, k, m in zip(qs, ks, masks):
+            gt = vl.mask(q["category"])
+            q["mask3d"] = {"iou": M.iou(m, gt), "acc": M.pixel_accuracy(m, gt), "gaussians": int(selections[k].sum()),
+                           "found": answers[k].found}
+
+
 def score_objects(locator: Locator, categories, objects, objects_path: Path) -> list[dict]:
     """Scorer of the 3D answers (Locator.locate) against the objects' 3D boxes, per category."""
     field = locator.field
@@ -486,6 +512,11 @@ def _summary(queries, per_object, fidelity, rgb, latency, space) -> dict:
         "loc_chance": _mean(q["chance"] for q in queries),
         "miou": _mean(q["iou"] for q in queries),
         "macc": _mean(q["acc"] for q in queries),
+        "miou_3d": _mean(q["mask3d"]["iou"] for q in queries) if queries and "mask3d" in queries[0] else None,
+        "macc_3d": _mean(q["mask3d"]["acc"] for q in queries) if queries and "mask3d" in queries[0] else None,
+        # the 3D mask where presence trusts the answer, the relevancy cut elsewhere
+        "miou_3d_if_found": _mean(q["mask3d"]["iou"] if q["mask3d"]["found"] else q["iou"] for q in queries)
+        if queries and "mask3d" in queries[0] else None,
         "lift_in_box": _mean(q["lift"].get("in_box") for q in queries) if queries and "in_box" in queries[0]["lift"] else None,
         "lift_dist_median": _median(q["lift"].get("dist") for q in queries) if queries and "dist" in queries[0]["lift"] else None,
         "lift_missing": sum(q["lift"]["point"] is None for q in queries),

@@ -76,7 +76,7 @@ def format_comparison(results: list[dict], title: str | None = None) -> str:
         for a in (r["summary"].get("fidelity") or {}):
             if a not in fid_spaces:
                 fid_spaces.append(a)
-    header = ["method", "loc. acc %", "mIoU %", "mAcc %", "3D lifted in-box %", "3D lifted dist", "3D Gauss in-box %",
+    header = ["method", "loc. acc %", "mIoU %", "mAcc %", "3D mask mIoU %", "3D lifted in-box %", "3D lifted dist", "3D Gauss in-box %",
               "3D Gauss dist", "sel. prec. %", "sel. rec. %", "found %"]
     header += [f"1−cos {a}" for a in fid_spaces] + [f"MSE {a}" for a in fid_spaces]
     header += ["PSNR", "SSIM", "ms / map"]
@@ -84,12 +84,13 @@ def format_comparison(results: list[dict], title: str | None = None) -> str:
     teacher = next((r[TEACHER] for r in results if r.get(TEACHER)), None)
     if teacher:
         rows.append(["teacher (2D)", _pct(teacher["loc_acc"]), _pct(teacher["miou"]), _pct(teacher["macc"])]
-                    + ["–"] * 7 + ["–"] * (2 * len(fid_spaces)) + ["–", "–", _ms(teacher.get("latency_ms"))])
+                    + ["–"] * 8 + ["–"] * (2 * len(fid_spaces)) + ["–", "–", _ms(teacher.get("latency_ms"))])
     for r in results:
         s = r["summary"]
         fid = s.get("fidelity") or {}
         rows.append(
-            [str(r.get("method")), _pct(s["loc_acc"]), _pct(s["miou"]), _pct(s["macc"]), _pct(s.get("lift_in_box")),
+            [str(r.get("method")), _pct(s["loc_acc"]), _pct(s["miou"]), _pct(s["macc"]), _pct(s.get("miou_3d")),
+             _pct(s.get("lift_in_box")),
              _fix(s.get("lift_dist_median")), _pct(s.get("gauss_in_box")), _fix(s.get("gauss_dist_median")),
              _pct(s.get("sel_precision")), _pct(s.get("sel_recall")), _pct(s.get("found"))]
             + [_fix((fid.get(a) or {}).get("one_minus_cos")) for a in fid_spaces]

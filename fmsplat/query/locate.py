@@ -26,7 +26,7 @@ import torch
 from fmsplat.errors import UserInputError
 from fmsplat.fields.base import FeatureField, FieldError
 from fmsplat.query.core import QueryCore
-from fmsplat.query.parts import (GROW_RELATIVE, LOCATE_RELATIVE, MIN_PART_GAUSSIANS, PART_SHARE, attach_to_nearest,
+from fmsplat.query.parts import (GROW_RELATIVE, LOCATE_RELATIVE, MAX_OBJECT_SHARE, MIN_PART_GAUSSIANS, PART_SHARE, attach_to_nearest,
                                  background_planes, connected_parts, linking_length, robust_diagonal)
 from fmsplat.query.presence import Concept, Presence, describe, presence
 
@@ -256,7 +256,8 @@ class Locator:
         whose relevancy is at least 0.5 and `relative` of the way up the scene's range (a lower cut than the
         answer's own) form connected parts (the answer's linking length), and every part that holds one of
         the answer's Gaussians is kept whole. The answer's cut finds the object's surest Gaussians; this
-        follows them over the rest of the object without jumping to another one. With `planes`, growth does
+        follows them over the rest of the object without jumping to another one; a part holding more than
+        MAX_OBJECT_SHARE of the opaque Gaussians is not taken. With `planes`, growth does
         not cross a background plane (`background`): the wall a mounted head hangs on reads partly as the
         head, since the teacher's patches straddle both."""
         keep, pts, _, _ = self._opaque_geometry(min_opacity)
@@ -272,7 +273,9 @@ class Locator:
             return grown
         seeds = grown[keep[cand]].numpy()
         for comp in connected_parts(pts[cand.numpy()], np.ones(len(cand)), answer.link):
-            if seeds[comp.members].any():
+            # an object is not the larger half of the scene: a part that big is the background reading
+            # a little like the phrase (the tiny room's wall at 0.61 for "motorcycle", over its cut)
+            if seeds[comp.members].any() and len(comp.members) <= MAX_OBJECT_SHARE * len(keep):
                 grown[keep[cand[torch.as_tensor(comp.members)]]] = True
         return grown
 

@@ -33,6 +33,9 @@ LOCATE_RELATIVE = 0.8
 # Lower cut of Locator.grow (hysteresis from the answer's Gaussians): on the fox it took the answer's 3,937
 # Gaussians to 8,044 (0.6: 7,001; 0.4: 8,168, as the 0.5 floor of the relevancy then holds).
 GROW_RELATIVE = 0.5
+# Growth never takes a part holding more than this share of the opaque Gaussians (the fox, a close-up,
+# is 40 % of its scene's; the tiny room's wall, reading 0.61 for "motorcycle", 65 %).
+MAX_OBJECT_SHARE = 0.5
 PART_SHARE = 0.25  # "every part": parts weighing at least this share of the heaviest
 MIN_PART_GAUSSIANS = 8
 # Background planes (background_planes): a plane through at least BACKGROUND_PLANE_SHARE of the opaque
@@ -174,6 +177,6 @@ def connected_parts(points: np.ndarray, weights: np.ndarray, link: float, exact:
     return [Component(members=members[starts[c]:starts[c + 1]], weight=float(totals[c])) for c in order]
 
 
-__all__ = ["BACKGROUND_PLANE_EXTENT", "BACKGROUND_PLANE_SHARE", "Component", "GROW_RELATIVE", "attach_to_nearest",
+__all__ = ["BACKGROUND_PLANE_EXTENT", "BACKGROUND_PLANE_SHARE", "Component", "GROW_RELATIVE", "MAX_OBJECT_SHARE", "attach_to_nearest",
            "background_planes", "LINK_FACTOR", "LOCATE_RELATIVE", "LINK_NEIGHBOUR", "MIN_PART_GAUSSIANS", "PART_SHARE", "connected_parts", "linking_length",
            "robust_diagonal"]

@@ -563,7 +563,7 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
     # two agree: 0.49 deg median): larger sets get it only when incremental SfM fails.
     mapper, second = "incremental", None
     if posed < needed or n <= SECOND_SOLVE_MAX_VIEWS:
-        second = _global_solve(pycolmap, db_path, image_dir, raw, progress)
+        second = _global_solve(pycolmap, db_path, image_dir, raw, progress, cfg.seed)
     if second is not None and int(second.num_reg_images()) > posed and posed < needed:
         best, second, mapper = second, best, "global"
         posed, failure = int(best.num_reg_images()), ""
@@ -619,15 +619,18 @@ DISAGREE_DEG = 5.0  # a view whose two solves differ by more than this rotation 
 DISAGREE_CENTRE = 0.05  # ... or centre (fraction of the path's diameter, after alignment) disagrees
 
 
-def _global_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, progress: bool):
+def _global_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, progress: bool, seed: int = 0):
     """The largest model of COLMAP's global mapper on the database's matches, or None."""
+    options = pycolmap.GlobalPipelineOptions()
+    options.random_seed = seed
+    options.mapper.random_seed = seed
     shutil.rmtree(raw, ignore_errors=True)
     raw.mkdir()
     level = getattr(pycolmap.logging, "minloglevel", None)
     if level is not None:
         pycolmap.logging.minloglevel = 3
     try:
-        models = pycolmap.global_mapping(db_path, image_dir, raw)
+        models = pycolmap.global_mapping(db_path, image_dir, raw, options)
     except (RuntimeError, ValueError):  # no model at all: nothing to compare with
         models = {}
     finally:
