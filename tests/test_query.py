@@ -290,6 +290,11 @@ def test_query_cli_writes_relevancy_mask_ply_and_json(copy_scene, oracle, object
 
     mask = np.asarray(Image.open(out / "espresso-cup_mask.png"))
     assert mask.shape == (96, 128) and rec["mask_pixels"] == int((mask > 0).sum()) > 0
+    # the whole object seen in the view: its mask agrees with the one cut from the oracle's relevancy
+    obj = np.asarray(Image.open(out / "espresso-cup_mask3d.png")) > 0
+    assert obj.shape == (96, 128) and rec["object"]["mask_pixels"] == int(obj.sum()) > 0
+    assert rec["object"]["gaussians"] >= rec["selection"]["count"]
+    assert (obj & (mask > 0)).sum() / (obj | (mask > 0)).sum() > 0.4
 
     res = CliRunner().invoke(app, ["query", str(copy_scene), "cat", "--view", "999", "--method", "oracle"])
     assert res.exit_code != 0 and "view 999" in res.output + str(res.exception)

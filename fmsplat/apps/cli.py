@@ -484,7 +484,7 @@ def query(
         typer.echo(f"{state} '{rec['text']}' score {rec['presence']['score']:.2f} at {point}, "
                    f"{sum(p['gaussians'] for p in a3['parts'])} Gaussians in {len(a3['parts'])} part(s), {where} "
                    f"in {rec['view']}; there: {best}")
-    typer.echo(f"files: {Path(records[0]['files']['json']).parent}/ (relevancy, mask, overlay PNG, JSON"
+    typer.echo(f"files: {Path(records[0]['files']['json']).parent}/ (relevancy, mask, object mask, overlay PNG, JSON"
                + (", PLY)" if any("gaussians" in r["files"] for r in records) else ")"))
 
 

@@ -6,7 +6,9 @@ phrase (file names from the phrase, in any script, unique per phrase):
 
 - `<name>_relevancy.png`  relevancy over the view's photo on the fixed scale (colour bar), the 3D point's
                           projection marked (ring: visible; dashed: hidden or outside), the 2D argmax (cross);
-- `<name>_mask.png`       the LangSplat-protocol mask of the view (white = object);
+- `<name>_mask.png`       the LangSplat-protocol mask of the view (white = object), cut from the relevancy map;
+- `<name>_mask3d.png`     the 3D answer's whole object (SceneQuery.whole_object) seen in the view, occlusion-
+                          aware (only when the phrase is found: otherwise there is no object to show);
 - `<name>_overlay.png`    3DGS render | photo | relevancy over the render | the selected part, seen in the view;
 - `<name>.ply`            the selected part's Gaussians (only when the phrase is found, or with export_absent);
 - `<name>.json`           found, presence score and best concepts, 3D point and box per part, the view's 2D
@@ -30,8 +32,9 @@ from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 from fmsplat.render.rgb import render_image
 
 
-def pictures(sq: SceneQuery, result: QueryResult, view: int) -> dict[str, np.ndarray]:
-    """The relevancy (photo), mask and overlay panel pictures of a view's answer."""
+def pictures(sq: SceneQuery, result: QueryResult, view: int, whole=None) -> dict[str, np.ndarray]:
+    """The relevancy (photo), mask and overlay panel pictures of a view's answer; with `whole` (N,) bool,
+    the answer's whole object, its mask in the view and the overlay's last panel show that instead."""
     camera = sq.dataset.cameras[view]
     image = sq.dataset.image(view)
     rh, rw = result.relevancy.shape
@@ -48,15 +51,19 @@ def pictures(sq: SceneQuery, result: QueryResult, view: int) -> dict[str, np.nda
         return img
 
     render = render_image(sq.field.gaussians, camera, sq.bundle.background())
-    cover = sq.views.selection_coverage(camera, result.answer.selection.mask, (image.shape[1], image.shape[0]))[0][0]
-    part = mask_overlay(render, cover > 0.3, alpha=0.6)
+    shown = result.answer.selection.mask if whole is None else whole
+    part = mask_overlay(render, sq.views.selection_masks(camera, shown, (image.shape[1], image.shape[0]))[0], alpha=0.6)
     state = "found" if result.found else "NOT FOUND"
     score = result.answer.presence.score if result.answer.presence else float("nan")
-    titles = ["3DGS render", "photo", f"'{result.text}': {state} ({score:.2f})",
-              f"3D answer: {result.answer.selection.count} Gaussians"]
+    what = (f"3D answer: {result.answer.selection.count} Gaussians" if whole is None
+            else f"object: {int(whole.sum())} Gaussians")
+    titles = ["3DGS render", "photo", f"'{result.text}': {state} ({score:.2f})", what]
     panel = hstack([render, image, marks(relevancy_overlay(render, rel_img)), part], titles=titles)
-    return {"relevancy": colorbar(marks(relevancy_overlay(image, rel_img))), "mask": result.mask,
+    pics = {"relevancy": colorbar(marks(relevancy_overlay(image, rel_img))), "mask": result.mask,
             "overlay": colorbar(panel)}
+    if whole is not None:
+        pics["mask3d"] = sq.views.selection_masks(camera, whole, result.size)[0]
+    return pics
 
 
 def run_query(scene, texts: str | Sequence[str], view: int | None = None, method: str | None = None, out=None,
@@ -84,9 +91,15 @@ def run_query(scene, texts: str | Sequence[str], view: int | None = None, method
         answer = sq.ask(text, all_parts=all_parts, relative=relative)
         result = sq.in_view(answer, view, scale)
         name = slugify(text)
-        pics = pictures(sq, result, view)
-        files = {k: write_png(out / f"{name}_{k}.png", pics[k]) for k in ("relevancy", "mask", "overlay")}
+        whole = sq.whole_object(answer) if answer.found else None
+        pics = pictures(sq, result, view, whole)
+        files = {k: write_png(out / f"{name}_{k}.png", pics[k]) for k in ("relevancy", "mask", "mask3d", "overlay")
+                 if k in pics}
+        if whole is None:  # no object: no object mask, not a stale one from an earlier run
+            (out / f"{name}_mask3d.png").unlink(missing_ok=True)
         record = result.to_json()
+        if whole is not None:
+            record["object"] = {"gaussians": int(whole.sum()), "mask_pixels": int(pics["mask3d"].sum())}
         if answer.found or export_absent:
             files["gaussians"] = out / f"{name}.ply"
             sq.export(answer, files["gaussians"])
