@@ -176,7 +176,11 @@ class Viewer:
     def show_answer(self) -> None:
         a = self.answer
         rgbs = self.arrays["rgbs"].copy()
-        sel = a.selection.mask.numpy()
+        if a.found:  # the whole object, as an edit would take it (SceneQuery.whole_object)
+            with self.lock:
+                sel = self.sq.whole_object(a).numpy()
+        else:
+            sel = a.selection.mask.numpy()
         rgbs[sel] = np.array(HIGHLIGHT, np.float32) / 255.0
         self.splats.remove()
         self.splats = self._add_splats(rgbs)
@@ -188,7 +192,9 @@ class Viewer:
                                                       position=tuple(float(v) for v in a.point))
         state = "FOUND" if a.found else "NOT FOUND"
         self.status.content = (f"**{state}** '{a.text}': score {a.presence.score:.2f}, "
-                               f"{a.selection.count} Gaussians, {self.answer_ms:.0f} ms")
+                               f"{a.selection.count} Gaussians answer"
+                               + (f", {int(sel.sum())} the whole object" if a.found else "")
+                               + f", {self.answer_ms:.0f} ms")
         self.save.disabled = not a.selection.count
         self.remove_btn.disabled = self.keep_btn.disabled = not a.found
 
