@@ -283,3 +283,14 @@ def test_fitted_field_mutations_load_correctly_or_fail_naming_the_field(lifted):
     bad = {label: o for label, o in outcomes.items() if o[0] not in ("accepted-correct", "rejected-named")}
     assert not bad, bad
     assert sum(o[0] == "rejected-named" for o in outcomes.values()) >= len(outcomes) - 3
+
+
+def test_the_pyramid_can_be_asked_for_in_the_model_name():
+    """`fit --models effnet@pyramid=true@tile_input=96` (was a TypeError: pyramid given twice)."""
+    from fmsplat.fields.base import FieldError, parse_space
+
+    spec = parse_space("effnet@pyramid=true@tile_input=96")
+    assert spec.pyramid and dict(spec.options) == {"tile_input": 96} and "fmgs-pyramid" in spec.key
+    assert not parse_space("effnet@pyramid=false").pyramid
+    with pytest.raises(FieldError, match="pyramid must be true or false"):
+        parse_space("effnet@pyramid=3")

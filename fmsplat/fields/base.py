@@ -99,13 +99,20 @@ class SpaceSpec:
 def parse_space(text: str, pyramid: bool = False) -> SpaceSpec:
     """'effnet', 'effnet-mid@stride=8', 'clip:openai/clip-vit-base-patch16@mode=maskclip' -> SpaceSpec.
 
-    Options follow '@' as KEY=VALUE pairs (also separated by '@'); the alias is the name before them,
+    Options follow '@' as KEY=VALUE pairs (also separated by '@'; `pyramid=true` wraps the extractor in
+    the FMGS pyramid, as `pyramid` does); the alias is the name before them,
     with a family's hub id shortened to the family ('clip:openai/...' -> 'clip')."""
     name, *pairs = text.strip().split("@")
     if not name:
         raise FieldError(f"empty model name in '{text}'")
     alias = name.split(":", 1)[0] if ":" in name else name
-    return SpaceSpec.create(name, alias=alias, pyramid=pyramid, **parse_options(pairs))
+    options = parse_options(pairs)
+    if "pyramid" in options:  # 'effnet@pyramid=true': the FMGS pyramid asked for in the name
+        value = options.pop("pyramid")
+        if not isinstance(value, bool):
+            raise FieldError(f"'{text}': pyramid must be true or false, got {value!r}")
+        pyramid = value
+    return SpaceSpec.create(name, alias=alias, pyramid=pyramid, **options)
 
 
 @functools.lru_cache(maxsize=16)
