@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from fmsplat.pictures import ERROR_MAX, ERROR_PALETTE, INVALID_COLOUR, apply_palette, comparison_panel, panel_layout, to_uint8
-from fmsplat.reconstruct.renders import interpolated_path, orbit_path, render_video
+from fmsplat.reconstruct.renders import interpolated_path, is_forward_facing, orbit_path, render_video, spiral_path
 from fmsplat.render.rgb import render_image
+from fmsplat.scene import Camera
 from fmsplat.scene.cameras import look_at_point
 from fmsplat.scene.synthetic import look_at_camera
 
@@ -138,6 +139,34 @@ def test_orbit_of_a_capture_that_covers_an_arc_stays_on_that_arc():
     steps = np.linalg.norm(np.diff(np.vstack([centers, centers[:1]]), axis=0), axis=1)
     # a sine sweep over 90 degrees at radius 4 moves at most 4 * (pi/4) * (2 pi / 40) per frame
     assert steps.max() < 1.05 * 4 * (np.pi / 4) * (2 * np.pi / 40), "smooth, and the loop closes"
+
+
+def test_a_forward_facing_capture_gets_a_spiral_that_never_looks_behind_it():
+    """LLFF-like: 12 cameras on a 1 x 0.6 grid all looking down +z. The orbit there looked backwards (the
+    optical axes meet nowhere: its centre fell on the cameras' own plane, a frame looked along -z); the
+    spiral stays within the capture's spread, looks forward at the focus, and loops."""
+    cams = []
+    for x in np.linspace(-0.5, 0.5, 4):
+        for y in np.linspace(-0.3, 0.3, 3):
+            view = np.eye(4)
+            view[:3, 3] = -np.array([x, y, 0.0])
+            cams.append(Camera(K=K, viewmat=view, width=64, height=48))
+    assert is_forward_facing(cams)
+    assert min(c.viewmat[2, 2] for c in orbit_path(cams, 30)) < 0  # what the orbit did
+    path = spiral_path(cams, 40, focus_depth=4.0)
+    forward = np.stack([c.viewmat[2, :3] for c in path])
+    centres = np.stack([c.center for c in path])
+    assert forward[:, 2].min() > np.cos(np.deg2rad(10))  # all look ahead, at the focus 4 units out
+    focus = centres + 4.0 / forward[:, 2:3] * forward
+    np.testing.assert_allclose(focus, np.broadcast_to([0.0, 0.0, 4.0], focus.shape), atol=1e-6)
+    assert np.abs(centres[:, 0]).max() <= 0.5 + 1e-9 and np.abs(centres[:, 1]).max() <= 0.3 + 1e-9
+    assert np.linalg.norm(centres[0] - centres[-1]) < 0.2  # the loop closes
+    # an orbit capture and an arc in front of a wall are not forward-facing
+    ring = [look_at_camera(np.array([4 * np.cos(a), 4 * np.sin(a), 1.0]), np.zeros(3), K, 64, 48)
+            for a in np.linspace(0, 2 * np.pi, 12, endpoint=False)]
+    arc = [look_at_camera(np.array([4 * np.cos(a), 4 * np.sin(a), 1.0]), np.zeros(3), K, 64, 48)
+           for a in np.deg2rad(np.linspace(-45, 45, 10))]
+    assert not is_forward_facing(ring) and not is_forward_facing(arc)
 
 
 def test_interpolated_path_passes_through_the_cameras_at_their_frames():

@@ -282,7 +282,8 @@ def render(
     scene: str = typer.Argument(..., help="Trained scene directory (fmsplat train)."),
     views: str = typer.Option(None, "--views", help="Panels render|photo|error of test, train, all or views 0,5,9 "
                               "(default: test, unless --path is given)."),
-    path: str = typer.Option(None, "--path", help="Also render a video along a camera path: orbit or interpolate."),
+    path: str = typer.Option(None, "--path", help="Also render a video along a camera path: orbit (a spiral for a "
+                             "forward-facing capture, which has no other side), spiral or interpolate."),
     frames: int = typer.Option(120, "--frames", help="Video frames.", callback=_range(1)),
     fps: float = typer.Option(30.0, "--fps", help="Video frame rate.", callback=_range(0, 1000, above=True)),
     png_frames: bool = typer.Option(False, "--png-frames", help="Also write the video's frames as PNGs."),
@@ -292,12 +293,12 @@ def render(
     """Render a trained scene for people: render|photo|error panels of views, or a video along a path."""
     from pathlib import Path
     from fmsplat.errors import SceneError
-    from fmsplat.reconstruct.renders import (interpolated_path, orbit_path, render_video,
-                                             write_view_panels)
+    from fmsplat.reconstruct.renders import (interpolated_path, is_forward_facing, orbit_path, render_video,
+                                             spiral_path, write_view_panels)
     from fmsplat.scene import DatasetError, load_dataset
 
-    if path is not None and path not in ("orbit", "interpolate"):
-        raise typer.BadParameter(f"'{path}' is not orbit or interpolate", param_hint="--path")
+    if path is not None and path not in ("orbit", "spiral", "interpolate"):
+        raise typer.BadParameter(f"'{path}' is not orbit, spiral or interpolate", param_hint="--path")
     if frames < 1 or not fps > 0:
         raise typer.BadParameter("--frames must be >= 1 and --fps positive")
     try:
@@ -321,14 +322,33 @@ def render(
         for split, members in (("test", [i for i in picks if i in held_out]), ("train", [i for i in picks if i not in held_out])):
             written += write_view_panels(model, dataset, members, out_dir / split, background)
     if path is not None:
-        make = orbit_path if path == "orbit" else interpolated_path
-        cams = make(dataset.cameras, frames)
+        if path == "orbit" and is_forward_facing(dataset.cameras):
+            typer.echo("the cameras all face one way (a forward-facing capture): a spiral instead of an orbit", err=True)
+            path = "spiral"
+        if path == "spiral":
+            cams = spiral_path(dataset.cameras, frames, _focus_depth(model, dataset.cameras))
+        else:
+            cams = (orbit_path if path == "orbit" else interpolated_path)(dataset.cameras, frames)
         written.append(render_video(model, cams, out_dir / f"{path}.mp4", fps, background,
                                     frames_dir=out_dir / path if png_frames else None))
         if png_frames:
             written.append(out_dir / path / "frame_*.png")
     for p in written:
         typer.echo(str(p))
+
+
+def _focus_depth(model, cameras) -> float | None:
+    """Median depth, ahead of the mean camera, of the opaque Gaussians in front of it (None: none)."""
+    import numpy as np
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_matrix(np.stack([np.asarray(c.viewmat)[:3, :3] for c in cameras])).mean().as_matrix()
+    mean = np.stack([c.center for c in cameras]).mean(0)
+    opaque = (torch.sigmoid(model.opacities.detach()) >= 0.5).numpy()
+    depth = (model.means.detach().numpy()[opaque] - mean) @ rot[2]
+    depth = depth[depth > 0]
+    return float(np.median(depth)) if len(depth) else None
 
 
 RAY_HELP = ("Run per view on a Ray cluster (pip install 'fmsplat[ray]'): 'local' starts one on this machine, "

@@ -5,7 +5,7 @@ obvious in a picture and easy to miss in a PSNR number, so `fmsplat train` write
 held-out views and `fmsplat render SCENE` writes panels of any views or a video along a path:
 
     write_view_panels(model, data, data.test_indices, "scene/renders/test")   # PNG per view
-    cams = orbit_path(data.cameras, 120)                                       # or interpolated_path
+    cams = orbit_path(data.cameras, 120)                       # or interpolated_path, spiral_path
     render_video(model, cams, "scene/renders/orbit.mp4", fps=30)
 
 What it draws comes from fmsplat.pictures (panels, PNG, MP4); the colours from fmsplat.render.rgb.
@@ -145,6 +145,51 @@ def orbit_path(cameras, n_frames: int) -> list[Camera]:
     return _path_cameras(views, first.K, first.width, first.height, "orbit")
 
 
+FORWARD_MAX_ANGLE = np.deg2rad(40.0)  # every view within this of the mean direction: a forward-facing capture
+
+
+def is_forward_facing(cameras) -> bool:
+    """The cameras all look about the same way (within FORWARD_MAX_ANGLE of their mean direction) at no
+    single point in front of them (look_at_point finds none): LLFF's fern, a room shot from its door."""
+    cameras = list(cameras)
+    axes = _rotations(cameras)[:, 2, :]
+    mean = axes.mean(0)
+    if np.linalg.norm(mean) < 1e-8:
+        return False
+    mean /= np.linalg.norm(mean)
+    return bool(np.arccos(np.clip(axes @ mean, -1, 1)).max() <= FORWARD_MAX_ANGLE
+                and look_at_point(cameras, strict=True) is None)
+
+
+def spiral_path(cameras, n_frames: int, focus_depth: float | None = None, turns: float = 2.0) -> list[Camera]:
+    """`n_frames` cameras on a spiral around the mean camera of a forward-facing capture, all looking at a
+    point `focus_depth` ahead of it (default: 5x the spread of the camera centres), never behind the
+    capture: the NeRF world's path for LLFF scenes. The spiral's radii are the 90th percentiles of the
+    centres' offsets along the mean camera's right, down and forward axes (forward at half), `turns` times
+    round; the last frame stops one step short of the first, so the video loops."""
+    cameras = list(cameras)
+    if not cameras:
+        raise ValueError("spiral_path: no cameras")
+    if n_frames < 1:
+        raise ValueError(f"spiral_path: n_frames must be >= 1, got {n_frames}")
+    from scipy.spatial.transform import Rotation
+
+    rot = Rotation.from_matrix(_rotations(cameras)).mean().as_matrix()  # rows: right, down, forward
+    centres = _centers(cameras)
+    mean = centres.mean(0)
+    local = (centres - mean) @ rot.T
+    radii = np.percentile(np.abs(local), 90, axis=0)
+    spread = float(np.linalg.norm(radii))
+    depth = float(focus_depth) if focus_depth is not None and focus_depth > 0 else 5.0 * max(spread, 1e-3)
+    t = turns * 2.0 * np.pi * np.arange(n_frames) / n_frames
+    offsets = np.stack([radii[0] * np.cos(t), radii[1] * np.sin(t), 0.5 * radii[2] * np.sin(0.5 * t)], axis=1)
+    eyes = mean + offsets @ rot
+    focus = mean + depth * rot[2]
+    views = _look_at_viewmats(eyes, np.broadcast_to(focus, eyes.shape), -rot[1])
+    first = cameras[0]
+    return _path_cameras(views, first.K, first.width, first.height, "spiral")
+
+
 def interpolated_path(cameras, n_frames: int) -> list[Camera]:
     """`n_frames` cameras through the dataset cameras in their order: rotations slerped, centres on
     a cubic spline (linear for two cameras), intrinsics interpolated linearly (each scaled to the
@@ -210,5 +255,5 @@ def render_video(model: GaussianModel, cameras, path, fps: float = 30.0, backgro
     return write_video(path, frames(), fps, pad_odd=True, codec=codec)
 
 
-__all__ = ["evenly_spaced", "interpolated_path", "orbit_path", "render_video", "view_stem",
+__all__ = ["evenly_spaced", "interpolated_path", "is_forward_facing", "orbit_path", "spiral_path", "render_video", "view_stem",
            "write_view_panels"]
