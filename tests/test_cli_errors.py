@@ -84,7 +84,7 @@ def test_usage_errors_take_two_lines(tmp_path):
     _short(_run(["train", "x", "--out", "y", "--strategy", "bogus"]), 2, "--strategy (3dgs|mcmc): must be one of")
     _short(_run(["train", "x", "--out", "y", "--checkpoint-every", "0"]), 2, "checkpoint_every")
     _short(_run(["no-such-command"]), 2, "No such command")
-    _short(_run(["render", str(tmp_path), "--views", "test", "--path", "spiral"]), 2, "spiral")
+    _short(_run(["render", str(tmp_path), "--views", "test", "--path", "helix"]), 2, "helix")
 
 
 def test_debug_shows_the_traceback(tmp_path):
