@@ -16,7 +16,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from fmsplat.apps.cli import app
-from fmsplat.scene.capture import CaptureConfig, CaptureError, extract_video_frames, import_photos, process_data
+from fmsplat.scene.capture import (CaptureConfig, CaptureError, extract_video_frames, import_photos, process_data,
+                                   summary)
 from fmsplat.pictures import write_video
 from fmsplat.scene.sfm import pose_errors, poses_from_colmap, poses_from_transforms, umeyama
 
@@ -205,8 +206,15 @@ def test_a_street_walk_is_posed_in_order_along_the_street(tmp_path):
     512 px the global solve poses all 29 for 4 of 5 seeds: too close to the edge for a test)."""
     if not LUND.is_dir():
         pytest.skip(f"lund photos not found at {LUND} (shared data folder absent)")
-    report = process_data(LUND, tmp_path / "lund", CaptureConfig(max_size=640), progress=False)
+    photos = tmp_path / "photos"
+    shutil.copytree(LUND, photos)
+    # and one photo of something else (a texture the street never shows): not posed, and the report says why
+    Image.fromarray(_textured(np.random.default_rng(5), 768, 1024)).save(photos / "zz_other.jpg", quality=95)
+    report = process_data(photos, tmp_path / "lund", CaptureConfig(max_size=640), progress=False)
     assert report["sfm"]["mapper"] == "global" and report["frames_posed"] >= 27, report["sfm"]
+    assert "zz_other.jpg" in report["sfm"]["not_posed"]
+    assert "no other photo shares a verified geometry" in report["sfm"]["not_posed_why"]["zz_other.jpg"]
+    assert "zz_other.jpg: no other photo" in summary(report)
     poses = poses_from_colmap(tmp_path / "lund" / "sparse" / "0")
     names = sorted(poses)
     centres = np.stack([-poses[k][:3, :3].T @ poses[k][:3, 3] for k in names])

