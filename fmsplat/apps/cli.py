@@ -293,8 +293,8 @@ def render(
     """Render a trained scene for people: render|photo|error panels of views, or a video along a path."""
     from pathlib import Path
     from fmsplat.errors import SceneError
-    from fmsplat.reconstruct.renders import (interpolated_path, is_forward_facing, orbit_path, render_video,
-                                             spiral_path, write_view_panels)
+    from fmsplat.reconstruct.renders import (focus_depth, interpolated_path, is_forward_facing, orbit_path,
+                                             render_video, spiral_path, write_view_panels)
     from fmsplat.scene import DatasetError, load_dataset
 
     if path is not None and path not in ("orbit", "spiral", "interpolate"):
@@ -326,7 +326,7 @@ def render(
             typer.echo("the cameras all face one way (a forward-facing capture): a spiral instead of an orbit", err=True)
             path = "spiral"
         if path == "spiral":
-            cams = spiral_path(dataset.cameras, frames, _focus_depth(model, dataset.cameras))
+            cams = spiral_path(dataset.cameras, frames, focus_depth(model, dataset.cameras))
         else:
             cams = (orbit_path if path == "orbit" else interpolated_path)(dataset.cameras, frames)
         written.append(render_video(model, cams, out_dir / f"{path}.mp4", fps, background,
@@ -335,20 +335,6 @@ def render(
             written.append(out_dir / path / "frame_*.png")
     for p in written:
         typer.echo(str(p))
-
-
-def _focus_depth(model, cameras) -> float | None:
-    """Median depth, ahead of the mean camera, of the opaque Gaussians in front of it (None: none)."""
-    import numpy as np
-    import torch
-    from scipy.spatial.transform import Rotation
-
-    rot = Rotation.from_matrix(np.stack([np.asarray(c.viewmat)[:3, :3] for c in cameras])).mean().as_matrix()
-    mean = np.stack([c.center for c in cameras]).mean(0)
-    opaque = (torch.sigmoid(model.opacities.detach()) >= 0.5).numpy()
-    depth = (model.means.detach().numpy()[opaque] - mean) @ rot[2]
-    depth = depth[depth > 0]
-    return float(np.median(depth)) if len(depth) else None
 
 
 RAY_HELP = ("Run per view on a Ray cluster (pip install 'fmsplat[ray]'): 'local' starts one on this machine, "

@@ -26,8 +26,8 @@ import torch
 from fmsplat.errors import UserInputError
 from fmsplat.fields.base import FeatureField, FieldError
 from fmsplat.query.core import QueryCore
-from fmsplat.query.parts import (GROW_RELATIVE, LOCATE_RELATIVE, MAX_OBJECT_SHARE, MIN_PART_GAUSSIANS, PART_SHARE, attach_to_nearest,
-                                 background_planes, connected_parts, linking_length, robust_diagonal)
+from fmsplat.query.parts import (GROW_RELATIVE, LOCATE_RELATIVE, MAX_OBJECT_SHARE, MIN_PART_GAUSSIANS, PART_SHARE,
+                                 background_planes, connected_parts, linking_length, nearest_within, robust_diagonal)
 from fmsplat.query.presence import Concept, Presence, describe, presence
 
 
@@ -150,6 +150,7 @@ class Locator:
         self._neg_gauss: torch.Tensor | None = None
         self._geometry_key = None
         self._planes_key = None
+        self._anchors_key = None
 
     def _gaussian_cache(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._gauss is None:
@@ -240,15 +241,26 @@ class Locator:
         Gaussian, within one linking length, is in it. Answers are cut from the opaque Gaussians, but a
         trained scene draws much of an object with faint ones (on the fox 80 % of the Gaussians are under
         0.1 opacity): an edit that leaves them behind leaves a ghost of the object."""
-        keep, pts, link, _ = self._opaque_geometry(min_opacity)
+        keep, _, _, _ = self._opaque_geometry(min_opacity)
+        faint, nearest = self._faint_anchors(min_opacity)
         mask = torch.as_tensor(mask, dtype=torch.bool)
-        faint = torch.ones(len(mask), dtype=torch.bool)
-        faint[keep] = False
-        faint_idx = torch.nonzero(faint).squeeze(1)
-        means = self.field.gaussians.means.detach().double().cpu().numpy()[faint_idx.numpy()]
         out = mask.clone()
-        out[faint_idx[torch.as_tensor(attach_to_nearest(means, pts, mask[keep].numpy(), link))]] = True
+        out[faint] |= mask[keep[nearest.clamp_min(0)]] & (nearest >= 0)
         return out
+
+    def _faint_anchors(self, min_opacity: float):
+        """(indices of the faint Gaussians, index into the opaque ones of each one's nearest opaque Gaussian
+        within one linking length, -1 for none); cached: they depend on the geometry only."""
+        key = float(min_opacity)
+        if self._anchors_key != key:
+            keep, pts, link, _ = self._opaque_geometry(min_opacity)
+            faint = torch.ones(len(self.field.gaussians), dtype=torch.bool)
+            faint[keep] = False
+            faint = torch.nonzero(faint).squeeze(1)
+            means = self.field.gaussians.means.detach().double().cpu().numpy()[faint.numpy()]
+            self._anchors = (faint, torch.as_tensor(nearest_within(means, pts, link)))
+            self._anchors_key = key
+        return self._anchors
 
     def grow(self, answer: "Answer", relative: float = GROW_RELATIVE, min_opacity: float = 0.1,
              planes: bool = True) -> torch.Tensor:

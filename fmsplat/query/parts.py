@@ -124,17 +124,13 @@ def background_planes(points: np.ndarray, tolerance: float, share: float = BACKG
     return on_plane
 
 
-def attach_to_nearest(points: np.ndarray, anchors: np.ndarray, anchor_selected: np.ndarray,
-                      reach: float) -> np.ndarray:
-    """(M,) bool: each of `points` (M, 3) takes the selection of its nearest anchor (K, 3) when that lies
-    within `reach`; unselected otherwise."""
+def nearest_within(points: np.ndarray, anchors: np.ndarray, reach: float) -> np.ndarray:
+    """(M,) int64: for each of `points` (M, 3) the index of its nearest anchor (K, 3) when that lies within
+    `reach`, else -1."""
     if len(anchors) == 0 or len(points) == 0:
-        return np.zeros(len(points), dtype=bool)
+        return np.full(len(points), -1, dtype=np.int64)
     dist, nearest = cKDTree(anchors).query(points, k=1, distance_upper_bound=reach)
-    found = np.isfinite(dist)
-    out = np.zeros(len(points), dtype=bool)
-    out[found] = np.asarray(anchor_selected, dtype=bool)[nearest[found]]
-    return out
+    return np.where(np.isfinite(dist), nearest, -1).astype(np.int64)
 
 
 @dataclass
@@ -177,6 +173,6 @@ def connected_parts(points: np.ndarray, weights: np.ndarray, link: float, exact:
     return [Component(members=members[starts[c]:starts[c + 1]], weight=float(totals[c])) for c in order]
 
 
-__all__ = ["BACKGROUND_PLANE_EXTENT", "BACKGROUND_PLANE_SHARE", "Component", "GROW_RELATIVE", "MAX_OBJECT_SHARE", "attach_to_nearest",
-           "background_planes", "LINK_FACTOR", "LOCATE_RELATIVE", "LINK_NEIGHBOUR", "MIN_PART_GAUSSIANS", "PART_SHARE", "connected_parts", "linking_length",
+__all__ = ["BACKGROUND_PLANE_EXTENT", "BACKGROUND_PLANE_SHARE", "Component", "GROW_RELATIVE", "MAX_OBJECT_SHARE", "background_planes",
+           "nearest_within", "LINK_FACTOR", "LOCATE_RELATIVE", "LINK_NEIGHBOUR", "MIN_PART_GAUSSIANS", "PART_SHARE", "connected_parts", "linking_length",
            "robust_diagonal"]

@@ -132,12 +132,13 @@ def presence(feature: torch.Tensor, query: torch.Tensor, vocab: Vocabulary, top_
     if not (torch.isfinite(f).all() and torch.isfinite(q).all()) or float(f.norm()) == 0.0:
         raise ValueError("presence: the place has no feature (zero or non-finite)")
     sims = vocab.embeddings @ f
-    competitors = sims[(vocab.embeddings @ q) < SAME_CONCEPT]
+    rival = (vocab.embeddings @ q) < SAME_CONCEPT
     s_q = float(f @ q)
     top = int(torch.argmax(sims))
     if top in set(int(i) for i in named):  # the place's best reading is a kind of the phrase: "dog" on a beagle
         s_q = max(s_q, float(sims[top]))
-        competitors = sims[[i for i in range(len(sims)) if i != top and float(vocab.embeddings[i] @ q) < SAME_CONCEPT]]
+        rival[top] = False
+    competitors = sims[rival]
     k = min(top_k, len(competitors))
     threshold = float(torch.topk(competitors, k).values[-1])
     rank = 1 + int((competitors > s_q).sum())

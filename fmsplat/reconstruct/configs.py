@@ -14,6 +14,11 @@ REFERENCE_STEPS = 30_000  # the schedule of the original code is given for this 
 STRATEGIES = ("3dgs", "mcmc")
 FILL_SHARE = 0.5  # MCMC growth fills the budget within this share of the refinement rounds (fitted_growth)
 MAX_GROW_RATE = 1.0  # ... and never more than doubles the count in one round
+def grown_count(n: int, cap_max: int, grow_rate: float) -> int:
+    """The Gaussian count after one MCMC growth round from `n` (never past cap_max; never shrinking)."""
+    return max(n, min(cap_max, int((1.0 + grow_rate) * n)))
+
+
 INITS = ("auto", "points", "sfm", "frustum", "box")  # the starts reconstruct/init.py implements
 
 
@@ -57,6 +62,15 @@ class MCMCConfig(Settings):
         need = (self.cap_max / n_start) ** (1.0 / max(1, int(fill_share * rounds))) - 1.0
         rate = min(max_rate, max(self.grow_rate, need))
         return dataclasses.replace(self, grow_rate=round(rate, 6))
+
+    def budget_full_at(self, n_start: int) -> int | None:
+        """The refinement iteration at which growth from `n_start` Gaussians reaches cap_max (None: never)."""
+        n = n_start
+        for it in self.refinement_iterations():
+            n = grown_count(n, self.cap_max, self.grow_rate)
+            if n >= self.cap_max:
+                return it
+        return None
 
     def scaled(self, steps: int, reference_steps: int = 30_000, min_every: int = 10) -> "MCMCConfig":
         """This config with the refinement iterations (given for `reference_steps`) scaled

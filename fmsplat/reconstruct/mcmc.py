@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from fmsplat.reconstruct.configs import MCMCConfig
+from fmsplat.reconstruct.configs import MCMCConfig, grown_count
 from fmsplat.reconstruct.densify import _replace_param, append_rows
 from fmsplat.render.projection import quat_to_rotmat
 
@@ -125,7 +125,7 @@ def add_new(params: dict, optimizer: torch.optim.Optimizer, cap_max: int, grow_r
     the source and its copies, appended with zero Adam moments (the sources' are zeroed too).
     Returns the number added."""
     n = params["means"].shape[0]
-    n_add = max(0, min(cap_max, int((1.0 + grow_rate) * n)) - n)
+    n_add = grown_count(n, cap_max, grow_rate) - n
     o = torch.sigmoid(params["opacities"].data)
     if n_add == 0 or not bool((o > 0).any()):
         return 0

@@ -161,6 +161,23 @@ def is_forward_facing(cameras) -> bool:
                 and look_at_point(cameras, strict=True) is None)
 
 
+def _mean_camera(cameras) -> tuple[np.ndarray, np.ndarray]:
+    """(the mean world-to-camera rotation (rows: right, down, forward), the mean centre) of `cameras`."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_matrix(_rotations(cameras)).mean().as_matrix(), _centers(cameras).mean(0)
+
+
+def focus_depth(model: GaussianModel, cameras, min_opacity: float = 0.5) -> float | None:
+    """Median depth ahead of the mean camera of the opaque Gaussians in front of it (None: none): where a
+    spiral_path looks."""
+    rot, mean = _mean_camera(cameras)
+    opaque = (1.0 / (1.0 + np.exp(-model.opacities.detach().cpu().numpy()))) >= min_opacity
+    depth = (model.means.detach().cpu().numpy()[opaque] - mean) @ rot[2]
+    depth = depth[depth > 0]
+    return float(np.median(depth)) if len(depth) else None
+
+
 def spiral_path(cameras, n_frames: int, focus_depth: float | None = None, turns: float = 2.0) -> list[Camera]:
     """`n_frames` cameras on a spiral around the mean camera of a forward-facing capture, all looking at a
     point `focus_depth` ahead of it (default: 5x the spread of the camera centres), never behind the
@@ -172,12 +189,8 @@ def spiral_path(cameras, n_frames: int, focus_depth: float | None = None, turns:
         raise ValueError("spiral_path: no cameras")
     if n_frames < 1:
         raise ValueError(f"spiral_path: n_frames must be >= 1, got {n_frames}")
-    from scipy.spatial.transform import Rotation
-
-    rot = Rotation.from_matrix(_rotations(cameras)).mean().as_matrix()  # rows: right, down, forward
-    centres = _centers(cameras)
-    mean = centres.mean(0)
-    local = (centres - mean) @ rot.T
+    rot, mean = _mean_camera(cameras)
+    local = (_centers(cameras) - mean) @ rot.T
     radii = np.percentile(np.abs(local), 90, axis=0)
     spread = float(np.linalg.norm(radii))
     depth = float(focus_depth) if focus_depth is not None and focus_depth > 0 else 5.0 * max(spread, 1e-3)
@@ -255,5 +268,5 @@ def render_video(model: GaussianModel, cameras, path, fps: float = 30.0, backgro
     return write_video(path, frames(), fps, pad_odd=True, codec=codec)
 
 
-__all__ = ["evenly_spaced", "interpolated_path", "is_forward_facing", "orbit_path", "spiral_path", "render_video", "view_stem",
+__all__ = ["evenly_spaced", "focus_depth", "interpolated_path", "is_forward_facing", "orbit_path", "spiral_path", "render_video", "view_stem",
            "write_view_panels"]

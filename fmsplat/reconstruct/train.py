@@ -197,13 +197,7 @@ def _train(data_path, out_dir, cfg: TrainConfig, resume: bool, progress: bool, d
     if isinstance(strategy, MCMCStrategy) and run.saved is None:
         m, base = strategy.cfg, cfg.mcmc_config()
         if m.grow_rate > base.grow_rate:
-            rounds = m.refinement_iterations()
-            n, full = init_info["gaussians"], None
-            for it in rounds:
-                n = min(m.cap_max, int((1 + m.grow_rate) * n))
-                if n >= m.cap_max:
-                    full = it
-                    break
+            full = m.budget_full_at(init_info["gaussians"])
             run.note(f"{out_dir}: a sparse start ({init_info['gaussians']:,} of a {m.cap_max:,} budget): MCMC grows "
                      f"{100 * m.grow_rate:.1f} % a refinement instead of {100 * base.grow_rate:.0f} %"
                      + (f", full by step {full}" if full else ""))

@@ -23,6 +23,7 @@ import hashlib
 import json
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -529,11 +530,8 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
         usable = [int(g.config) >= 2 and len(g.inlier_matches) >= options.min_num_matches for g in geometries]
         verified_pairs = sum(usable)
         id_to_name = {int(im.image_id): im.name for im in db.read_all_images()}
-        partners: dict[str, int] = {name: 0 for name in names}  # per image: pairs with a usable geometry
-        for pid, ok in zip(pair_ids, usable):
-            if ok:
-                for image_id in pycolmap.pair_id_to_image_pair(int(pid)):
-                    partners[id_to_name[int(image_id)]] = partners.get(id_to_name[int(image_id)], 0) + 1
+        partners = Counter(id_to_name[int(image_id)] for pid, ok in zip(pair_ids, usable) if ok
+                           for image_id in pycolmap.pair_id_to_image_pair(int(pid)))  # per image: usable pairs
     finally:
         db.close()
     options.random_seed = cfg.seed
@@ -570,7 +568,7 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
     # two agree: 0.49 deg median): larger sets get it only when incremental SfM fails.
     mapper, second = "incremental", None
     if posed < needed or n <= SECOND_SOLVE_MAX_VIEWS:
-        second = _global_solve(pycolmap, db_path, image_dir, raw, progress, cfg.seed)
+        second = _global_solve(pycolmap, db_path, image_dir, raw, cfg.seed)
     if second is not None and int(second.num_reg_images()) > posed and posed < needed:
         best, second, mapper = second, best, "global"
         posed, failure = int(best.num_reg_images()), ""
@@ -601,7 +599,7 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
         "frames_in": n,
         "frames_posed": posed,
         "not_posed": sorted(set(names) - set(posed_names)),
-        "not_posed_why": {name: ("no other photo shares a verified geometry with it" if partners.get(name, 0) == 0 else
+        "not_posed_why": {name: ("no other photo shares a verified geometry with it" if partners[name] == 0 else
                                  f"{partners[name]} verified pair(s), but too few of its matches reach the model's points")
                           for name in sorted(set(names) - set(posed_names))},
         "models": len(models),
@@ -629,7 +627,7 @@ DISAGREE_DEG = 5.0  # a view whose two solves differ by more than this rotation 
 DISAGREE_CENTRE = 0.05  # ... or centre (fraction of the path's diameter, after alignment) disagrees
 
 
-def _global_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, progress: bool, seed: int = 0):
+def _global_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, seed: int = 0):
     """The largest model of COLMAP's global mapper on the database's matches, or None."""
     options = pycolmap.GlobalPipelineOptions()
     options.random_seed = seed
