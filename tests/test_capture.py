@@ -225,3 +225,26 @@ def test_a_street_walk_is_posed_in_order_along_the_street(tmp_path):
     length = along.max() - along.min()
     assert np.all(np.diff(along) > 0), dict(zip(names, np.round(along / length, 3)))  # in the order taken
     assert np.linalg.norm(c - np.outer(c @ axis, axis), axis=1).max() < 0.1 * length  # measured 0.03
+
+
+def test_sift_upsamples_small_sets_and_small_photos_only(tmp_path):
+    """Large sets of large photos detect SIFT at the photo's size (the fox's 67: 3.6x faster, poses as
+    good, bench/README.md); a set of at most small_set_max_images photos, or small photos, keep
+    COLMAP's 2x upsampling (lund's 29 street photos lost 3/4 of their points without it)."""
+    from fmsplat.scene.sfm import UnposedSfmConfig, unposed_first_octave
+
+    cfg = UnposedSfmConfig(small_set_max_images=3)
+    large, small = tmp_path / "large", tmp_path / "small"
+    for folder, size in ((large, (960, 540)), (small, (640, 480))):
+        folder.mkdir()
+        for k in range(4):
+            Image.new("RGB", size).save(folder / f"{k}.jpg")
+    names = [f"{k}.jpg" for k in range(4)]
+    assert unposed_first_octave(cfg, large, names) == 0
+    assert unposed_first_octave(cfg, large, names[:3]) == -1  # a small set
+    assert unposed_first_octave(cfg, small, names) == -1  # small photos
+    (large / "notes.txt").write_text("not a photo")
+    assert unposed_first_octave(cfg, large, names + ["notes.txt"]) == 0
+    assert unposed_first_octave(UnposedSfmConfig(first_octave=-1), large, names) == -1
+    with pytest.raises(ValueError):
+        UnposedSfmConfig(first_octave=5)
