@@ -232,3 +232,19 @@ def test_numba_projection_and_its_backward_match_torch_autograd():
         assert b.abs().max() > 0, name
         err = ((a - b).abs() / (b.abs() + b.abs().max() * 1e-3)).max()
         assert err < 1e-3, f"d{name}: relative error {err:.2e}"
+
+
+def test_radix_depth_sort_is_torchs_stable_argsort():
+    """The binning's depth order: ties in index order, negatives, -0.0 with 0.0, a wide range."""
+    import numpy as np
+
+    from fmsplat.render.numba_kernels import argsort_stable
+
+    rng = np.random.default_rng(0)
+    keys = (rng.random(5000) * 10.0 - 1.0).astype(np.float32)
+    keys[::7] = keys[3]  # ties
+    keys[10:20] = np.float32(-0.0)
+    keys[20:30] = np.float32(0.0)
+    keys[30:40] = np.float32(rng.choice([1e-30, 1e30, -1e30, 3.4e38], 10))
+    assert np.array_equal(argsort_stable(keys), torch.argsort(torch.from_numpy(keys), stable=True).numpy())
+    assert argsort_stable(np.zeros(0, np.float32)).shape == (0,)

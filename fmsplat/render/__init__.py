@@ -61,7 +61,11 @@ def _bin(proj: Projection, opacities: torch.Tensor, width: int, height: int):
 
     tiles_x, tiles_y = tile_grid(width, height)
     vis = torch.nonzero(proj.visible).squeeze(1)
-    order = vis[torch.argsort(proj.depths.detach()[vis], stable=True)].to(torch.int64).numpy()
+    depths = proj.depths.detach()[vis]
+    if depths.dtype == torch.float32 and not depths.is_cuda:  # the same order, a quarter of the time
+        order = vis.to(torch.int64).numpy()[nk.argsort_stable(depths.contiguous().numpy())]
+    else:
+        order = vis[torch.argsort(depths, stable=True)].to(torch.int64).numpy()
     means2d, conics = (t.detach().to(torch.float32).contiguous().numpy() for t in (proj.means2d, proj.conics))
     opacities = opacities.detach().to(torch.float32).contiguous().numpy()
     offsets, ids, pixel_box = nk.bin_gaussians(means2d, conics, opacities, order, width, height, tiles_x, tiles_y)

@@ -57,6 +57,36 @@ def row_span(dy, mx, ca, cb, cc, cutoff, x_lo, x_hi):
 
 
 @njit(cache=True)
+def argsort_stable(keys):
+    """The stable argsort of float32 `keys` (what torch.argsort(stable=True) returns, ties in index
+    order): an LSD radix sort over the keys' bits, 4 passes of 8 bits, linear in N. The depth sort of
+    100k Gaussians took 8 ms a render with torch, 2 ms here (bench/README.md, "One 3DGS step")."""
+    n = keys.shape[0]
+    bits = keys.view(np.uint32)
+    ukey = np.empty(n, np.uint32)
+    for i in range(n):  # IEEE floats as unsigned integers of the same order: flip negatives, set positives' sign bit
+        b = bits[i]
+        if b == np.uint32(0x80000000):  # -0.0 sorts with 0.0, as a comparison sort has it
+            b = np.uint32(0)
+        ukey[i] = b ^ np.uint32(0xFFFFFFFF) if b >> np.uint32(31) else b | np.uint32(0x80000000)
+    idx = np.arange(n).astype(np.int64)
+    tmp = np.empty(n, np.int64)
+    counts = np.empty(257, np.int64)
+    for shift in range(0, 32, 8):
+        counts[:] = 0
+        for i in range(n):
+            counts[((ukey[idx[i]] >> np.uint32(shift)) & np.uint32(255)) + 1] += 1
+        for b in range(256):
+            counts[b + 1] += counts[b]
+        for i in range(n):
+            d = (ukey[idx[i]] >> np.uint32(shift)) & np.uint32(255)
+            tmp[counts[d]] = idx[i]
+            counts[d] += 1
+        idx, tmp = tmp, idx
+    return idx
+
+
+@njit(parallel=True, cache=True)
 def bin_gaussians(means2d, conics, opacities, order, width, height, tiles_x, tiles_y):
     """Tile lists in depth order.
 
@@ -71,8 +101,7 @@ def bin_gaussians(means2d, conics, opacities, order, width, height, tiles_x, til
     pixel_box[:, 1] = 0
     pixel_box[:, 2] = 1
     pixel_box[:, 3] = 0
-    counts = np.zeros(n_tiles + 1, dtype=np.int64)
-    for k in range(order.shape[0]):
+    for k in prange(order.shape[0]):  # boxes in parallel (each Gaussian's own row), counts after
         g = order[k]
         cutoff = cutoff_sigma(opacities[g])
         if cutoff <= 0.0:
@@ -95,16 +124,17 @@ def bin_gaussians(means2d, conics, opacities, order, width, height, tiles_x, til
         fy1 = min(height - 1.0, math.floor(my + hy - 0.5 + EDGE_EPS))
         if fx0 > fx1 or fy0 > fy1:
             continue
-        x0 = int(fx0)
-        x1 = int(fx1)
-        y0 = int(fy0)
-        y1 = int(fy1)
-        pixel_box[g, 0] = x0
-        pixel_box[g, 1] = x1
-        pixel_box[g, 2] = y0
-        pixel_box[g, 3] = y1
-        for ty in range(y0 // TILE, y1 // TILE + 1):
-            for tx in range(x0 // TILE, x1 // TILE + 1):
+        pixel_box[g, 0] = int(fx0)
+        pixel_box[g, 1] = int(fx1)
+        pixel_box[g, 2] = int(fy0)
+        pixel_box[g, 3] = int(fy1)
+    counts = np.zeros(n_tiles + 1, dtype=np.int64)
+    for k in range(order.shape[0]):
+        g = order[k]
+        if pixel_box[g, 0] > pixel_box[g, 1]:
+            continue
+        for ty in range(pixel_box[g, 2] // TILE, pixel_box[g, 3] // TILE + 1):
+            for tx in range(pixel_box[g, 0] // TILE, pixel_box[g, 1] // TILE + 1):
                 counts[ty * tiles_x + tx + 1] += 1
     offsets = np.cumsum(counts)
     cursor = offsets[:-1].copy()
