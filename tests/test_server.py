@@ -229,17 +229,30 @@ def test_render_rgb_depth_relevancy(srv, service):
 def test_select_downloads_the_objects_gaussians(srv, objects, tmp_path):
     from fmsplat.gaussians import GaussianModel
 
-    status, a = jcall(srv, "/query", {"text": "espresso cup"})
-    status, h, data = srv.call("/select", {"text": "espresso cup"})
-    assert status == 200 and h["content-type"] == "application/octet-stream"
-    assert 'filename="espresso-cup.ply"' in h["content-disposition"]
-    (tmp_path / "cup.ply").write_bytes(data)
-    g = GaussianModel.load_ply(tmp_path / "cup.ply")
-    assert len(g) == a["gaussians"] == int(h["x-fmsplat-gaussians"])
+    status, a = jcall(srv, "/query", {"text": "espresso cup", "object": True})
     obj = objects["espresso cup"]
-    m = g.means.detach().numpy()
-    inside = ((m >= np.array(obj.aabb_min) - 0.05) & (m <= np.array(obj.aabb_max) + 0.05)).all(1)
-    assert inside.mean() > 0.95
+    for whole, count in ((False, a["gaussians"]), (True, a["object"]["gaussians"])):
+        status, h, data = srv.call("/select", {"text": "espresso cup", "whole": whole})
+        assert status == 200 and h["content-type"] == "application/octet-stream"
+        assert 'filename="espresso-cup.ply"' in h["content-disposition"]
+        (tmp_path / "cup.ply").write_bytes(data)
+        g = GaussianModel.load_ply(tmp_path / "cup.ply")
+        assert len(g) == count == int(h["x-fmsplat-gaussians"])
+        m = g.means.detach().numpy()
+        inside = ((m >= np.array(obj.aabb_min) - 0.05) & (m <= np.array(obj.aabb_max) + 0.05)).all(1)
+        assert inside.mean() > (0.8 if whole else 0.95)
+    # the whole object holds more of the cup than the answer's part, and its box is the Gaussians' box
+    assert a["object"]["gaussians"] > a["gaussians"]
+    lo, hi = (np.array(v) for v in a["object"]["box"])
+    assert (lo <= np.array(a["point"]) + 1e-6).all() and (np.array(a["point"]) <= hi + 1e-6).all()
+    status, v = jcall(srv, "/query", {"text": "espresso cup", "object": True, "view": 8})
+    assert status == 200 and v["object"]["gaussians"] == a["object"]["gaussians"]
+    from PIL import Image
+    mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(v["view"]["object_mask_png"])))) > 0
+    assert mask.sum() == v["view"]["object_mask_pixels"] > 0
+    assert mask[v["view"]["pixel"]["y"], v["view"]["pixel"]["x"]] or v["view"]["mask_pixels"] == 0
+    status, none = jcall(srv, "/query", {"text": "rocket", "object": True})
+    assert status == 200 and not none["found"] and none["object"] is None
     status, e = jcall(srv, "/select", {"text": "rocket"})
     assert status == 404 and e["error"] == "not_found" and "rocket" in e["message"]
 

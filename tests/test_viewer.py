@@ -75,7 +75,8 @@ def test_viewer_answers_a_typed_label_in_the_browser(oracle_scene, objects, tmp_
     (artifacts / "viewer_cat.png").write_bytes(shot)
     from fmsplat.gaussians import GaussianModel
 
-    assert ply.is_file() and len(GaussianModel.load_ply(ply)) == viewer.answer.selection.count
+    # the whole object, as the viewer highlights it and `fmsplat query` writes it
+    assert ply.is_file() and len(GaussianModel.load_ply(ply)) == int(viewer.sq.whole_object(viewer.answer).sum())
     after = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"))
     assert after.shape[:2] == (HEIGHT, WIDTH)
     assert magenta(before).sum() < 50

@@ -10,7 +10,8 @@ phrase (file names from the phrase, in any script, unique per phrase):
 - `<name>_mask3d.png`     the 3D answer's whole object (SceneQuery.whole_object) seen in the view, occlusion-
                           aware (only when the phrase is found: otherwise there is no object to show);
 - `<name>_overlay.png`    3DGS render | photo | relevancy over the render | the selected part, seen in the view;
-- `<name>.ply`            the selected part's Gaussians (only when the phrase is found, or with export_absent);
+- `<name>.ply`            the whole object's Gaussians (as `<name>_mask3d.png` shows it) when the phrase is found;
+                          with export_absent, an absent phrase's best guess (the answer's own part);
 - `<name>.json`           found, presence score and best concepts, 3D point and box per part, the view's 2D
                           answers, timing.
 """
@@ -27,6 +28,7 @@ from fmsplat import atomic
 from fmsplat.errors import UserInputError
 from fmsplat.pictures import colorbar, draw_marker, hstack, mask_overlay, relevancy_overlay, resize_map, write_png
 from fmsplat.query import QueryResult, SceneQuery, check_text, slugify
+from fmsplat.query.locate import export_selection
 from fmsplat.query.parts import LOCATE_RELATIVE
 from fmsplat.query.relevancy import CANONICAL_NEGATIVES
 from fmsplat.render.rgb import render_image
@@ -102,7 +104,7 @@ def run_query(scene, texts: str | Sequence[str], view: int | None = None, method
             record["object"] = {"gaussians": int(whole.sum()), "mask_pixels": int(pics["mask3d"].sum())}
         if answer.found or export_absent:
             files["gaussians"] = out / f"{name}.ply"
-            sq.export(answer, files["gaussians"])
+            export_selection(sq.field, whole if whole is not None else answer.selection, files["gaussians"])
         else:
             record["answer_3d"]["note"] = "not found: no PLY written (export_absent to write the best guess anyway)"
         record.update({

@@ -344,10 +344,14 @@ class SceneService:
         with_view = req.get("view") is not None or req.get("camera") is not None
         cam_info = self.camera_for(req.get("view"), req.get("camera"), req.get("size")) if with_view else None
         t0 = time.perf_counter()
+        want_object = bool(req.get("object", False))
+        whole = None
         if not with_view:
             with self.lock:
                 sq = self.asked(req.get("space"), negatives)
                 answer = sq.locator.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
+                if want_object and answer.found:
+                    whole = sq.whole_object(answer)
             out = {"answer": answer.to_json()}
         else:
             cam, size, name, index = cam_info
@@ -355,6 +359,9 @@ class SceneService:
                 sq = self.asked(req.get("space"), negatives)
                 answer = sq.locator.locate(text, all_parts=bool(req.get("all_parts", False)), relative=relative)
                 result = sq.views.in_view(cam, answer, size=size, view=name)
+                if want_object and answer.found:
+                    whole = sq.whole_object(answer)
+                    object_mask = sq.views.selection_masks(cam, whole, size)[0]
             r = result.to_json()
             out = {"answer": r.pop("answer_3d"), "view": {
                 "index": index, "name": name, "size": list(size), "pixel": {"x": result.pixel[0], "y": result.pixel[1]},
@@ -369,6 +376,17 @@ class SceneService:
                     "score": a["score"], "point": a["point"],
                     "box": None if best is None else best["box"], "gaussians": None if best is None else best["gaussians"],
                     "ms": round(1e3 * (time.perf_counter() - t0), 3)})
+        if want_object:  # null when the phrase is not found: there is no object to grow
+            out["object"] = None
+            if whole is not None:
+                means = sq.field.gaussians.means.detach()[whole]
+                out["object"] = {"gaussians": int(whole.sum()),
+                                 "box": [means.min(0).values.tolist(), means.max(0).values.tolist()]}
+                if with_view:
+                    out["view"]["object_mask_pixels"] = int(object_mask.sum())
+                    out["view"]["object_mask_png"] = base64.b64encode(
+                        png_bytes(object_mask.astype(np.uint8) * 255)).decode("ascii")
+            out["ms"] = round(1e3 * (time.perf_counter() - t0), 3)
         return out
 
     def render(self, req: dict) -> tuple[bytes, dict]:
@@ -405,8 +423,8 @@ class SceneService:
         text = self.check_text(req.get("text"))
         negatives = self.check_negatives(req.get("negatives"))
         with self.lock:
-            locator = self.asked(req.get("space"), negatives).locator
-            answer = locator.locate(text, all_parts=bool(req.get("all_parts", False)),
+            asked = self.asked(req.get("space"), negatives)
+            answer = asked.locator.locate(text, all_parts=bool(req.get("all_parts", False)),
                                     relative=req.get("relative", LOCATE_RELATIVE))
         if not answer.found and not req.get("export_absent", False):
             score = None if answer.presence is None else round(answer.presence.score, 4)
@@ -415,7 +433,8 @@ class SceneService:
         with tempfile.TemporaryDirectory(prefix="fmsplat-select-") as tmp:  # never inside the scene
             path = Path(tmp) / "selection.ply"
             with self.lock:
-                count = export_selection(self.sq.field, answer.selection, path)
+                whole = req.get("whole", True) and answer.found
+                count = export_selection(asked.field, asked.whole_object(answer) if whole else answer.selection, path)
             data = path.read_bytes()
         headers = {"Content-Disposition": header_value(f'attachment; filename="{slugify(text)}.ply"'),
                    "X-Fmsplat-Gaussians": str(count), "X-Fmsplat-Found": str(answer.found).lower()}
@@ -473,6 +492,8 @@ class Ask(_Strict):
 
 
 class Query(Ask):
+    object: StrictBool = Field(False, description="also grow a found answer into its whole object (the Gaussians "
+                               "an edit takes): its count and box, and with a view its mask (a greyscale PNG, 255 = the object)")
     view: Optional[StrictInt] = Field(None, description="a dataset view index (GET /scene)")
     camera: Optional[CameraSpec] = None
     size: Optional[tuple[Count, Count]] = Field(None, description="[width, height] of the rendered maps")
@@ -490,6 +511,8 @@ class Render(_Strict):
 
 class Select(Ask):
     export_absent: StrictBool = False
+    whole: StrictBool = Field(True, description="a found answer's whole object (as `fmsplat query` writes it and an "
+                              "edit takes it); false: the answer's own parts")
 
 
 class Edit(_Strict):

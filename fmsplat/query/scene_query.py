@@ -181,9 +181,12 @@ class SceneQuery:
         grown = seeds | (grown & ~self.locator.background())
         return self.locator.with_translucent(grown)
 
-    def export(self, answer: Answer, path) -> int:
-        """Write the answer's Gaussians (all its parts) as a 3DGS PLY; returns how many."""
-        return export_selection(self.field, answer.selection, path)
+    def export(self, answer: Answer, path, whole: bool | None = None) -> int:
+        """Write the answer's Gaussians as a 3DGS PLY; returns how many. `whole` (default: when the phrase is
+        found) writes the whole object (whole_object), as `fmsplat edit --keep` would keep it; otherwise the
+        answer's own parts (an absent phrase's best guess has no object to grow into)."""
+        whole = answer.found if whole is None else whole
+        return export_selection(self.field, self.whole_object(answer) if whole else answer.selection, path)
 
 
 __all__ = ["MAX_TEXT_LENGTH", "MAX_VARIANTS", "SceneQuery", "check_text", "slugify"]
