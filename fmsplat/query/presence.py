@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 PRESENCE_TOP_K = 5
 PRESENCE_TEMPERATURE = 10.0
+NAMED_READINGS = 1  # how many of the place's best readings may be a class the phrase names (bench/README.md)
 SAME_CONCEPT = 0.999  # a vocabulary entry this close to the query is the query itself, not a competitor
 
 
@@ -134,10 +135,12 @@ def presence(feature: torch.Tensor, query: torch.Tensor, vocab: Vocabulary, top_
     sims = vocab.embeddings @ f
     rival = (vocab.embeddings @ q) < SAME_CONCEPT
     s_q = float(f @ q)
-    top = int(torch.argmax(sims))
-    if top in set(int(i) for i in named):  # the place's best reading is a kind of the phrase: "dog" on a beagle
-        s_q = max(s_q, float(sims[top]))
-        rival[top] = False
+    named_set = set(int(i) for i in named)
+    for reading in torch.topk(sims, min(NAMED_READINGS, len(vocab))).indices.tolist():
+        if reading in named_set:  # one of the place's best readings is a kind of the phrase: "dog" on a beagle
+            s_q = max(s_q, float(sims[reading]))
+            rival[reading] = False
+            break
     competitors = sims[rival]
     k = min(top_k, len(competitors))
     threshold = float(torch.topk(competitors, k).values[-1])
