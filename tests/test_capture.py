@@ -248,3 +248,34 @@ def test_sift_upsamples_small_sets_and_small_photos_only(tmp_path):
     assert unposed_first_octave(UnposedSfmConfig(first_octave=-1), large, names) == -1
     with pytest.raises(ValueError):
         UnposedSfmConfig(first_octave=5)
+
+
+def test_pose_errors_align_on_the_views_that_agree_and_name_a_flipped_block():
+    """A ring of 24 cameras, estimated up to a similarity, with a block of 6 registered turned 180 deg (a
+    mirrored wall): the 18 right views are aligned to the truth and the 6 are the ones called wrong. A
+    least-squares fit of all the centres would tilt the right views too."""
+    from fmsplat.scene.synthetic.cameras import look_at_camera
+
+    K = np.array([[100.0, 0, 64], [0, 100.0, 48], [0, 0, 1]])
+    truth, est = {}, {}
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    S = np.eye(4)
+    S[:3, :3], S[:3, 3] = 2.5 * (q * np.sign(np.linalg.det(q))), [1.0, -2.0, 0.5]  # world_truth <- world_est
+    for k in range(24):
+        a = 2 * np.pi * k / 24
+        eye = np.array([3 * np.cos(a), 3 * np.sin(a), 0.3 * np.sin(3 * a)])
+        cam = look_at_camera(eye, np.zeros(3), K, 128, 96)
+        truth[f"{k:02d}"] = cam.viewmat
+        if 8 <= k < 14:  # the block: on the far side of the ring, looking back at the centre
+            cam = look_at_camera(-eye, np.zeros(3), K, 128, 96)
+        m = cam.viewmat @ S  # world_est -> camera; a similarity's scale moves into the translation
+        m[:3, :3] /= 2.5
+        m[:3, 3] /= 2.5
+        est[f"{k:02d}"] = m
+    err = pose_errors(est, truth)
+    wrong = sorted(k for k, v in err["per_view"].items() if v["rotation_deg"] > 5 or v["center_error"] > 0.05)
+    assert wrong == [f"{k:02d}" for k in range(8, 14)]
+    good = [v for k, v in err["per_view"].items() if k not in wrong]
+    assert max(v["rotation_deg"] for v in good) < 1e-4 and max(v["center_error"] for v in good) < 1e-6
+    assert err["similarity"] == {"from": "rotations", "views": 18} and abs(err["scale"] - 2.5) < 1e-9

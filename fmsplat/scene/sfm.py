@@ -14,7 +14,7 @@ and settings match (`report.json`), an unfinished one starts afresh.
 Second entry: `reconstruct_unposed(image_dir, work_dir, UnposedSfmConfig())` poses images nobody
 posed (a video's frames, a photo folder; scene/capture.py prepares them): SIFT, sequential matching
 with retrieved loop candidates or exhaustive matching, incremental mapping, the largest model
-written as sparse/0. `pose_errors` scores poses against a reference after a similarity (Umeyama).
+written as sparse/0. `pose_errors` scores poses against a reference after the similarity most views agree on.
 """
 
 from __future__ import annotations
@@ -754,11 +754,31 @@ def umeyama(src, dst, with_scale: bool = True) -> tuple[float, np.ndarray, np.nd
     return scale, R, mu_d - scale * R @ mu_s
 
 
+ALIGN_INLIER_DEG = 5.0  # pose_errors: views whose world rotation agrees within this define the alignment
+
+
+def _rotation_angles(rel: np.ndarray) -> np.ndarray:
+    """Angles (degrees) of a stack of rotation matrices (..., 3, 3)."""
+    return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)))
+
+
+def _project_rotation(m: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m)
+    d = np.sign(np.linalg.det(u @ vt))
+    return u @ np.diag([1.0, 1.0, d]) @ vt
+
+
 def pose_errors(estimated: dict, truth: dict) -> dict:
-    """Compare world-to-camera poses {name: (4, 4)} on the names both have: the estimate is
-    brought onto the truth by the similarity that best aligns the camera centres (Umeyama); then
-    per view the rotation error (degrees) and the centre error as a fraction of the diameter of
-    the true centres (largest distance between two of them)."""
+    """Compare world-to-camera poses {name: (4, 4)} on the names both have: the estimate is brought onto the
+    truth by a similarity, then per view the rotation error (degrees) and the centre error as a fraction of
+    the diameter of the true centres (largest distance between two of them).
+
+    The similarity is robust to a block of wrong views: its rotation is the one most views agree on (each
+    view's truth-from-estimate world rotation; the medoid, then the chordal mean of the views within
+    ALIGN_INLIER_DEG of it), and its scale and shift are fitted to those views' centres. A least-squares
+    fit of the centres alone (Umeyama over every view) lets 15 flipped views of a ring of 48 tilt the other
+    33 by 5 deg, and on a ring of cameras its rotation is ambiguous (turned 180 deg about a diameter, a
+    ring is still the ring); `similarity` says which views defined it."""
     names = sorted(set(estimated) & set(truth))
     if len(names) < 3:
         raise ValueError(f"pose_errors: {len(names)} views in common, need at least 3")
@@ -766,13 +786,29 @@ def pose_errors(estimated: dict, truth: dict) -> dict:
     tru = np.stack([np.asarray(truth[k], np.float64) for k in names])
     c_est = -np.einsum("nji,nj->ni", est[:, :3, :3], est[:, :3, 3])
     c_tru = -np.einsum("nji,nj->ni", tru[:, :3, :3], tru[:, :3, 3])
-    scale, R, t = umeyama(c_est, c_tru)
+    # Each view's world rotation truth <- estimate: R_tru^T R_est (camera-to-world of the truth after the
+    # estimate's world-to-camera); a right registration's all agree.
+    world = np.einsum("nji,njk->nik", tru[:, :3, :3], est[:, :3, :3])
+    pair = _rotation_angles(np.einsum("nji,mjk->nmik", world, world))  # (n, n) angles between the views' guesses
+    medoid = int(np.argmin(np.median(pair, axis=1)))
+    inliers = pair[medoid] <= ALIGN_INLIER_DEG
+    if inliers.sum() >= 3:
+        R = _project_rotation(world[inliers].sum(0))
+        src, dst = c_est[inliers] @ R.T, c_tru[inliers]
+        mu_s, mu_d = src.mean(0), dst.mean(0)
+        var = ((src - mu_s) ** 2).sum()
+        scale = float(((src - mu_s) * (dst - mu_d)).sum() / var) if var > 0 else 1.0
+        t = mu_d - scale * R @ (c_est[inliers].mean(0))
+        used = "rotations"
+    else:  # no three views agree on the world's rotation: the centres' least squares is all there is
+        scale, R, t = umeyama(c_est, c_tru)
+        used = "centres"
     aligned = scale * c_est @ R.T + t
     diameter = float(np.max(np.linalg.norm(c_tru[:, None] - c_tru[None], axis=-1)))
     centre_err = np.linalg.norm(aligned - c_tru, axis=1) / max(diameter, 1e-12)
     # Camera-to-world rotations: aligned estimate R @ R_est^T against R_tru^T.
     rel = np.einsum("nij,jk,nlk->nil", tru[:, :3, :3], R, est[:, :3, :3])
-    rot_err = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)))
+    rot_err = _rotation_angles(rel)
     return {
         "views": len(names),
         "rotation_deg_median": float(np.median(rot_err)),
@@ -781,6 +817,7 @@ def pose_errors(estimated: dict, truth: dict) -> dict:
         "center_error_max": float(centre_err.max()),
         "diameter": diameter,
         "scale": scale,
+        "similarity": {"from": used, "views": int(inliers.sum()) if used == "rotations" else len(names)},
         "per_view": {k: {"rotation_deg": float(r), "center_error": float(c)}
                      for k, r, c in zip(names, rot_err, centre_err)},
     }
