@@ -3,7 +3,7 @@ combined with the LangSplat cut of the relevancy map, scored on a labelled run's
 
     python bench/mask_refine.py        # the bench room run below; edit its two paths for another
 """
-import numpy as np, torch
+import numpy as np
 from scipy import ndimage
 from fmsplat.query import SceneQuery
 from fmsplat.scene.labels import read_label_dir

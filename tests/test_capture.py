@@ -279,3 +279,30 @@ def test_pose_errors_align_on_the_views_that_agree_and_name_a_flipped_block():
     good = [v for k, v in err["per_view"].items() if k not in wrong]
     assert max(v["rotation_deg"] for v in good) < 1e-4 and max(v["center_error"] for v in good) < 1e-6
     assert err["similarity"] == {"from": "rotations", "views": 18} and abs(err["scale"] - 2.5) < 1e-9
+
+
+def test_photos_group_into_cameras_by_size_and_exif(tmp_path):
+    """One camera per make, model and focal length (a zoom at two settings is two cameras); photos without
+    EXIF group by size. On lund with half its photos relabelled as a second phone, process-data posed 29 of
+    29 with two cameras of focal 692.3 and 692.2 px (one camera: 691; bench/README.md)."""
+    from fmsplat.scene.sfm import camera_groups
+
+    def photo(name, model=None, focal=None, size=(64, 48)):
+        img = Image.new("RGB", size)
+        exif = img.getexif()
+        if model:
+            exif[0x010F], exif[0x0110] = "Apple", model
+        if focal:
+            exif.get_ifd(0x8769)[0x920A] = focal
+        img.save(tmp_path / name, exif=exif.tobytes())
+
+    photo("a1.jpg", "iPhone A", 4.3)
+    photo("a2.jpg", "iPhone A", 4.3)
+    photo("b1.jpg", "iPhone B", 4.3)
+    photo("c1.jpg")
+    photo("c2.jpg")
+    photo("d1.jpg", "iPhone A", 6.0)  # the same phone zoomed
+    photo("e1.jpg", size=(48, 64))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert camera_groups(tmp_path, names) == [["a1.jpg", "a2.jpg"], ["b1.jpg"], ["c1.jpg", "c2.jpg"], ["d1.jpg"],
+                                              ["e1.jpg"]]

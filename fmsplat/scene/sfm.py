@@ -321,6 +321,31 @@ def unposed_first_octave(cfg: "UnposedSfmConfig", image_dir: Path, names: list[s
     return 0 if side >= LARGE_SIFT_SIDE else -1
 
 
+EXIF_CAMERA_TAGS = {0x010F: "make", 0x0110: "model"}
+EXIF_LENS_TAGS = {0x920A: "focal_length", 0xA405: "focal_length_35mm"}
+
+
+def camera_groups(image_dir: Path, names: list[str]) -> list[list[str]]:
+    """The photos that share one camera, in name order: the same size and the same EXIF make, model and focal
+    length (a phone's main and wide lenses, two people's phones, a zoom at two settings are different
+    cameras, each with its own focal length and distortion to estimate). Photos without EXIF group by size.
+    A file that is not an image joins the first group (COLMAP's reader names it when it fails to read it)."""
+    from PIL import Image
+
+    groups: dict[tuple, list[str]] = {}
+    for name in names:
+        try:
+            with Image.open(image_dir / name) as im:  # the header only
+                exif = im.getexif()
+                lens = exif.get_ifd(0x8769)
+                key = (im.size, *(str(exif.get(t, "")).strip("\x00 ") for t in EXIF_CAMERA_TAGS),
+                       *(str(lens.get(t, exif.get(t, ""))) for t in EXIF_LENS_TAGS))
+        except OSError:
+            key = next(iter(groups), ("unreadable",))
+        groups.setdefault(key, []).append(name)
+    return list(groups.values())
+
+
 def _extraction_options(pycolmap, max_features: int, first_octave: int = -1):
     """SIFT settings shared by both SfM entries: COLMAP's defaults with a feature budget."""
     extraction = pycolmap.FeatureExtractionOptions()
@@ -361,8 +386,9 @@ class UnposedSfmConfig:
     match they can get, and exhaustive matching of few photos is cheap (it grows as the square)."""
 
     camera_model: str = "SIMPLE_RADIAL"
-    """One camera shared by all images (one video, or photos of one size); SIMPLE_RADIAL is
-    COLMAP's default, and the dataset reader undistorts its k1 on load."""
+    """The camera model of every camera: one per group of photos of the same size and EXIF make, model and
+    focal length (camera_groups; a video's frames are one camera). SIMPLE_RADIAL is COLMAP's default, and
+    the dataset reader undistorts its k1 on load."""
     exhaustive_max: int = 100
     """Unordered photo sets up to this size match every pair; larger sets, and videos, match
     neighbours in order plus retrieved loop candidates."""
@@ -492,19 +518,21 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
         t = time.perf_counter()
         batch = max(4, -(-n // 20))
         octave = unposed_first_octave(cfg, image_dir, names)
+        groups = camera_groups(image_dir, names)
         bar = tqdm(total=n, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
-        for a in range(0, n, batch):
-            reader = pycolmap.ImageReaderOptions()
-            reader.camera_model = cfg.camera_model
-            camera_id = _first_camera_id(pycolmap, db_path)
-            if camera_id is not None:
-                reader.existing_camera_id = camera_id
-            pycolmap.extract_features(db_path, image_dir, image_names=names[a:a + batch],
-                                      camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
-                                      extraction_options=_extraction_options(pycolmap, cfg.max_features, octave))
-            bar.update(len(names[a:a + batch]))
+        for group in groups:
+            for a in range(0, len(group), batch):
+                reader = pycolmap.ImageReaderOptions()
+                reader.camera_model = cfg.camera_model
+                camera_id = _camera_id_of(pycolmap, db_path, group)  # later batches join the group's camera
+                if camera_id is not None:
+                    reader.existing_camera_id = camera_id
+                pycolmap.extract_features(db_path, image_dir, image_names=group[a:a + batch],
+                                          camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
+                                          extraction_options=_extraction_options(pycolmap, cfg.max_features, octave))
+                bar.update(len(group[a:a + batch]))
         bar.close()
-        mark("features", time.perf_counter() - t, first_octave=octave)
+        mark("features", time.perf_counter() - t, first_octave=octave, camera_groups=len(groups))
 
     db = pycolmap.Database.open(db_path)
     try:
@@ -645,6 +673,10 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
         "verified_pairs": verified_pairs,
         "camera": {"model": camera.model.name, "width": int(camera.width), "height": int(camera.height),
                    "params": [float(v) for v in camera.params]},
+        "cameras": [{"camera_id": int(cid), "model": cam.model.name, "width": int(cam.width), "height": int(cam.height),
+                     "params": [float(v) for v in cam.params],
+                     "images": sum(1 for i in best.reg_image_ids() if best.images[i].camera_id == cid)}
+                    for cid, cam in sorted(best.cameras.items())],
         "seconds": {**{k: state["seconds"].get(k, 0.0) for k in ("features", "pairs", "matching")},
                     "mapping": round(mapping_seconds, 2), "writing": round(writing_seconds, 2)},
         "reused": reused,
@@ -712,13 +744,17 @@ def _agreement(model, other, mapper: str) -> dict:
             "only_in_kept": sorted(set(a) - set(b))}
 
 
-def _first_camera_id(pycolmap, db_path: Path) -> int | None:
+def _camera_id_of(pycolmap, db_path: Path, group: list[str]) -> int | None:
+    """The camera of the first photo of `group` already in the database (None: none is yet)."""
     if not db_path.is_file():
         return None
     db = pycolmap.Database.open(db_path)
     try:
-        cameras = db.read_all_cameras()
-        return int(cameras[0].camera_id) if cameras else None
+        wanted = set(group)
+        for im in db.read_all_images():
+            if im.name in wanted:
+                return int(im.camera_id)
+        return None
     finally:
         db.close()
 
