@@ -231,7 +231,7 @@ def test_sift_upsamples_small_sets_and_small_photos_only(tmp_path):
     """Large sets of large photos detect SIFT at the photo's size (the fox's 67: 3.6x faster, poses as
     good, bench/README.md); a set of at most small_set_max_images photos, or small photos, keep
     COLMAP's 2x upsampling (lund's 29 street photos lost 3/4 of their points without it)."""
-    from fmsplat.scene.sfm import UnposedSfmConfig, unposed_first_octave
+    from fmsplat.scene.sfm import UnposedSfmConfig, camera_groups, unposed_first_octave
 
     cfg = UnposedSfmConfig(small_set_max_images=3)
     large, small = tmp_path / "large", tmp_path / "small"
@@ -239,13 +239,17 @@ def test_sift_upsamples_small_sets_and_small_photos_only(tmp_path):
         folder.mkdir()
         for k in range(4):
             Image.new("RGB", size).save(folder / f"{k}.jpg")
-    names = [f"{k}.jpg" for k in range(4)]
-    assert unposed_first_octave(cfg, large, names) == 0
-    assert unposed_first_octave(cfg, large, names[:3]) == -1  # a small set
-    assert unposed_first_octave(cfg, small, names) == -1  # small photos
     (large / "notes.txt").write_text("not a photo")
-    assert unposed_first_octave(cfg, large, names + ["notes.txt"]) == 0
-    assert unposed_first_octave(UnposedSfmConfig(first_octave=-1), large, names) == -1
+
+    def side(folder, names):
+        return max((max(size) for size, _ in camera_groups(folder, names) if size), default=0)
+
+    names = [f"{k}.jpg" for k in range(4)]
+    assert side(large, names + ["notes.txt"]) == 960 and side(small, names) == 640
+    assert unposed_first_octave(cfg, 4, 960) == 0
+    assert unposed_first_octave(cfg, 3, 960) == -1  # a small set
+    assert unposed_first_octave(cfg, 4, 640) == -1  # small photos
+    assert unposed_first_octave(UnposedSfmConfig(first_octave=-1), 4, 960) == -1
     with pytest.raises(ValueError):
         UnposedSfmConfig(first_octave=5)
 
@@ -304,5 +308,8 @@ def test_photos_group_into_cameras_by_size_and_exif(tmp_path):
     photo("d1.jpg", "iPhone A", 6.0)  # the same phone zoomed
     photo("e1.jpg", size=(48, 64))
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert camera_groups(tmp_path, names) == [["a1.jpg", "a2.jpg"], ["b1.jpg"], ["c1.jpg", "c2.jpg"], ["d1.jpg"],
-                                              ["e1.jpg"]]
+    (tmp_path / "zz.txt").write_text("not a photo")  # joins the first group: COLMAP names it
+    groups = camera_groups(tmp_path, names + ["zz.txt"])
+    assert [g for _, g in groups] == [["a1.jpg", "a2.jpg", "zz.txt"], ["b1.jpg"], ["c1.jpg", "c2.jpg"], ["d1.jpg"],
+                                      ["e1.jpg"]]
+    assert [size for size, _ in groups] == [(64, 48)] * 4 + [(48, 64)]

@@ -69,24 +69,24 @@ def argsort_stable(keys):
         if b == np.uint32(0x80000000):  # -0.0 sorts with 0.0, as a comparison sort has it
             b = np.uint32(0)
         ukey[i] = b ^ np.uint32(0xFFFFFFFF) if b >> np.uint32(31) else b | np.uint32(0x80000000)
+    # Each pass's digit histogram does not depend on the order: all four in one sweep, as start offsets.
+    starts = np.zeros((4, 257), np.int64)
+    for i in range(n):
+        for p in range(4):
+            starts[p, ((ukey[i] >> np.uint32(8 * p)) & np.uint32(255)) + 1] += 1
     idx = np.arange(n).astype(np.int64)
     tmp = np.empty(n, np.int64)
-    counts = np.empty(257, np.int64)
-    for shift in range(0, 32, 8):
-        counts[:] = 0
+    for p in range(4):
+        cursor = np.cumsum(starts[p])
         for i in range(n):
-            counts[((ukey[idx[i]] >> np.uint32(shift)) & np.uint32(255)) + 1] += 1
-        for b in range(256):
-            counts[b + 1] += counts[b]
-        for i in range(n):
-            d = (ukey[idx[i]] >> np.uint32(shift)) & np.uint32(255)
-            tmp[counts[d]] = idx[i]
-            counts[d] += 1
+            d = (ukey[idx[i]] >> np.uint32(8 * p)) & np.uint32(255)
+            tmp[cursor[d]] = idx[i]
+            cursor[d] += 1
         idx, tmp = tmp, idx
     return idx
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def bin_gaussians(means2d, conics, opacities, order, width, height, tiles_x, tiles_y):
     """Tile lists in depth order.
 
@@ -101,7 +101,8 @@ def bin_gaussians(means2d, conics, opacities, order, width, height, tiles_x, til
     pixel_box[:, 1] = 0
     pixel_box[:, 2] = 1
     pixel_box[:, 3] = 0
-    for k in prange(order.shape[0]):  # boxes in parallel (each Gaussian's own row), counts after
+    counts = np.zeros(n_tiles + 1, dtype=np.int64)
+    for k in range(order.shape[0]):
         g = order[k]
         cutoff = cutoff_sigma(opacities[g])
         if cutoff <= 0.0:
@@ -124,17 +125,16 @@ def bin_gaussians(means2d, conics, opacities, order, width, height, tiles_x, til
         fy1 = min(height - 1.0, math.floor(my + hy - 0.5 + EDGE_EPS))
         if fx0 > fx1 or fy0 > fy1:
             continue
-        pixel_box[g, 0] = int(fx0)
-        pixel_box[g, 1] = int(fx1)
-        pixel_box[g, 2] = int(fy0)
-        pixel_box[g, 3] = int(fy1)
-    counts = np.zeros(n_tiles + 1, dtype=np.int64)
-    for k in range(order.shape[0]):
-        g = order[k]
-        if pixel_box[g, 0] > pixel_box[g, 1]:
-            continue
-        for ty in range(pixel_box[g, 2] // TILE, pixel_box[g, 3] // TILE + 1):
-            for tx in range(pixel_box[g, 0] // TILE, pixel_box[g, 1] // TILE + 1):
+        x0 = int(fx0)
+        x1 = int(fx1)
+        y0 = int(fy0)
+        y1 = int(fy1)
+        pixel_box[g, 0] = x0
+        pixel_box[g, 1] = x1
+        pixel_box[g, 2] = y0
+        pixel_box[g, 3] = y1
+        for ty in range(y0 // TILE, y1 // TILE + 1):
+            for tx in range(x0 // TILE, x1 // TILE + 1):
                 counts[ty * tiles_x + tx + 1] += 1
     offsets = np.cumsum(counts)
     cursor = offsets[:-1].copy()

@@ -303,47 +303,39 @@ def first_octave(cfg: SfmConfig, data, indices) -> int:
     return 0 if side >= LARGE_SIFT_SIDE else -1
 
 
-def unposed_first_octave(cfg: "UnposedSfmConfig", image_dir: Path, names: list[str]) -> int:
+def unposed_first_octave(cfg: "UnposedSfmConfig", n_images: int, longest_side: int) -> int:
     """cfg.first_octave, or when None the automatic choice for this set (UnposedSfmConfig.first_octave)."""
     if cfg.first_octave is not None:
         return cfg.first_octave
-    if len(names) <= cfg.small_set_max_images:
+    if n_images <= cfg.small_set_max_images:
         return -1
-    from PIL import Image
-
-    side = 0
-    for name in names:
-        try:
-            with Image.open(image_dir / name) as im:  # the header only: no pixels decoded
-                side = max(side, *im.size)
-        except OSError:  # not an image: COLMAP's reader names it when it fails to read it
-            continue
-    return 0 if side >= LARGE_SIFT_SIDE else -1
+    return 0 if longest_side >= LARGE_SIFT_SIDE else -1
 
 
 EXIF_CAMERA_TAGS = {0x010F: "make", 0x0110: "model"}
 EXIF_LENS_TAGS = {0x920A: "focal_length", 0xA405: "focal_length_35mm"}
 
 
-def camera_groups(image_dir: Path, names: list[str]) -> list[list[str]]:
-    """The photos that share one camera, in name order: the same size and the same EXIF make, model and focal
-    length (a phone's main and wide lenses, two people's phones, a zoom at two settings are different
-    cameras, each with its own focal length and distortion to estimate). Photos without EXIF group by size.
-    A file that is not an image joins the first group (COLMAP's reader names it when it fails to read it)."""
+def camera_groups(image_dir: Path, names: list[str]) -> list[tuple[tuple[int, int] | None, list[str]]]:
+    """The photos that share one camera, in name order, each group with its (width, height): the same size
+    and the same EXIF make, model and focal length (a phone's main and wide lenses, two people's phones, a
+    zoom at two settings are different cameras, each with its own focal length and distortion to estimate).
+    Photos without EXIF group by size. A file that is not an image joins the first group (size None when
+    it is the first; COLMAP's reader names it when it fails to read it). Only the headers are read."""
     from PIL import Image
 
     groups: dict[tuple, list[str]] = {}
     for name in names:
         try:
-            with Image.open(image_dir / name) as im:  # the header only
+            with Image.open(image_dir / name) as im:
                 exif = im.getexif()
                 lens = exif.get_ifd(0x8769)
                 key = (im.size, *(str(exif.get(t, "")).strip("\x00 ") for t in EXIF_CAMERA_TAGS),
                        *(str(lens.get(t, exif.get(t, ""))) for t in EXIF_LENS_TAGS))
         except OSError:
-            key = next(iter(groups), ("unreadable",))
+            key = next(iter(groups), (None,))
         groups.setdefault(key, []).append(name)
-    return list(groups.values())
+    return [(key[0], group) for key, group in groups.items()]
 
 
 def _extraction_options(pycolmap, max_features: int, first_octave: int = -1):
@@ -517,10 +509,10 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
     if not state.get("features"):
         t = time.perf_counter()
         batch = max(4, -(-n // 20))
-        octave = unposed_first_octave(cfg, image_dir, names)
         groups = camera_groups(image_dir, names)
+        octave = unposed_first_octave(cfg, n, max((max(size) for size, _ in groups if size), default=0))
         bar = tqdm(total=n, desc="features", unit="img", disable=not progress, dynamic_ncols=True)
-        for group in groups:
+        for _, group in groups:
             for a in range(0, len(group), batch):
                 reader = pycolmap.ImageReaderOptions()
                 reader.camera_model = cfg.camera_model
@@ -825,7 +817,8 @@ def pose_errors(estimated: dict, truth: dict) -> dict:
     # Each view's world rotation truth <- estimate: R_tru^T R_est (camera-to-world of the truth after the
     # estimate's world-to-camera); a right registration's all agree.
     world = np.einsum("nji,njk->nik", tru[:, :3, :3], est[:, :3, :3])
-    pair = _rotation_angles(np.einsum("nji,mjk->nmik", world, world))  # (n, n) angles between the views' guesses
+    flat = world.reshape(len(names), 9)  # trace(A^T B) is the dot product of the flattened matrices
+    pair = np.degrees(np.arccos(np.clip((flat @ flat.T - 1.0) / 2.0, -1.0, 1.0)))  # (n, n) angles between guesses
     medoid = int(np.argmin(np.median(pair, axis=1)))
     inliers = pair[medoid] <= ALIGN_INLIER_DEG
     if inliers.sum() >= 3:
