@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -227,9 +228,10 @@ def _oriented_size(img: Image.Image) -> tuple[int, int]:
 
 
 def import_photos(folder, out_dir, max_size: int = 960, progress: bool = True) -> dict:
-    """Copy the photos of `folder` into out_dir, upright (EXIF orientation applied) and shrunk to
-    `max_size`; photos already upright and small enough are copied byte for byte. All must have
-    one size (one camera): mixed sizes are an error naming the odd ones."""
+    """Copy the photos of `folder` into out_dir, upright (EXIF orientation applied) and each shrunk to
+    `max_size` on its longest side; photos already upright and small enough are copied byte for byte.
+    Photos may differ in size (portrait and landscape shots, two phones): SfM gives each size and EXIF
+    camera its own camera (sfm.camera_groups), and every later stage works per view."""
     folder, out_dir = Path(folder), Path(out_dir)
     files = _photo_files(folder)
     if not files:
@@ -241,28 +243,18 @@ def import_photos(folder, out_dir, max_size: int = 960, progress: bool = True) -
                 sizes[path] = _oriented_size(img)
         except (OSError, ValueError) as exc:
             raise CaptureError(f"{path}: cannot be decoded as an image ({exc}); remove or replace it") from exc
-    by_size: dict[tuple[int, int], list[Path]] = {}
-    for path, size in sizes.items():
-        by_size.setdefault(size, []).append(path)
-    if len(by_size) > 1:
-        common = max(by_size, key=lambda s: len(by_size[s]))
-        odd = [p for s, ps in by_size.items() if s != common for p in ps]
-        listed = ", ".join(f"{p.name} ({sizes[p][0]}x{sizes[p][1]})" for p in odd[:6])
-        more = f" and {len(odd) - 6} more" if len(odd) > 6 else ""
-        raise CaptureError(
-            f"{folder}: photos differ in size: {len(by_size[common])} are {common[0]}x{common[1]}, but {listed}{more}; "
-            "structure from motion here assumes one camera at one setting: remove the odd photos or resize them")
-    (width, height), = by_size
-    out_w, out_h = _output_size(width, height, max_size)
     out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[Path, tuple[int, int]] = {}
     for path in tqdm(files, desc="photos", unit="img", disable=not progress, dynamic_ncols=True):
         target = out_dir / path.name
+        out_w, out_h = _output_size(*sizes[path], max_size)
         try:
             with Image.open(path) as img:
                 upright = img.getexif().get(0x0112, 1) == 1
                 if upright and (out_w, out_h) == img.size and img.format in ("JPEG", "PNG") and img.mode == "RGB":
                     img.load()  # a truncated file fails here, named, rather than later inside COLMAP
                     shutil.copyfile(path, target)
+                    written[path] = (out_w, out_h)
                     continue
                 exif = img.getexif()
                 img = ImageOps.exif_transpose(img).convert("RGB")
@@ -276,10 +268,15 @@ def import_photos(folder, out_dir, max_size: int = 960, progress: bool = True) -
                 else:
                     target = target.with_suffix(".png")
                     img.save(target)
+                written[path] = (out_w, out_h)
         except (OSError, ValueError) as exc:
             raise CaptureError(f"{path}: cannot be decoded as an image ({exc}); remove or replace it") from exc
-    return {"source": str(folder.resolve()), "kind": "photos", "photos": len(files), "photo_size": [width, height],
-            "image_size": [out_w, out_h]}
+    photo_sizes, image_sizes = Counter(sizes.values()), Counter(written.values())
+    (width, height), _ = photo_sizes.most_common(1)[0]
+    return {"source": str(folder.resolve()), "kind": "photos", "photos": len(files),
+            "photo_size": [width, height], "image_size": list(_output_size(width, height, max_size)),
+            "photo_sizes": {f"{w}x{h}": c for (w, h), c in photo_sizes.most_common()},
+            "image_sizes": {f"{w}x{h}": c for (w, h), c in image_sizes.most_common()}}
 
 
 # ------------------------------------------------------------------------------------ dataset
