@@ -3,10 +3,11 @@
     python bench/registration.py --seeds 0 1 2 --views 48 --out /tmp/reg
 
 For each seed: a bench-preset room (photo-textured walls and floor, repeated plank and brick textures, the
-8 benchmark objects) with --views views is generated, its photos alone go through process-data (no
+8 benchmark objects; by default each object shows the same photo on every face, a duplicate structure as
+in the labelled scenes, --distinct-faces gives every face other pixels) with --views views is generated, its photos alone go through process-data (no
 poses), and the posed cameras are compared with the generator's after the best similarity (pose_errors):
 views within 5 deg and 5 % of the path's diameter, and whether the views the report does not trust
-(report.json's second_solve "disagree") are the wrong ones.
+(report.json's sfm.trust "untrusted", from repeat solves) are the wrong ones.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--views", type=int, default=48)
     ap.add_argument("--preset", default="bench")
+    ap.add_argument("--distinct-faces", action="store_true",
+                    help="every face of an object shows other pixels (SceneConfig.distinct_faces): no duplicate "
+                         "structure, only the repeated wall and floor textures")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     print("| seed | views | posed | within 5 deg / 5 % | wrong (posed, outside) | not trusted by the report | "
@@ -39,7 +43,7 @@ def main() -> None:
     for seed in args.seeds:
         room = args.out / f"room{seed}"
         if not room.exists():
-            make_scene(room, preset=args.preset, seed=seed, n_views=args.views)
+            make_scene(room, preset=args.preset, seed=seed, n_views=args.views, distinct_faces=args.distinct_faces)
         posed_dir = args.out / f"posed{seed}"
         shutil.rmtree(posed_dir, ignore_errors=True)
         t = time.perf_counter()
@@ -50,13 +54,14 @@ def main() -> None:
         err = pose_errors(est, truth)
         wrong = sorted(k for k, v in err["per_view"].items()
                        if v["rotation_deg"] > ROT_OK or v["center_error"] > CENTRE_OK)
-        flagged = sorted(Path(n).stem for n in (report["sfm"].get("second_solve") or {}).get("disagree", []))
+        trust = report["sfm"].get("trust") or {}
+        flagged = sorted(Path(n).stem for n in trust.get("untrusted", []))
         ok = err["views"] - len(wrong)
         print(f"| {seed} | {args.views} | {report['frames_posed']} | {ok} ({100 * ok / args.views:.0f} %) | "
               f"{len(wrong)} | {len(flagged)} | {len(set(flagged) & set(wrong))} | "
               f"{err['rotation_deg_median']:.2f} deg | {seconds:.0f} s |", flush=True)
         (args.out / f"seed{seed}.json").write_text(json.dumps({"wrong": wrong, "flagged": flagged,
-                                                               "second_solve": report["sfm"].get("second_solve"),
+                                                               "trust": trust, "seconds": report["seconds"],
                                                                "mapper": report["sfm"].get("mapper")}, indent=1))
 
 

@@ -2,7 +2,8 @@
 
 It holds what the run was given and did (views, resolution, start, Gaussians, steps, time), held-out and
 training PSNR / SSIM, every held-out view's PSNR (lowest first; a view more than LOW_VIEW_DB under the
-mean is flagged: a bad pose or a part of the scene no training view saw), the held-out PSNR along
+mean is flagged: a bad pose or a part of the scene no training view saw; so is a view that process-data's
+registration check does not trust), the held-out PSNR along
 training, the render | photo | error panels, and renders/overview.png: the Gaussians' centres and the
 cameras seen from above (along the cameras' mean up axis), each camera a dot with a tick along its view.
 """
@@ -10,6 +11,8 @@ cameras seen from above (along the cameras' mean up axis), each camera a dot wit
 from __future__ import annotations
 
 import html
+import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from fmsplat.gaussians import GaussianModel
 from fmsplat.pictures import write_png
 from fmsplat.scene import SceneDataset
 from fmsplat.scene.cameras import top_down_basis
+from fmsplat.scene.sfm import trust_line
 
 LOW_VIEW_DB = 3.0
 CAMERA_COLOUR = (230, 40, 40)
@@ -57,6 +61,20 @@ def overview_picture(points: np.ndarray, cameras, size: int = 640) -> tuple[np.n
     return np.asarray(pil), cam_px
 
 
+def _untrusted_views(data: SceneDataset) -> dict:
+    """What process-data's registration check said about this dataset's photos (its report.json beside the
+    COLMAP model), as {"line", "views"}; {} for datasets that did not come from process-data."""
+    try:
+        trust = json.loads((Path(data.source) / "report.json").read_text())["sfm"]["trust"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not trust.get("checks"):
+        return {"line": f"not checked ({trust.get('note', 'no repeat solve')})", "views": []}
+    line = trust_line(trust) or (f"all {trust['views']} posed views agree across {trust['checks']} repeat "
+                                 f"structure-from-motion solves")
+    return {"line": line, "views": list(trust.get("untrusted") or [])}
+
+
 def _row(cells) -> str:
     return "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>"
 
@@ -67,11 +85,14 @@ def write_run_report(out_dir, model: GaussianModel, data: SceneDataset, metrics:
     picture, _ = overview_picture(model.means.detach().double().cpu().numpy(), data.cameras)
     write_png(out_dir / OVERVIEW, picture)
     test, train = metrics.get("test") or {}, metrics.get("train") or {}
-    cam = data.cameras[0]
+    sizes = Counter(f"{c.width}x{c.height}" for c in data.cameras)
+    untrusted = _untrusted_views(data)
     facts = [
         ("dataset", f"{data.source} ({data.format}, {len(data)} views: {len(data.train_indices)} train, "
                     f"{len(data.test_indices)} held out)"),
-        ("resolution", f"{cam.width}x{cam.height} (1/{data.downscale:g} of the photos)"),
+        ("resolution", ", ".join(f"{size}" + (f" ({n} views)" if len(sizes) > 1 else "") for size, n in sizes.most_common())
+                       + f" (1/{data.downscale:g} of the photos)"),
+        *([("registration", untrusted["line"])] if untrusted else []),
         ("start", f"{init_info.get('kind', '?')}, {init_info.get('points', '?')} points"
                   + (f"; MCMC growth {100 * init_info['grow_rate']:.1f} % a refinement" if "grow_rate" in init_info else "")),
         ("Gaussians", metrics.get("num_gaussians")),
@@ -83,8 +104,11 @@ def write_run_report(out_dir, model: GaussianModel, data: SceneDataset, metrics:
     ]
     per_view = sorted(test.get("per_view") or [], key=lambda v: v["psnr"])
     mean = test.get("psnr")
+    doubted = set(untrusted.get("views", [])) if untrusted else set()
     views = "".join(_row([v["view"], f"{v['psnr']:.2f}", f"{v['ssim']:.3f}",
-                          "LOW" if mean is not None and v["psnr"] < mean - LOW_VIEW_DB else ""]) for v in per_view)
+                          " ".join(flag for flag, on in (("LOW", mean is not None and v["psnr"] < mean - LOW_VIEW_DB),
+                                                         ("NOT TRUSTED", v["view"] in doubted)) if on)])
+                    for v in per_view)
     curve = "".join(_row([c["step"], f"{c['psnr']:.2f}", c.get("ssim", "")]) for c in metrics.get("curve") or []) \
         or _row(["no evaluation during training (--eval-every)", "", ""])
     panels = "".join(f'<figure><img src="{html.escape(p)}" style="max-width:100%"><figcaption>{html.escape(p)}'
@@ -96,7 +120,8 @@ tr:nth-child(even){{background:#f2f2f2}}</style></head><body>
 <h1>{html.escape(out_dir.name)}</h1>
 <table>{''.join(_row(f) for f in facts)}</table>
 <h2>Held-out views, lowest PSNR first</h2>
-<p>LOW: more than {LOW_VIEW_DB:g} dB under the mean: a wrong pose, or a part of the scene no training view saw.</p>
+<p>LOW: more than {LOW_VIEW_DB:g} dB under the mean: a wrong pose, or a part of the scene no training view saw.
+NOT TRUSTED: a repeat structure-from-motion solve placed the view elsewhere (registration, above).</p>
 <table><tr><th>view</th><th>PSNR (dB)</th><th>SSIM</th><th></th></tr>{views}</table>
 <h2>Seen from above</h2><p>Gaussian centres (grey) and cameras (red, a tick along each view).</p>
 <img src="{OVERVIEW}" width="640">

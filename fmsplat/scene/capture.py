@@ -380,6 +380,11 @@ def summary(report: dict) -> str:
     reused = " (reused)" if report.get("reused") else ""
     line = (f"{report['frames_posed']} of {report['frames_in']} frames posed, {report['points']:,} points, "
             f"reprojection error {report['mean_reprojection_error']:.2f} px; {secs}{reused}")
+    from fmsplat.scene.sfm import trust_line
+
+    doubt = trust_line((report.get("sfm") or {}).get("trust") or {})
+    if doubt:
+        line += f"\nnot trusted: {doubt}"
     why = (report.get("sfm") or {}).get("not_posed_why") or {}
     if why:
         shown = "; ".join(f"{name}: {reason}" for name, reason in list(why.items())[:5])

@@ -393,6 +393,10 @@ class UnposedSfmConfig:
     visual words built from the images' own SIFT descriptors: no vocabulary download)."""
     min_posed_fraction: float = 0.5
     """Fewer posed images than this fraction (or than 3) is an error, not a dataset."""
+    check_solves: int = 2
+    """Repeat solves that check the registration: the same mapper on the same matches, other random seeds
+    and (incremental) another starting image each. A view that a check places elsewhere is not trusted
+    (report.json's sfm.trust; the run's report.html). 0: no check. Each costs about one more mapping."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -402,8 +406,8 @@ class UnposedSfmConfig:
             raise ValueError(f"UnposedSfmConfig.overlap must be >= 1, got {self.overlap}")
         if self.small_set_max_images < 0 or self.first_octave not in (None, -1, 0, 1, 2):
             raise ValueError("UnposedSfmConfig.small_set_max_images must be >= 0 and first_octave None or -1..2")
-        if self.loop_candidates < 0 or self.exhaustive_max < 0:
-            raise ValueError("UnposedSfmConfig.loop_candidates and exhaustive_max must be >= 0")
+        if self.loop_candidates < 0 or self.exhaustive_max < 0 or self.check_solves < 0:
+            raise ValueError("UnposedSfmConfig.loop_candidates, exhaustive_max and check_solves must be >= 0")
         if not 0.0 <= self.min_posed_fraction <= 1.0:
             raise ValueError(f"UnposedSfmConfig.min_posed_fraction must be in [0, 1], got {self.min_posed_fraction}")
 
@@ -581,6 +585,7 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
         pair_ids, geometries = db.read_two_view_geometries()
         usable = [int(g.config) >= 2 and len(g.inlier_matches) >= options.min_num_matches for g in geometries]
         verified_pairs = sum(usable)
+        ranked = ranked_pairs(pycolmap, pair_ids, geometries, usable)
         id_to_name = {int(im.image_id): im.name for im in db.read_all_images()}
         partners = Counter(id_to_name[int(image_id)] for pid, ok in zip(pair_ids, usable) if ok
                            for image_id in pycolmap.pair_id_to_image_pair(int(pid)))  # per image: usable pairs
@@ -612,28 +617,25 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
     best = max(models.values(), key=lambda r: r.num_reg_images(), default=None)
     posed = 0 if best is None else int(best.num_reg_images())
     needed = max(3, int(np.ceil(cfg.min_posed_fraction * n)))
-    # A second, independent solve: global SfM (COLMAP's GLOMAP: rotation averaging, then positions
-    # from all pairs at once) on the same matches. Where incremental SfM cannot start (a forward walk:
-    # ../shared/data/lund, 2 of 29 incremental, 29 of 29 global, in order along the street) it is the
-    # model; otherwise every view is checked against it and the views where the two disagree are named.
-    # The check costs seconds on a small capture (lund: 2 s) but 79 s on the fox's 67 photos (where the
-    # two agree: 0.49 deg median): larger sets get it only when incremental SfM fails.
-    mapper, second = "incremental", None
-    if posed < needed or n <= SECOND_SOLVE_MAX_VIEWS:
+    # Where incremental SfM cannot start (a forward walk: ../shared/data/lund, 2 of 29 incremental, 29 of 29
+    # global, in order along the street), global SfM (COLMAP's GLOMAP: rotation averaging, then positions from
+    # all pairs at once) on the same matches is the model.
+    mapper = "incremental"
+    if posed < needed:
         second = _global_solve(pycolmap, db_path, image_dir, raw, cfg.seed)
-    if second is not None and int(second.num_reg_images()) > posed and posed < needed:
-        best, second, mapper = second, best, "global"
-        posed, failure = int(best.num_reg_images()), ""
-        if progress:
-            tqdm.write(f"{where}: incremental SfM posed {0 if second is None else second.num_reg_images()} of {n}; "
-                       f"global SfM posed {posed}: kept")
-    agreement = _agreement(best, second, mapper)
-    if progress and agreement.get("disagree"):
-        tqdm.write(f"{where}: {len(agreement['disagree'])} of {agreement['views']} views disagree with an independent "
-                   f"{agreement['second']} solve (> {DISAGREE_DEG:g} deg or > {100 * DISAGREE_CENTRE:g} % of the path): "
-                   f"{', '.join(agreement['disagree'][:8])}{' ...' if len(agreement['disagree']) > 8 else ''}; "
-                   "check their panels after training")
+        if second is not None and int(second.num_reg_images()) > posed:
+            if progress:
+                tqdm.write(f"{where}: incremental SfM posed {posed} of {n}; global SfM posed "
+                           f"{second.num_reg_images()}: kept")
+            best, mapper = second, "global"
+            posed, failure = int(best.num_reg_images()), ""
     mapping_seconds = time.perf_counter() - t
+    t = time.perf_counter()
+    trust = {"checks": 0, "note": "no model"}
+    if posed >= needed:
+        trust = check_registration(pycolmap, db_path, image_dir, raw, _world_to_camera(best), mapper, ranked, cfg,
+                                   options.min_model_size, progress)
+    checking_seconds = time.perf_counter() - t
     if posed < needed:
         raise DatasetError(
             f"{where}: {posed} of {n} frames posed: too little texture or motion (needs {needed}; pairs with a "
@@ -670,18 +672,17 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
                      "images": sum(1 for i in best.reg_image_ids() if best.images[i].camera_id == cid)}
                     for cid, cam in sorted(best.cameras.items())],
         "seconds": {**{k: state["seconds"].get(k, 0.0) for k in ("features", "pairs", "matching")},
-                    "mapping": round(mapping_seconds, 2), "writing": round(writing_seconds, 2)},
+                    "mapping": round(mapping_seconds, 2), "checking": round(checking_seconds, 2), "writing": round(writing_seconds, 2)},
         "reused": reused,
         "mapper": mapper,
-        "second_solve": agreement,
+        "trust": trust,
         "config": asdict(cfg),
         "pycolmap": pycolmap.__version__,
     }
 
 
-SECOND_SOLVE_MAX_VIEWS = 30  # captures up to this many photos are solved twice (the check above)
-DISAGREE_DEG = 5.0  # a view whose two solves differ by more than this rotation ...
-DISAGREE_CENTRE = 0.05  # ... or centre (fraction of the path's diameter, after alignment) disagrees
+DISAGREE_DEG = 5.0  # a view whose solves differ by more than this rotation ...
+DISAGREE_CENTRE = 0.05  # ... or centre (fraction of the path's diameter, after alignment) is not trusted
 
 
 def _global_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, seed: int = 0):
@@ -715,25 +716,114 @@ def _world_to_camera(rec) -> dict:
     return out
 
 
-def _agreement(model, other, mapper: str) -> dict:
-    """Per view, does the kept model agree with the other solve (pose_errors after a similarity)?"""
-    second = "global" if mapper == "incremental" else "incremental"
-    if other is None:
-        return {"second": second, "views": 0, "note": f"no {second} solve (run for up to {SECOND_SOLVE_MAX_VIEWS} "
-                                                      "photos, or when the first fails) or it found no model"}
-    if model is None:
-        return {"second": second, "views": 0, "note": "no model"}
-    a, b = _world_to_camera(model), _world_to_camera(other)
-    common = sorted(set(a) & set(b))
-    if len(common) < 3:
-        return {"second": second, "views": len(common), "note": "fewer than 3 views in both solves"}
-    err = pose_errors(a, b)
-    disagree = [k for k, v in err["per_view"].items()
-                if v["rotation_deg"] > DISAGREE_DEG or v["center_error"] > DISAGREE_CENTRE]
-    return {"second": second, "views": err["views"], "posed_by_second": len(b),
-            "rotation_deg_median": round(err["rotation_deg_median"], 3),
-            "center_error_median": round(err["center_error_median"], 5), "disagree": disagree,
-            "only_in_kept": sorted(set(a) - set(b))}
+def check_registration(pycolmap, db_path: Path, image_dir: Path, raw: Path, main: dict, mapper: str,
+                        ranked: list[tuple[int, int]], cfg: UnposedSfmConfig, min_model_size: int,
+                        progress: bool = False) -> dict:
+    """Solve again cfg.check_solves times and name the views of `main` (world-to-camera poses by image name, the
+    kept model) that a check places elsewhere. `ranked`: the verified pairs, most inliers first (ranked_pairs).
+
+    A scene with repeated or duplicate structure (a box with the same picture on every face, a symmetric
+    facade, tiled floors) gives verified two-view geometries that are wrong, and which of them the
+    mapper believes depends on where it starts and on its random choices, while a sound capture is solved
+    the same way from anywhere (bench/README.md, "Registrations a user can trust"). So each check is the same mapper with another seed and, for incremental SfM,
+    another starting image (from a well-matched pair sharing no image with earlier starts, spread over
+    the better half of the ranked pairs). A check that poses fewer than half the model's views says
+    nothing (it started in a corner) and the next start is tried, at most twice as many as asked. Each
+    valid check aligns to the model (pose_errors: the similarity most views agree on); a view it places
+    more than DISAGREE_DEG or DISAGREE_CENTRE of the path away gets a vote; one vote and it is untrusted."""
+    if cfg.check_solves == 0:
+        return {"checks": 0, "note": "no check (check_solves = 0)"}
+    votes = {name: 0 for name in main}
+    solves, valid = [], 0
+    starts: set[int] = set(ranked[0]) if ranked else set()  # the main solve began about there
+    bar = tqdm(total=cfg.check_solves, desc="checking", unit="solve", disable=not progress, dynamic_ncols=True)
+    for attempt in range(2 * cfg.check_solves):
+        if valid == cfg.check_solves:
+            break
+        seed = cfg.seed + 1 + attempt
+        start = None
+        if mapper == "incremental":
+            free = [pair for pair in ranked if not (set(pair) & starts)]
+            if not free:
+                break
+            start = free[(attempt * len(free)) // (4 * cfg.check_solves)][0]
+            starts.add(start)
+            other = _incremental_solve(pycolmap, db_path, image_dir, raw, seed, min_model_size, start)
+        else:
+            other = _global_solve(pycolmap, db_path, image_dir, raw, seed)
+        poses = {} if other is None else _world_to_camera(other)
+        common = sorted(set(poses) & set(main))
+        entry = {"seed": seed, "start": None if other is None or start is None else _image_name(other, start),
+                 "posed": len(poses)}
+        if len(common) < max(3, len(main) / 2):
+            solves.append({**entry, "used": False})
+            continue
+        err = pose_errors(poses, main)
+        disagree = [k for k, v in err["per_view"].items()
+                    if v["rotation_deg"] > DISAGREE_DEG or v["center_error"] > DISAGREE_CENTRE]
+        for k in disagree:
+            votes[k] += 1
+        valid += 1
+        bar.update(1)
+        solves.append({**entry, "used": True, "disagree": len(disagree),
+                       "rotation_deg_median": round(err["rotation_deg_median"], 3)})
+    bar.close()
+    untrusted = sorted(k for k, v in votes.items() if v > 0)
+    return {"checks": valid, "mapper": mapper, "solves": solves, "views": len(main),
+            "untrusted": untrusted, "votes": {k: v for k, v in sorted(votes.items()) if v},
+            "rule": f"untrusted: placed > {DISAGREE_DEG:g} deg or > {100 * DISAGREE_CENTRE:g} % of the path away by "
+                    "any check solve"}
+
+
+def ranked_pairs(pycolmap, pair_ids, geometries, usable=None) -> list[tuple[int, int]]:
+    """Image-id pairs of the usable two-view geometries (Database.read_two_view_geometries), most inliers
+    first: where check solves start."""
+    usable = usable if usable is not None else [int(g.config) >= 2 for g in geometries]
+    scored = sorted(((len(g.inlier_matches), int(pid)) for pid, g, ok in zip(pair_ids, geometries, usable) if ok),
+                    reverse=True)
+    return [tuple(int(i) for i in pycolmap.pair_id_to_image_pair(pid)) for _, pid in scored]
+
+
+def trust_line(trust: dict) -> str:
+    """One line for people on the registration check (empty when every view is trusted)."""
+    bad = trust.get("untrusted") or []
+    if not bad:
+        return ""
+    shown = ", ".join(bad[:8]) + (" ..." if len(bad) > 8 else "")
+    verdict = ("most of the registration is in doubt (repeated or duplicate structure?): "
+               if len(bad) > trust["views"] / 3 else "")
+    return (f"{verdict}{len(bad)} of {trust['views']} posed views are placed elsewhere by {trust['checks']} repeat "
+            f"solve(s): {shown}; check their panels after training (report.json: sfm.trust)")
+
+
+def _image_name(rec, image_id: int) -> str | None:
+    return rec.images[image_id].name if image_id in rec.images else None
+
+
+def _incremental_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, seed: int, min_model_size: int,
+                       start: int | None = None):
+    """The largest model of COLMAP's incremental mapper from image `start` (None: its own choice), or None."""
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = seed
+    options.mapper.random_seed = seed
+    options.triangulation.random_seed = seed
+    options.min_model_size = min_model_size
+    if start is not None:
+        options.init_image_id1 = int(start)
+    shutil.rmtree(raw, ignore_errors=True)
+    raw.mkdir()
+    level = getattr(pycolmap.logging, "minloglevel", None)
+    if level is not None:
+        pycolmap.logging.minloglevel = 3
+    try:
+        models = pycolmap.incremental_mapping(db_path, image_dir, raw, options)
+    except (RuntimeError, ValueError):  # no start from there: this check says nothing
+        models = {}
+    finally:
+        if level is not None:
+            pycolmap.logging.minloglevel = level
+        shutil.rmtree(raw, ignore_errors=True)
+    return max(models.values(), key=lambda r: r.num_reg_images(), default=None)
 
 
 def _camera_id_of(pycolmap, db_path: Path, group: list[str]) -> int | None:
@@ -875,4 +965,4 @@ def poses_from_colmap(model_dir) -> dict[str, np.ndarray]:
 
 __all__ = ["SfmConfig", "SparseCloud", "UnposedSfmConfig", "pose_errors", "poses_from_colmap",
            "poses_from_transforms", "reconstruct_unposed", "retrieval_pairs", "sequential_pairs", "sfm_downscale",
-           "triangulate_dataset", "umeyama", "view_pairs"]
+           "triangulate_dataset", "trust_line", "umeyama", "view_pairs", "check_registration", "ranked_pairs"]
