@@ -160,3 +160,22 @@ def test_effnet_labels_paints_the_recognised_label_of_each_cell(composite):
     zero = strict.abs().sum(0) == 0
     assert 0 < int(zero.sum()) < h * w
     torch.testing.assert_close(strict[:, ~zero], feats[:, ~zero])
+
+
+def test_flip_averaging_makes_the_map_mirror_equivariant(composite):
+    """flip=True (test-time augmentation): the features of a mirrored photo are the mirrored features of the
+    photo, exactly (one look and its mirror, averaged); without it they are not (the network's "same"
+    padding is asymmetric), and the cat | mug | rocket composite still peaks in the right thirds."""
+    plain, flipped = get_extractor("effnet-mid"), get_extractor("effnet-mid", flip=True)
+    assert flipped.key != plain.key and "flip" in flipped.key  # cached apart
+    x = composite[..., :480]
+    a, b = flipped.encode_images(x), flipped.encode_images(x.flip(-1))
+    assert torch.allclose(b, a.flip(-1), atol=1e-5)
+    p, q = plain.encode_images(x), plain.encode_images(x.flip(-1))
+    assert (q - p.flip(-1)).abs().max() > 100 * (b - a.flip(-1)).abs().max()
+    lang = get_extractor("effnet", flip=True)
+    sim = cosine_similarity(lang.encode_images(composite), lang.encode_text(["cat", "coffee cup", "rocket"]))[0]
+    w = sim.shape[-1]
+    assert [int(s.flatten().argmax()) % w * 3 // w for s in sim] == [0, 1, 2]
+    with pytest.raises(ValueError, match="flip must be true or false"):
+        get_extractor("effnet", flip="yes")

@@ -151,10 +151,17 @@ class _EffNetBase:
     stride: int
     language_aligned = False
 
-    def __init__(self, input_scale: float = 1.0, batch_size: int = 8, device: str | torch.device | None = None) -> None:
+    def __init__(self, input_scale: float = 1.0, batch_size: int = 8, device: str | torch.device | None = None,
+                 flip: bool = False) -> None:
         if not input_scale > 0:
             raise ValueError(f"input_scale must be positive, got {input_scale}")
+        if not isinstance(flip, bool):
+            raise ValueError(f"flip must be true or false, got {flip!r}")
         self.input_scale = float(input_scale)
+        # Test-time augmentation: the features of the image and of its mirror image (mirrored back), averaged.
+        # A scene is no less itself mirrored, so this halves the noise of one look at twice the cost; the two
+        # grids agree to within the network's asymmetric "same" padding (a few pixels of the input).
+        self.flip = flip
         self.batch_size = int(batch_size)
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         # the loaded module is shared per process and stays on the CPU; another device gets its own copy
@@ -180,8 +187,17 @@ class _EffNetBase:
     def encode_images(self, images) -> torch.Tensor:
         """(B, 3, H, W) or (B, H, W, 3) float images in [0, 1] -> (B, dim, ceil(H/stride), ceil(W/stride))."""
         x = self._prepare(images)
-        out = [self._features(x[i : i + self.batch_size].to(self.device)).cpu() for i in range(0, len(x), self.batch_size)]
+        out = [self._encode(x[i : i + self.batch_size].to(self.device)).cpu() for i in range(0, len(x), self.batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.dim, 0, 0)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.flip:
+            return self._features(x)
+        return 0.5 * (self._features(x) + self._features(x.flip(-1)).flip(-1))
+
+    def _key_parts(self) -> list[str]:
+        """Cache-key parts of the options every EfficientNet extractor shares."""
+        return [f"scale{self.input_scale:g}", *(["flip"] if self.flip else [])]
 
 
 class EffNetExtractor(_EffNetBase):
@@ -197,7 +213,7 @@ class EffNetExtractor(_EffNetBase):
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
-        self.key = safe_key("effnet-lite0", f"scale{self.input_scale:g}")
+        self.key = safe_key("effnet-lite0", *self._key_parts())
         self.class_rows = self.model._fc.weight.detach().cpu().float()  # (1000, 1280)
         self.class_bias = self.model._fc.bias.detach().cpu().float()
         self.class_names = imagenet_class_names()
@@ -263,7 +279,7 @@ class EffNetMidExtractor(_EffNetBase):
         super().__init__(**kw)
         self.stride = int(stride)
         self.dim = _MID_DIMS[self.stride]
-        self.key = safe_key("effnet-lite0-mid", f"s{self.stride}", f"scale{self.input_scale:g}")
+        self.key = safe_key("effnet-lite0-mid", f"s{self.stride}", *self._key_parts())
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
@@ -288,7 +304,7 @@ class EffNetLabelsExtractor(_EffNetBase):
         from fmsplat.foundation.sentence import SentenceEncoder
 
         self.dim = SentenceEncoder.dim
-        self.key = safe_key("effnet-lite0-labels", f"scale{self.input_scale:g}", f"p{self.min_prob:g}")
+        self.key = safe_key("effnet-lite0-labels", *self._key_parts(), f"p{self.min_prob:g}")
         self.class_rows = self.model._fc.weight.detach().cpu().float()
         self.class_bias = self.model._fc.bias.detach().cpu().float()
         self.class_names = imagenet_class_names()
