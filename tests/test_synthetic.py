@@ -290,3 +290,24 @@ def test_loads_through_load_dataset(tiny):
     np.testing.assert_allclose(img, np.asarray(Image.open(tiny / "images" / "0000.png")) / 255.0, atol=1e-6)
     assert ds.points is not None and len(ds.points) == cfg.n_points
     assert ds.point_colors is not None
+
+
+def test_the_calibration_pool_shares_no_photo_or_name_with_the_tests_and_says_what_it_needs(tmp_path, monkeypatch):
+    """The presence rule is measured on rooms of the calibration pool (bench/presence_family.py): it must
+    share no photo and no label with the bundled photos the tests and the bench room use, and a missing
+    sample photo is one clear error naming the file and the package, before any room is built."""
+    from fmsplat.scene.synthetic.textures import CALIBRATION_PHOTOS, OPENCV_SAMPLES_ENV, PHOTOS, load_photo
+
+    assert len(CALIBRATION_PHOTOS) > len(PHOTOS)
+    assert not set(CALIBRATION_PHOTOS) & set(PHOTOS)
+    # words may meet where the things are near (the calibration's "palace" is a synonym of the pagoda), no more
+    words = lambda pool: {w.lower() for p in pool.values() for w in (p.label, *p.synonyms)}  # noqa: E731
+    assert words(CALIBRATION_PHOTOS) & words(PHOTOS) == {"palace"}
+    assert not {p.source for p in CALIBRATION_PHOTOS.values()} & {p.source for p in PHOTOS.values()}
+    monkeypatch.setenv(OPENCV_SAMPLES_ENV, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"apple\.jpg.*apt-get install opencv-doc"):
+        load_photo(CALIBRATION_PHOTOS["apple"], 64)
+    with pytest.raises(FileNotFoundError, match="opencv-doc"):
+        synthetic.make_scene(tmp_path / "room", "tiny", seed=0, objects=("apple", "cat"))
+    assert not (tmp_path / "room").exists()
+    assert preset_config("tiny", objects=("apple", "cat")).objects == ("apple", "cat")  # a mix is a valid config

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fmsplat.scene.synthetic.textures import PHOTOS, brick_texture, load_photo, plaster_texture, wood_texture
+from fmsplat.scene.synthetic.textures import (CALIBRATION_PHOTOS, PHOTOS, brick_texture, load_photo, photo_spec,
+                                              plaster_texture, wood_texture)
 
 
 @dataclass
@@ -33,9 +34,10 @@ class SceneConfig:
     def __post_init__(self) -> None:
         if not self.objects:
             raise ValueError("a scene needs at least one object")
-        unknown = [o for o in self.objects if o not in PHOTOS]
+        unknown = [o for o in self.objects if o not in PHOTOS and o not in CALIBRATION_PHOTOS]
         if unknown:
-            raise ValueError(f"unknown object(s) {unknown}; available: {sorted(PHOTOS)}")
+            raise ValueError(f"unknown object(s) {unknown}; available: {sorted(PHOTOS)}, calibration pool "
+                             f"(bench/presence_family.py): {sorted(CALIBRATION_PHOTOS)}")
         if len(set(self.objects)) != len(self.objects):
             raise ValueError(f"objects must be distinct, got {list(self.objects)}")
         if self.width < 8 or self.height < 8 or self.n_views < 1 or self.supersample < 1:
@@ -113,7 +115,7 @@ def build_scene(config: SceneConfig, seed: int) -> Scene:
     # Objects stay away from the walls so that cameras fit around them.
     margin = 1.3
     for inst, name in enumerate(config.objects, start=1):
-        spec = PHOTOS[name]
+        spec = photo_spec(name)
         photo = load_photo(spec, config.texture_size)
         aspect = photo.shape[1] / photo.shape[0]
         height = spec.height * rng.uniform(0.9, 1.1)

@@ -4,6 +4,7 @@ brick and plaster textures of its floor and walls."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -69,6 +70,65 @@ PHOTOS: dict[str, PhotoSpec] = {
                   _skimage("camera"), (0, 512, 0, 512), "panel", 1.2),
     ]
 }
+
+
+# The calibration pool: photos the tests and the bench room never show, for the family of rooms the
+# presence rule is measured on (bench/presence_family.py). They come from OpenCV's sample images as
+# Debian ships them (`apt-get install opencv-doc`), read in place, never copied into the package.
+OPENCV_SAMPLES_ENV = "FMSPLAT_OPENCV_SAMPLES"
+OPENCV_SAMPLES_DIR = "/usr/share/doc/opencv-doc/examples/data"
+
+
+def _opencv_sample(filename: str) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        import os
+
+        from PIL import Image
+
+        path = Path(os.environ.get(OPENCV_SAMPLES_ENV, OPENCV_SAMPLES_DIR)) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: OpenCV's sample photo is missing (the calibration pool needs "
+                                    f"`apt-get install opencv-doc`, or ${OPENCV_SAMPLES_ENV} naming a folder with it)")
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+
+    return load
+
+
+def _pool(specs: list[PhotoSpec]) -> dict[str, PhotoSpec]:
+    return {p.label: p for p in specs}
+
+
+def _sample(label, synonyms, filename, crop, kind, height) -> PhotoSpec:
+    return PhotoSpec(label, synonyms, f"opencv-doc: {filename}", _opencv_sample(filename), crop, kind, height)
+
+
+CALIBRATION_PHOTOS: dict[str, PhotoSpec] = _pool([
+    _sample("apple", ("Granny Smith", "red apple", "fruit"), "apple.jpg", (20, 500, 40, 470), "cube", 0.6),
+    _sample("orange", ("citrus fruit", "tangerine", "navel orange"), "orange.jpg", (30, 500, 40, 490), "cube", 0.6),
+    _sample("baboon", ("mandrill", "monkey", "primate"), "baboon.jpg", (0, 512, 0, 512), "panel", 1.0),
+    _sample("butterfly", ("swallowtail", "moth", "insect"), "butterfly.jpg", (0, 356, 0, 493), "panel", 1.0),
+    _sample("dog", ("Pekinese", "puppy", "lapdog"), "chicky_512.png", (0, 512, 0, 512), "panel", 1.0),
+    _sample("squirrel", ("fox squirrel", "rodent", "chipmunk"), "squirrel_cls.jpg", (0, 426, 100, 420), "panel", 1.0),
+    _sample("sudoku", ("crossword puzzle", "number puzzle", "puzzle"), "sudoku.png", (0, 563, 0, 558), "panel", 1.0),
+    _sample("circuit board", ("printed circuit board", "motherboard", "electronics"), "board.jpg", (0, 480, 0, 640),
+            "cube", 0.8),
+    _sample("cookie box", ("carton", "package", "box of biscuits"), "box.png", (0, 223, 0, 324), "cube", 0.7),
+    _sample("palace", ("castle", "mansion", "tower"), "home.jpg", (0, 384, 0, 512), "panel", 1.3),
+    _sample("car", ("sedan", "automobile", "license plate"), "licenseplate_motion.jpg", (0, 482, 0, 600), "panel", 1.2),
+    _sample("potted plant", ("aloe", "houseplant", "flowerpot"), "aloeL.jpg", (100, 1110, 200, 1100), "panel", 1.2),
+    _sample("fish", ("goldfish", "cartoon fish", "tropical fish"), "HappyFish.jpg", (0, 194, 0, 259), "panel", 0.8),
+    _sample("painting", ("Van Gogh", "starry night", "artwork"), "starry_night.jpg", (0, 600, 0, 752), "panel", 1.2),
+])
+
+
+def photo_spec(name: str) -> PhotoSpec:
+    """An object's photo by label, from the bundled photos or the calibration pool."""
+    spec = PHOTOS.get(name) or CALIBRATION_PHOTOS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown object {name!r}; available: {sorted(PHOTOS)}, calibration pool: "
+                         f"{sorted(CALIBRATION_PHOTOS)}")
+    return spec
 
 
 def wood_texture(rng: np.random.Generator, n: int = 256, planks: int = 8) -> np.ndarray:
