@@ -102,18 +102,37 @@ def report(rooms: list[dict], ks=(1, 2, 3, 5, 8, 10, 15, 20, 30, 50)) -> None:
     print(f"\nleave-one-room-out k (best F1 on the other rooms): {sorted(set(chosen))} (most often "
           f"{max(set(chosen), key=chosen.count)}); held-out precision {100 * tp / max(tp + fp, 1):.1f} %, "
           f"recall {100 * tp / len(pos):.1f} %")
+    asked: dict[str, list[int]] = {}
+    for r in neg:
+        asked.setdefault(r["phrase"], [0, 0])
+        asked[r["phrase"]][0] += 1
+        asked[r["phrase"]][1] += r["rank"] <= 5
+    worst = sorted(asked.items(), key=lambda kv: -kv[1][1])
+    print("\nfalse alarms at k=5 by absent phrase: " + ", ".join(f"{k} {v[1]} of {v[0]}" for k, v in worst if v[1]))
+    missed: dict[str, list[int]] = {}
+    for r in pos:
+        missed.setdefault(r["phrase"], [0, 0])
+        missed[r["phrase"]][0] += 1
+        missed[r["phrase"]][1] += r["rank"] <= 5
+    print("found at k=5 by present object: " + ", ".join(f"{k} {v[1]} of {v[0]}" for k, v in
+                                                          sorted(missed.items(), key=lambda kv: -kv[1][1] / kv[1][0])))
     print("\n| score bin | answers | present among them |\n|---|---:|---:|")
     edges = [0.0, 0.1, 0.3, 0.5, 0.7, 0.9, 1.01]
     for lo, hi in zip(edges[:-1], edges[1:]):
         b = [r for r in rows if lo <= r["score"] < hi]
         print(f"| {lo:.1f}–{min(hi, 1):.1f} | {len(b)} | "
               f"{100 * np.mean([r['present'] for r in b]):.1f} % |" if b else f"| {lo:.1f}–{min(hi, 1):.1f} | 0 | – |")
-    print("\n| room | objects | PSNR | found (k=5) | false alarms | missed: best readings there |\n|---:|---|---:|---:|---:|---|")
+    inbox = [r["point_in_box"] for r in pos if "point_in_box" in r]
+    print(f"\n3D answer's point inside the object's box: {sum(inbox)} of {len(inbox)} present phrases "
+          f"({100 * np.mean(inbox):.1f} %)")
+    print("\n| room | objects | PSNR | 3D point in box | found (k=5) | false alarms | missed: best readings there |\n"
+          "|---:|---|---:|---:|---:|---|---|")
     for i, room in enumerate(rooms):
         p_rows = [r for r in room["rows"] if r["present"]]
         fa = [r["phrase"] for r in room["rows"] if not r["present"] and r["found"]]
         missed = "; ".join(f"{r['phrase']}: {', '.join(r['best'])}" for r in p_rows if not r["found"])
-        print(f"| {i} | {', '.join(room['objects'])} | {room['psnr']:.1f} | {sum(r['found'] for r in p_rows)} of "
+        print(f"| {i} | {', '.join(room['objects'])} | {room['psnr']:.1f} | "
+              f"{sum(r.get('point_in_box', False) for r in p_rows)} of {len(p_rows)} | {sum(r['found'] for r in p_rows)} of "
               f"{len(p_rows)} | {', '.join(fa) or 0} | {missed} |")
 
 
