@@ -57,6 +57,18 @@ def build(room: Path, seed: int, n_objects: int, views: int, steps: int, max_gau
     return {"objects": objects, "seconds": seconds, "psnr": metrics["test"]["psnr"]}
 
 
+def evaluate(room: Path) -> dict:
+    """`fmsplat eval` of the room's lifted field on its labelled views: localisation, mIoU of the map mask and
+    of the 3D mask (SCENE/eval/lift/eval.json, written once)."""
+    out = room / "scene" / "eval" / "lift" / "eval.json"
+    if not out.is_file():
+        subprocess.run([str(Path(sys.executable).with_name("fmsplat")), "eval", str(room / "scene"), "--data",
+                        str(room / "data"), "--no-panels", "--latency-repeats", "0"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    summary = json.loads(out.read_text())["summary"]
+    return {k: summary[k] for k in ("loc_acc", "miou", "miou_3d", "found")}
+
+
 def score(room: Path) -> list[dict]:
     import presence as bench_presence
 
@@ -122,16 +134,23 @@ def report(rooms: list[dict], ks=(1, 2, 3, 5, 8, 10, 15, 20, 30, 50)) -> None:
         b = [r for r in rows if lo <= r["score"] < hi]
         print(f"| {lo:.1f}–{min(hi, 1):.1f} | {len(b)} | "
               f"{100 * np.mean([r['present'] for r in b]):.1f} % |" if b else f"| {lo:.1f}–{min(hi, 1):.1f} | 0 | – |")
+    evals = [room["eval"] for room in rooms if "eval" in room]
+    if evals:
+        print(f"\nfmsplat eval over {len(evals)} rooms (mean of the per-room figures): localisation "
+              f"{100 * np.mean([e['loc_acc'] for e in evals]):.1f} %, mIoU map mask "
+              f"{100 * np.mean([e['miou'] for e in evals]):.1f} %, 3D mask {100 * np.mean([e['miou_3d'] for e in evals]):.1f} %")
     inbox = [r["point_in_box"] for r in pos if "point_in_box" in r]
     print(f"\n3D answer's point inside the object's box: {sum(inbox)} of {len(inbox)} present phrases "
           f"({100 * np.mean(inbox):.1f} %)")
-    print("\n| room | objects | PSNR | 3D point in box | found (k=5) | false alarms | missed: best readings there |\n"
-          "|---:|---|---:|---:|---:|---|---|")
+    print("\n| room | objects | PSNR | loc. / mIoU map / 3D mask | 3D point in box | found (k=5) | false alarms | "
+          "missed: best readings there |\n|---:|---|---:|---|---:|---:|---|---|")
     for i, room in enumerate(rooms):
         p_rows = [r for r in room["rows"] if r["present"]]
         fa = [r["phrase"] for r in room["rows"] if not r["present"] and r["found"]]
         missed = "; ".join(f"{r['phrase']}: {', '.join(r['best'])}" for r in p_rows if not r["found"])
-        print(f"| {i} | {', '.join(room['objects'])} | {room['psnr']:.1f} | "
+        e = room.get("eval")
+        ev = f"{100 * e['loc_acc']:.0f} / {100 * e['miou']:.0f} / {100 * e['miou_3d']:.0f} %" if e else "–"
+        print(f"| {i} | {', '.join(room['objects'])} | {room['psnr']:.1f} | {ev} | "
               f"{sum(r.get('point_in_box', False) for r in p_rows)} of {len(p_rows)} | {sum(r['found'] for r in p_rows)} of "
               f"{len(p_rows)} | {', '.join(fa) or 0} | {missed} |")
 
@@ -146,6 +165,7 @@ def main() -> None:
     ap.add_argument("--max-gaussians", type=int, default=30000, help="(the default at 320x240: 100,000)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--report", action="store_true", help="only the tables, from the rooms already scored")
+    ap.add_argument("--eval", action="store_true", help="also `fmsplat eval` every room (localisation, mIoU)")
     args = ap.parse_args()
     rooms = []
     for seed in range(args.first, args.first + args.rooms):
@@ -166,6 +186,10 @@ def main() -> None:
         fa = sum(r["found"] for r in info["rows"] if not r["present"])
         print(f"room {seed}: {', '.join(info['objects'])}: {info['psnr']:.1f} dB, found {found} of {args.objects}, "
               f"{fa} false alarms; " + ", ".join(f"{k} {v:.0f} s" for k, v in info["seconds"].items()), flush=True)
+    if args.eval:
+        for seed, room in zip(range(args.first, args.first + args.rooms), rooms):
+            room.setdefault("eval", evaluate(args.out / f"room{seed:02d}"))
+            (args.out / f"room{seed:02d}" / "rows.json").write_text(json.dumps(room, indent=1))
     if rooms:
         report(rooms)
 
