@@ -90,7 +90,7 @@ def write_run_report(out_dir, model: GaussianModel, data: SceneDataset, metrics:
     facts = [
         ("dataset", f"{data.source} ({data.format}, {len(data)} views: {len(data.train_indices)} train, "
                     f"{len(data.test_indices)} held out)"),
-        ("resolution", ", ".join(f"{size}" + (f" ({n} views)" if len(sizes) > 1 else "") for size, n in sizes.most_common())
+        ("resolution", ", ".join(size + (f" ({n} views)" if len(sizes) > 1 else "") for size, n in sizes.most_common())
                        + f" (1/{data.downscale:g} of the photos)"),
         *([("registration", untrusted["line"])] if untrusted else []),
         ("start", f"{init_info.get('kind', '?')}, {init_info.get('points', '?')} points"

@@ -591,30 +591,18 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
                            for image_id in pycolmap.pair_id_to_image_pair(int(pid)))  # per image: usable pairs
     finally:
         db.close()
-    options.random_seed = cfg.seed
-    options.mapper.random_seed = cfg.seed
-    options.triangulation.random_seed = cfg.seed
-    options.min_model_size = int(min(options.min_model_size, max(3, n // 2)))  # small photo sets count too
+    min_model_size = int(min(options.min_model_size, max(3, n // 2)))  # small photo sets count too
+    options = _incremental_options(pycolmap, cfg.seed, min_model_size)
     raw = work / "mapping"
-    shutil.rmtree(raw, ignore_errors=True)
-    raw.mkdir()
     bar = tqdm(total=n, desc="mapping", unit="img", disable=not progress, dynamic_ncols=True)
-    failure = ""
-    level = getattr(pycolmap.logging, "minloglevel", None)
-    if level is not None:  # "failed to create any sparse model" is said by the error raised below
-        pycolmap.logging.minloglevel = 3
     try:
-        models = pycolmap.incremental_mapping(db_path, image_dir, raw, options,
-                                              initial_image_pair_callback=lambda: bar.update(2),
-                                              next_image_callback=lambda: bar.update(1))
-    except (RuntimeError, ValueError) as exc:  # COLMAP gives up (no image pair to start from): nothing posed
-        models, failure = {}, f"; COLMAP: {exc}"
+        models, error = _mapped(pycolmap, raw, lambda: pycolmap.incremental_mapping(
+            db_path, image_dir, raw, options, initial_image_pair_callback=lambda: bar.update(2),
+            next_image_callback=lambda: bar.update(1)))
     finally:
         bar.close()
-        if level is not None:
-            pycolmap.logging.minloglevel = level
-    shutil.rmtree(raw, ignore_errors=True)  # every model COLMAP found; only the largest is kept
-    best = max(models.values(), key=lambda r: r.num_reg_images(), default=None)
+    failure = f"; COLMAP: {error}" if error else ""  # COLMAP gave up (no image pair to start from): nothing posed
+    best = _largest(models)
     posed = 0 if best is None else int(best.num_reg_images())
     needed = max(3, int(np.ceil(cfg.min_posed_fraction * n)))
     # Where incremental SfM cannot start (a forward walk: ../shared/data/lund, 2 of 29 incremental, 29 of 29
@@ -672,7 +660,8 @@ def reconstruct_unposed(image_dir, work_dir, cfg: UnposedSfmConfig | None = None
                      "images": sum(1 for i in best.reg_image_ids() if best.images[i].camera_id == cid)}
                     for cid, cam in sorted(best.cameras.items())],
         "seconds": {**{k: state["seconds"].get(k, 0.0) for k in ("features", "pairs", "matching")},
-                    "mapping": round(mapping_seconds, 2), "checking": round(checking_seconds, 2), "writing": round(writing_seconds, 2)},
+                    "mapping": round(mapping_seconds, 2), "checking": round(checking_seconds, 2),
+                    "writing": round(writing_seconds, 2)},
         "reused": reused,
         "mapper": mapper,
         "trust": trust,
@@ -685,25 +674,47 @@ DISAGREE_DEG = 5.0  # a view whose solves differ by more than this rotation ...
 DISAGREE_CENTRE = 0.05  # ... or centre (fraction of the path's diameter, after alignment) is not trusted
 
 
+def _mapped(pycolmap, raw: Path, run) -> tuple[dict, str]:
+    """COLMAP's models from `run()` (a mapper writing into the fresh folder `raw`, removed afterwards: only the
+    models in memory are kept) and its error ("" when it ran), with COLMAP's own log quiet: "failed to create
+    any sparse model" is for the caller to say."""
+    shutil.rmtree(raw, ignore_errors=True)
+    raw.mkdir(parents=True)
+    level = getattr(pycolmap.logging, "minloglevel", None)
+    if level is not None:
+        pycolmap.logging.minloglevel = 3
+    try:
+        return run(), ""
+    except (RuntimeError, ValueError) as exc:  # no model at all
+        return {}, str(exc)
+    finally:
+        if level is not None:
+            pycolmap.logging.minloglevel = level
+        shutil.rmtree(raw, ignore_errors=True)
+
+
+def _largest(models: dict):
+    return max(models.values(), key=lambda r: r.num_reg_images(), default=None)
+
+
+def _incremental_options(pycolmap, seed: int, min_model_size: int, start: int | None = None):
+    """COLMAP's incremental mapper settings with every random seed set; `start`: its first image (None: its choice)."""
+    options = pycolmap.IncrementalPipelineOptions()
+    options.random_seed = seed
+    options.mapper.random_seed = seed
+    options.triangulation.random_seed = seed
+    options.min_model_size = min_model_size
+    if start is not None:
+        options.init_image_id1 = int(start)
+    return options
+
+
 def _global_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, seed: int = 0):
     """The largest model of COLMAP's global mapper on the database's matches, or None."""
     options = pycolmap.GlobalPipelineOptions()
     options.random_seed = seed
     options.mapper.random_seed = seed
-    shutil.rmtree(raw, ignore_errors=True)
-    raw.mkdir()
-    level = getattr(pycolmap.logging, "minloglevel", None)
-    if level is not None:
-        pycolmap.logging.minloglevel = 3
-    try:
-        models = pycolmap.global_mapping(db_path, image_dir, raw, options)
-    except (RuntimeError, ValueError):  # no model at all: nothing to compare with
-        models = {}
-    finally:
-        if level is not None:
-            pycolmap.logging.minloglevel = level
-        shutil.rmtree(raw, ignore_errors=True)
-    return max(models.values(), key=lambda r: r.num_reg_images(), default=None)
+    return _largest(_mapped(pycolmap, raw, lambda: pycolmap.global_mapping(db_path, image_dir, raw, options))[0])
 
 
 def _world_to_camera(rec) -> dict:
@@ -725,9 +736,9 @@ def check_registration(pycolmap, db_path: Path, image_dir: Path, raw: Path, main
     A scene with repeated or duplicate structure (a box with the same picture on every face, a symmetric
     facade, tiled floors) gives verified two-view geometries that are wrong, and which of them the
     mapper believes depends on where it starts and on its random choices, while a sound capture is solved
-    the same way from anywhere (bench/README.md, "Registrations a user can trust"). So each check is the same mapper with another seed and, for incremental SfM,
-    another starting image (from a well-matched pair sharing no image with earlier starts, spread over
-    the better half of the ranked pairs). A check that poses fewer than half the model's views says
+    the same way from anywhere (bench/README.md, "Registrations a user can trust"). So each check is the
+    same mapper with another seed and, for incremental SfM, another starting image (from a well-matched
+    pair sharing no image with earlier starts, spread over the better half of the ranked pairs). A check that poses fewer than half the model's views says
     nothing (it started in a corner) and the next start is tried, at most twice as many as asked. Each
     valid check aligns to the model (pose_errors: the similarity most views agree on); a view it places
     more than DISAGREE_DEG or DISAGREE_CENTRE of the path away gets a vote; one vote and it is untrusted."""
@@ -802,28 +813,10 @@ def _image_name(rec, image_id: int) -> str | None:
 
 def _incremental_solve(pycolmap, db_path: Path, image_dir: Path, raw: Path, seed: int, min_model_size: int,
                        start: int | None = None):
-    """The largest model of COLMAP's incremental mapper from image `start` (None: its own choice), or None."""
-    options = pycolmap.IncrementalPipelineOptions()
-    options.random_seed = seed
-    options.mapper.random_seed = seed
-    options.triangulation.random_seed = seed
-    options.min_model_size = min_model_size
-    if start is not None:
-        options.init_image_id1 = int(start)
-    shutil.rmtree(raw, ignore_errors=True)
-    raw.mkdir()
-    level = getattr(pycolmap.logging, "minloglevel", None)
-    if level is not None:
-        pycolmap.logging.minloglevel = 3
-    try:
-        models = pycolmap.incremental_mapping(db_path, image_dir, raw, options)
-    except (RuntimeError, ValueError):  # no start from there: this check says nothing
-        models = {}
-    finally:
-        if level is not None:
-            pycolmap.logging.minloglevel = level
-        shutil.rmtree(raw, ignore_errors=True)
-    return max(models.values(), key=lambda r: r.num_reg_images(), default=None)
+    """The largest model of COLMAP's incremental mapper from image `start` (None: its own choice), or None
+    (no start from there: the check says nothing)."""
+    options = _incremental_options(pycolmap, seed, min_model_size, start)
+    return _largest(_mapped(pycolmap, raw, lambda: pycolmap.incremental_mapping(db_path, image_dir, raw, options))[0])
 
 
 def _camera_id_of(pycolmap, db_path: Path, group: list[str]) -> int | None:

@@ -3,6 +3,7 @@ brick and plaster textures of its floor and walls."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -81,8 +82,6 @@ OPENCV_SAMPLES_DIR = "/usr/share/doc/opencv-doc/examples/data"
 
 def _opencv_sample(filename: str) -> Callable[[], np.ndarray]:
     def load() -> np.ndarray:
-        import os
-
         from PIL import Image
 
         path = Path(os.environ.get(OPENCV_SAMPLES_ENV, OPENCV_SAMPLES_DIR)) / filename
